@@ -1,0 +1,32 @@
+"""Checkpoints the project builds itself, reachable by short names in ``pretrained=``."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from collab_eval import tiny
+
+BUILDERS = {"tiny-llava": tiny.build_tiny_llava}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("COLLAB_EVAL_CACHE", Path.home() / ".cache" / "collab_eval"))
+
+
+def resolve(name: str) -> str:
+    """A short name becomes the path of its (built once, then cached) checkpoint; any
+    other value is a local path or hub id and is returned as is."""
+    if name not in BUILDERS:
+        return name
+    target = cache_dir() / name
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        BUILDERS[name](staging)
+        try:  # atomic: concurrent ranks may build at once; the first rename wins
+            staging.rename(target)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(target)

@@ -1,0 +1,114 @@
+"""The edge device: what it does to the original image and what it costs to send.
+
+Every image that crosses the link is really encoded and decoded, so the bytes
+counted are the payload's length and a lossy codec changes what the server sees.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in original pixels
+
+# Refuse images that would take gigabytes once decoded; PIL's own default (~179 Mpx)
+# only warns below twice its limit.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 178_956_970
+CODECS = ("png", "jpeg:Q", "webp:Q")
+
+
+class BadImage(ValueError):
+    """The sample's image cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str  # png | jpeg | webp
+    quality: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "Codec":
+        name, _, quality = str(spec).lower().partition(":")
+        if name == "png" and not quality:
+            return cls("png")
+        if name in ("jpeg", "webp") and quality.isdigit() and 1 <= int(quality) <= 100:
+            return cls(name, int(quality))
+        raise ValueError(f"codec must be one of {CODECS} with Q in 1..100, got {spec!r}")
+
+    def __str__(self) -> str:
+        return self.name if self.quality is None else f"{self.name}:{self.quality}"
+
+    def encode(self, image: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        if self.name == "png":
+            image.save(buf, format="PNG")
+        else:
+            image.save(buf, format=self.name.upper(), quality=self.quality)
+        return buf.getvalue()
+
+    @staticmethod
+    def decode(payload: bytes) -> Image.Image:
+        image = Image.open(io.BytesIO(payload))
+        image.load()
+        return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Transmission:
+    """An image as it crossed the link: what the server decodes, and what it cost."""
+    image: Image.Image  # decoded payload: what the model sees
+    region: Box  # the part of the original it shows
+    nbytes: int
+
+
+def sanitize(image) -> Image.Image:
+    """Turn whatever the dataset gave into an upright 8-bit RGB image, or raise BadImage."""
+    if not isinstance(image, Image.Image):
+        raise BadImage(f"expected a PIL image, got {type(image).__name__}")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise BadImage(f"image has zero size {image.size}")
+    if width * height > MAX_PIXELS:
+        raise BadImage(f"image of {width}x{height} pixels exceeds the {MAX_PIXELS} pixel limit (decompression bomb?)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (OSError, SyntaxError, ValueError) as err:  # PIL reports truncated/corrupt data this way
+        raise BadImage(f"image cannot be decoded: {err}") from err
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / float grey: stretch the used range onto 8 bits instead of clipping to white.
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        image = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels go onto white, as a viewer would show them.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def transmit(original: Image.Image, region: Box, size: tuple[int, int], codec: Codec) -> Transmission:
+    """Resample ``region`` of the original to ``size`` (w, h), encode, count, decode."""
+    view = original.resize(size, Image.Resampling.BICUBIC, box=region)
+    payload = codec.encode(view)
+    return Transmission(codec.decode(payload), region, len(payload))
+
+
+def encoded_size(image: Image.Image, codec: Codec) -> int:
+    return len(codec.encode(image))
+
+
+def encode_request(box: Box) -> bytes:
+    """The server's crop request on the downlink: the box as four unsigned 32-bit ints."""
+    return struct.pack("<4I", *(int(round(v)) for v in box))

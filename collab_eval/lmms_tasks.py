@@ -1,0 +1,16 @@
+"""Scoring for the cost-aware tasks in tasks/: lmms-eval's own TextVQA and POPE scoring,
+plus the sample's bytes, FLOPs and retransmission as metrics averaged into results.json."""
+from __future__ import annotations
+
+from lmms_eval.tasks.pope import utils as pope
+from lmms_eval.tasks.textvqa import utils as textvqa
+
+from collab_eval import costs
+
+
+def textvqa_process_results(doc, results):
+    return {**textvqa.textvqa_process_results(doc, results), **costs.lookup(doc)}
+
+
+def pope_process_results(doc, results):
+    return {**pope.pope_process_results(doc, results), **costs.lookup(doc)}

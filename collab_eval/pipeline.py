@@ -1,0 +1,133 @@
+"""The two-stage, entropy-gated edge-to-server pipeline for one sample, family-agnostic.
+
+One data path, top to bottom: edge sends the global image -> server answers (stage 1)
+-> gate -> server asks for its RoI -> edge sends the crop -> server answers from both.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from collab_eval.edge import Box, Codec, encode_request, encoded_size, sanitize, transmit
+from collab_eval.policy import Policy
+from collab_eval.records import STAGE1_PARTS, SampleRecord, finite
+from collab_eval.roi import find_roi, relative_attention
+from collab_eval.uncertainty import token_uncertainties
+
+GENERIC_PROMPT = "Write a general description of the image."
+
+
+@dataclass
+class Answer:
+    """What the server's model produced for one prompt."""
+    text: str
+    logits: "torch.Tensor"  # (steps, vocab) raw logits of the generated tokens  # noqa: F821
+    flops: dict[str, int]  # vision, projector, prefill, decode
+    attention: np.ndarray | None = None  # last prompt token -> first image's patch grid
+
+
+class Server(Protocol):
+    """The part of a model family the pipeline needs (implemented in model_adapters)."""
+    input_side: int  # encoder input side, pixels: the base RoI window side in original pixels
+
+    def frame(self, region: Box) -> tuple[Box, tuple[int, int]]:
+        """The part of ``region`` (original pixels) the encoder will see, and the (w, h)
+        the edge should resample it to."""
+
+    def answer(self, images: list[Image.Image], question: str, with_attention: bool) -> Answer: ...
+
+    def attention(self, image: Image.Image, prompt: str) -> tuple[np.ndarray, dict[str, int]]:
+        """Patch-grid attention of the last token of ``prompt`` (one prefill), and its FLOPs."""
+
+
+@dataclass
+class Settings:
+    policy: Policy
+    codec: Codec
+    score: str = "max"
+
+
+@dataclass
+class GenericMaps:
+    """The generic-prompt map depends only on the image the server received: cache it."""
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def get(self, server: Server, image: Image.Image) -> tuple[np.ndarray, dict[str, int], bool]:
+        key = hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+        if key in self.maps:
+            return self.maps[key], {}, True
+        grid, flops = server.attention(image, GENERIC_PROMPT)
+        self.maps[key] = grid
+        return grid, flops, False
+
+
+def run_sample(server: Server, image, question: str, sample_key: str, settings: Settings,
+               cache: GenericMaps, record: SampleRecord) -> SampleRecord:
+    """Fill ``record`` by running the pipeline on one sample. Raises on bad input; the
+    caller turns that into a failed sample."""
+    clock = Stopwatch()
+    original = sanitize(image)
+    width, height = original.size
+    record.image_size = [width, height]
+
+    # Edge -> server: the global image.
+    region, size = server.frame((0.0, 0.0, float(width), float(height)))
+    sent = transmit(original, region, size, settings.codec)
+    record.global_region = [round(v, 3) for v in region]
+    record.bytes_global = sent.nbytes
+    record.bytes_original = encoded_size(original, settings.codec)
+    clock.lap("edge_global")
+
+    # Stage 1.
+    stage1 = server.answer([sent.image], question, with_attention=settings.policy.name != "never")
+    uncertainty = token_uncertainties(stage1.logits)
+    score = uncertainty.score(settings.score)
+    record.answer_stage1 = record.answer = stage1.text
+    record.min_entropy = uncertainty.min_entropy
+    record.shannon_entropy = uncertainty.shannon_entropy
+    record.scores = {k: finite(v) for k, v in uncertainty.scores().items()}
+    record.score = finite(score)
+    record.flops.update({part: stage1.flops[part] for part in STAGE1_PARTS})
+    clock.lap("stage1")
+
+    record.retransmitted = settings.policy.retransmit(score, sample_key)
+    if record.retransmitted:
+        # Server: where to look.
+        generic, generic_flops, record.generic_cached = cache.get(server, sent.image)
+        record.flops["generic"] = sum(generic_flops.values())
+        roi = find_roi(relative_attention(stage1.attention, generic), region, (width, height), server.input_side)
+        record.roi = list(roi)
+        record.bytes_request = len(encode_request(roi))
+        clock.lap("roi")
+
+        # Edge -> server: the crop, at the encoder's input size.
+        local_region, local_size = server.frame(roi)
+        local = transmit(original, local_region, local_size, settings.codec)
+        record.bytes_local = local.nbytes
+        clock.lap("edge_local")
+
+        stage2 = server.answer([sent.image, local.image], question, with_attention=False)
+        record.answer_stage2 = record.answer = stage2.text
+        record.flops["stage2"] = sum(stage2.flops.values())
+        clock.lap("stage2")
+
+    record.bytes_total = record.bytes_global + record.bytes_request + record.bytes_local
+    record.flops_total = sum(record.flops.values())
+    record.seconds = clock.laps
+    return record
+
+
+class Stopwatch:
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 6)
+        self._last = now

@@ -1,0 +1,11 @@
+"""lmms-eval model adapters for collaborative edge-to-server inference.
+
+Registered through the ``lmms_eval.models`` entry point (see pyproject.toml)."""
+
+
+def manifests():
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return [
+        ModelManifest(model_id="collab_llava", simple_class_path="model_adapters.llava.CollabLlava"),
+    ]

@@ -1,0 +1,260 @@
+"""The lmms-eval model class shared by every collab adapter.
+
+It owns everything that is not family-specific: arguments, devices and ranks, the
+request loop, records, progress, generation with logits and attentions, FLOP
+bookkeeping. A family subclass supplies only: the model class, the prompt for one or
+two images, where the first image's tokens sit, how an attention row becomes a patch
+grid, the encoder's framing of a region, and FLOPs from its config.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from lmms_eval.api.instance import GenerationResult, TokenCounts
+from lmms_eval.api.model import lmms
+from loguru import logger
+from tqdm import tqdm
+
+from collab_eval import costs
+from collab_eval.edge import Box, Codec
+from collab_eval.pipeline import Answer, GenericMaps, Settings, run_sample
+from collab_eval.policy import Policy
+from collab_eval.records import RecordWriter, SampleRecord
+from collab_eval.uncertainty import AGGREGATES
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class CostCounts(TokenCounts):
+    """Token counts plus this sample's costs, so they appear in --log_samples output."""
+    bytes_total: int | None = None
+    flops_total: int | None = None
+    retransmitted: bool | None = None
+
+    def to_dict(self):
+        return {**super().to_dict(), "bytes_total": self.bytes_total,
+                "flops_total": self.flops_total, "retransmitted": self.retransmitted}
+
+
+class CollabModel(lmms):
+    model_id = "collab"  # the name users pass to --model; set by each family
+    model_class = None  # a transformers *ForConditionalGeneration class
+
+    def __init__(
+        self,
+        pretrained: str,
+        policy: str = "threshold",
+        threshold: float = 1.0,
+        rate: float = 0.5,
+        score: str = "max",
+        codec: str = "png",
+        layer: int | None = None,
+        seed: int = 0,
+        records_dir: str = "collab_records",
+        max_new_tokens: int = 32,
+        device: str | None = None,
+        device_map: str | None = None,
+        dtype: str = "auto",
+        batch_size: int | str = 1,
+        max_batch_size: int | None = None,
+        **unknown,
+    ):
+        super().__init__()
+        if unknown:
+            raise ValueError(f"{self.model_id}: unknown model arg(s) {sorted(unknown)}; allowed: {sorted(self.allowed_args())}")
+        if score not in AGGREGATES:
+            raise ValueError(f"{self.model_id}: score must be one of {AGGREGATES}, got {score!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"{self.model_id}: dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        if int(max_new_tokens) < 1:
+            raise ValueError(f"{self.model_id}: max_new_tokens must be >= 1, got {max_new_tokens}")
+        if str(batch_size) not in ("1", "auto"):
+            logger.warning(f"{self.model_id}: samples run one at a time (two-stage pipeline); batch_size={batch_size} ignored")
+        try:
+            policy_ = Policy(str(policy), float(threshold), float(rate), int(seed))
+            codec_ = Codec.parse(str(codec))
+        except ValueError as err:
+            raise ValueError(f"{self.model_id}: {err}") from None
+        self.settings = Settings(policy_, codec_, score)
+        self.max_new_tokens = int(max_new_tokens)
+
+        self.accelerator = Accelerator()
+        self._rank = self.accelerator.process_index
+        self._world_size = self.accelerator.num_processes
+        self._device = self._pick_device(device)
+        self.pretrained = resolve_pretrained(str(pretrained))
+        self.model, self.processor = self.load(self.pretrained, DTYPES[dtype], device_map)
+        n_layers = self.language_config().num_hidden_layers
+        # ViCrop reads LLaVA-1.5-7B's layer 14 of 32: scale that depth to this checkpoint.
+        self.layer = int(layer) if layer is not None else n_layers * 14 // 32
+        if not 0 <= self.layer < n_layers:
+            raise ValueError(f"{self.model_id}: layer must be in 0..{n_layers - 1}, got {layer}")
+
+        self.generic_maps = GenericMaps()
+        run_name = broadcast_object_list([f"{self.model_id}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"])[0]
+        self.records = RecordWriter(records_dir, run_name, self._rank)
+        logger.info(f"{self.model_id}: records -> {self.records.path}")
+
+    # ----- lmms-eval interface -------------------------------------------------
+    @classmethod
+    def allowed_args(cls):
+        import inspect
+        return [p for p in inspect.signature(CollabModel.__init__).parameters if p not in ("self", "unknown")]
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def rank(self):
+        return self._rank
+
+    @property
+    def world_size(self):
+        return self._world_size
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError(f"{self.model_id} only generates (generate_until tasks)")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError(f"{self.model_id} does not support multi-round generation")
+
+    def generate_until(self, requests) -> list[GenerationResult]:
+        results = []
+        sent, retransmitted = 0, 0
+        pbar = tqdm(total=len(requests), disable=self.rank != 0, desc=self.model_id)
+        for request in requests:
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            doc = self.task_dict[task][split][doc_id]
+            record = self.run_one(context, gen_kwargs, doc_to_visual, doc, doc_id, task)
+            self.records.write(record)
+            costs.remember(doc, record)
+            results.append(GenerationResult(record.answer, CostCounts(
+                output_tokens=len(record.min_entropy), bytes_total=record.bytes_total,
+                flops_total=record.flops_total, retransmitted=record.retransmitted)))
+            sent += record.bytes_total
+            retransmitted += record.retransmitted
+            pbar.update(1)
+            pbar.set_postfix(retx=f"{retransmitted / pbar.n:.2f}", bytes=f"{sent / pbar.n:.0f}")
+        pbar.close()
+        return results
+
+    def run_one(self, context, gen_kwargs, doc_to_visual, doc, doc_id, task) -> SampleRecord:
+        record = SampleRecord(task=task, doc_id=doc_id, question=context, model=self.pretrained,
+                              codec=str(self.settings.codec), policy=self.settings.policy.name,
+                              score_name=self.settings.score)
+        started = time.perf_counter()
+        try:
+            self._gen_kwargs = gen_kwargs
+            visuals = doc_to_visual(doc)
+            if not visuals:
+                raise ValueError("the sample has no image")
+            run_sample(self, visuals[0], context, f"{task}/{doc_id}", self.settings, self.generic_maps, record)
+        except Exception as err:  # one bad sample fails itself, never the run
+            record.error = f"{type(err).__name__}: {err}"
+            record.answer = ""
+            logger.warning(f"{self.model_id}: {task} doc {doc_id} failed: {record.error}")
+        record.seconds["total"] = round(time.perf_counter() - started, 6)
+        return record
+
+    # ----- Server interface used by the pipeline -------------------------------
+    @torch.inference_mode()
+    def answer(self, images, question, with_attention) -> Answer:
+        inputs = self.inputs(images, question)
+        limit = min(self.max_new_tokens, int(self._gen_kwargs.get("max_new_tokens") or self.max_new_tokens))
+        out = self.model.generate(
+            **inputs, max_new_tokens=limit, do_sample=False, num_beams=1,
+            output_logits=True, output_attentions=with_attention, return_dict_in_generate=True,
+        )
+        prompt_len = inputs["input_ids"].shape[1]
+        new_tokens = out.sequences[0, prompt_len:] if out.sequences.shape[1] > prompt_len else out.sequences[0, :0]
+        new_tokens = new_tokens[: len(out.logits)]
+        text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        logits = torch.stack([step[0] for step in out.logits])
+        attention = self.image_attention(out.attentions[0], inputs) if with_attention else None
+        return Answer(cut_at_stop(text, self._gen_kwargs.get("until")), logits,
+                      self.flops(inputs, generated=len(out.logits)), attention)
+
+    @torch.inference_mode()
+    def attention(self, image, prompt):
+        inputs = self.inputs([image], prompt)
+        out = self.model(**inputs, output_attentions=True, logits_to_keep=1)
+        return self.image_attention(out.attentions, inputs), self.flops(inputs, generated=1, decode=False)
+
+    def image_attention(self, layer_attentions, inputs) -> np.ndarray:
+        """Head-averaged attention of the last prompt token to the first image's tokens,
+        at the configured layer, as that image's patch grid."""
+        row = layer_attentions[self.layer][0, :, -1, :].float().mean(dim=0)
+        positions = self.image_token_positions(inputs, image_index=0)
+        return self.patch_grid(row[positions].cpu().numpy(), inputs)
+
+    # ----- loading -------------------------------------------------------------
+    def _pick_device(self, device):
+        if device in (None, "", "auto"):
+            return torch.device(f"cuda:{self.accelerator.local_process_index}" if torch.cuda.is_available() else "cpu")
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{self.model_id}: device={device} asked for but no CUDA device is available")
+        if device.type == "cuda" and self.world_size > 1:
+            device = torch.device(f"cuda:{self.accelerator.local_process_index}")
+        return device
+
+    def load(self, pretrained, dtype, device_map):
+        from transformers import AutoProcessor
+        if dtype == "auto" and self._device.type == "cpu":
+            dtype = torch.float32  # half precision is slow or unsupported on CPUs
+        # Eager attention: the only kernel that returns attention weights.
+        model = self.model_class.from_pretrained(pretrained, dtype=dtype, device_map=device_map or None,
+                                                 attn_implementation="eager")
+        if not device_map:
+            model.to(self._device)
+        return model.eval(), AutoProcessor.from_pretrained(pretrained)
+
+    def to_device(self, inputs):
+        inputs = inputs.to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
+
+    # ----- what each family provides -------------------------------------------
+    input_side: int
+
+    def language_config(self):
+        return self.model.config.text_config
+
+    def inputs(self, images, question):
+        raise NotImplementedError
+
+    def image_token_positions(self, inputs, image_index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def patch_grid(self, row: np.ndarray, inputs) -> np.ndarray:
+        raise NotImplementedError
+
+    def frame(self, region: Box):
+        raise NotImplementedError
+
+    def flops(self, inputs, generated: int, decode: bool = True) -> dict[str, int]:
+        raise NotImplementedError
+
+
+def cut_at_stop(text: str, until) -> str:
+    """lmms-eval's stop strings end the answer, as every built-in adapter does."""
+    for stop in [until] if isinstance(until, str) else (until or []):
+        if stop:
+            text = text.split(stop)[0]
+    return text.strip()
+
+
+def resolve_pretrained(name: str) -> str:
+    """Short names of checkpoints shipped with the package resolve to their files."""
+    from collab_eval.checkpoints import resolve
+    return resolve(name)

@@ -1,0 +1,68 @@
+"""collab_llava: LLaVA-1.5 (llava-hf/llava-1.5-7b-hf and -13b-hf)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from collab_eval import flops as F
+from collab_eval.edge import Box
+from model_adapters.base import CollabModel
+
+
+class CollabLlava(CollabModel):
+    model_id = "collab_llava"
+    model_class = LlavaForConditionalGeneration
+
+    def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", **kwargs):
+        super().__init__(pretrained=pretrained, **kwargs)
+        ip = self.processor.image_processor
+        self.crop = (ip.crop_size["width"], ip.crop_size["height"])
+        self.shortest_edge = ip.size["shortest_edge"]
+        self.input_side = self.crop[1]
+        self.patch = self.model.config.vision_config.patch_size
+        self.grid = (self.crop[1] // self.patch, self.crop[0] // self.patch)
+
+    def inputs(self, images, question):
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+        prompt = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        return self.to_device(self.processor(images=images, text=prompt, return_tensors="pt"))
+
+    def image_token_positions(self, inputs, image_index):
+        positions = (inputs["input_ids"][0] == self.model.config.image_token_id).nonzero().flatten()
+        per_image = self.grid[0] * self.grid[1]
+        return positions[image_index * per_image:(image_index + 1) * per_image]
+
+    def patch_grid(self, row, inputs):
+        return row.reshape(self.grid)
+
+    def frame(self, region: Box):
+        """The processor resizes the short edge to ``shortest_edge`` and centre-crops
+        ``crop``: in original pixels that is the centred part of the region with the
+        crop's aspect ratio, scaled by shortest_edge / short side."""
+        x0, y0, x1, y1 = region
+        scale = self.shortest_edge / min(x1 - x0, y1 - y0)
+        w = min(self.crop[0] / scale, x1 - x0)
+        h = min(self.crop[1] / scale, y1 - y0)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), self.crop
+
+    def flops(self, inputs, generated, decode=True):
+        vc, tc = self.model.config.vision_config, self.model.config.text_config
+        n_images = inputs["pixel_values"].shape[0]
+        patches = self.grid[0] * self.grid[1]
+        vision = n_images * (F.patch_embedding(patches, vc.num_channels, vc.patch_size, vc.hidden_size)
+                             + F.vit_encoder(patches + 1, vc.hidden_size, vc.intermediate_size,
+                                             vc.num_attention_heads, self.vision_layers_run()))
+        projector = n_images * (F.linear(patches, vc.hidden_size, tc.hidden_size)
+                                + F.linear(patches, tc.hidden_size, tc.hidden_size))
+        prefill, decode_flops = F.generation(
+            inputs["input_ids"].shape[1], generated if decode else 1, tc.vocab_size,
+            hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
+            kv_heads=tc.num_key_value_heads, head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
+            layers=tc.num_hidden_layers)
+        return {"vision": vision, "projector": projector, "prefill": prefill, "decode": decode_flops}
+
+    def vision_layers_run(self) -> int:
+        """CLIP runs every layer even though LLaVA reads the second to last."""
+        return self.model.config.vision_config.num_hidden_layers
