@@ -16,7 +16,7 @@ STAGE1_PARTS = ("vision", "projector", "prefill", "decode")
 class SampleRecord:
     task: str
     doc_id: int
-    question: str
+    question: str  # the prompt text lmms-eval built for the sample
     model: str
     codec: str
     policy: str
@@ -42,6 +42,7 @@ class SampleRecord:
     generic_cached: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    doc: dict = field(default_factory=dict)  # the task document without media: ground truth for rescoring
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=_jsonable, allow_nan=False)

@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
+from lmms_eval.utils import is_multimodal_content
 from loguru import logger
 from tqdm import tqdm
 
@@ -150,7 +151,8 @@ class CollabModel(lmms):
     def run_one(self, context, gen_kwargs, doc_to_visual, doc, doc_id, task) -> SampleRecord:
         record = SampleRecord(task=task, doc_id=doc_id, question=context, model=self.pretrained,
                               codec=str(self.settings.codec), policy=self.settings.policy.name,
-                              score_name=self.settings.score)
+                              score_name=self.settings.score,
+                              doc={k: v for k, v in doc.items() if not is_multimodal_content(v)})
         started = time.perf_counter()
         try:
             self._gen_kwargs = gen_kwargs
