@@ -66,9 +66,10 @@ class Transmission:
 
 
 def sanitize(image) -> Image.Image:
-    """Turn whatever the dataset gave into an upright 8-bit RGB image, or raise BadImage."""
-    if not isinstance(image, Image.Image):
-        raise BadImage(f"expected a PIL image, got {type(image).__name__}")
+    """Turn whatever the dataset gave (a PIL image, encoded bytes, a datasets
+    ``{"bytes", "path"}`` dict or a file path) into an upright 8-bit RGB image,
+    or raise BadImage saying why not."""
+    image = _open(image)
     width, height = image.size
     if width < 1 or height < 1:
         raise BadImage(f"image has zero size {image.size}")
@@ -79,8 +80,23 @@ def sanitize(image) -> Image.Image:
             warnings.simplefilter("ignore")
             image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
-    except (OSError, SyntaxError, ValueError) as err:  # PIL reports truncated/corrupt data this way
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # truncated, corrupt, too large
         raise BadImage(f"image cannot be decoded: {err}") from err
+
+
+def _open(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, dict) and (image.get("bytes") or image.get("path")):
+        image = image.get("bytes") or image["path"]
+    if isinstance(image, (bytes, bytearray, str)):
+        if not image:
+            raise BadImage("image is empty (zero bytes)")
+        try:  # opening reads the header only: the size check comes before any decoding
+            return Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise BadImage(f"image cannot be opened: {err}") from err
+    raise BadImage(f"expected an image (PIL image, bytes, or path), got {type(image).__name__}")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

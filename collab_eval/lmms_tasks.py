@@ -8,6 +8,13 @@ from lmms_eval.tasks.textvqa import utils as textvqa
 from collab_eval import costs
 
 
+def doc_to_visual(doc):
+    """The document's image exactly as stored: the edge (collab_eval.edge.sanitize) turns it
+    into upright RGB, which handles EXIF rotation and 16-bit images that a bare
+    ``convert("RGB")`` gets wrong."""
+    return [doc["image"]]
+
+
 def textvqa_process_results(doc, results):
     return {**textvqa.textvqa_process_results(doc, results), **costs.lookup(doc)}
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -134,10 +135,9 @@ class CollabModel(lmms):
         pbar = tqdm(total=len(requests), disable=self.rank != 0, desc=self.model_id)
         for request in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            doc = self.task_dict[task][split][doc_id]
-            record = self.run_one(context, gen_kwargs, doc_to_visual, doc, doc_id, task)
+            record = self.run_one(context, gen_kwargs, doc_to_visual, doc_id, task, split)
             self.records.write(record)
-            costs.remember(doc, record)
+            costs.remember(record.doc, record)
             results.append(GenerationResult(record.answer, CostCounts(
                 output_tokens=len(record.min_entropy), bytes_total=record.bytes_total,
                 flops_total=record.flops_total, retransmitted=record.retransmitted)))
@@ -148,15 +148,15 @@ class CollabModel(lmms):
         pbar.close()
         return results
 
-    def run_one(self, context, gen_kwargs, doc_to_visual, doc, doc_id, task) -> SampleRecord:
+    def run_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
+        docs = self.task_dict[task][split]
         record = SampleRecord(task=task, doc_id=doc_id, question=context, model=self.pretrained,
                               codec=str(self.settings.codec), policy=self.settings.policy.name,
-                              score_name=self.settings.score,
-                              doc={k: v for k, v in doc.items() if not is_multimodal_content(v)})
+                              score_name=self.settings.score, doc=document_without_media(docs, doc_id))
         started = time.perf_counter()
         try:
             self._gen_kwargs = gen_kwargs
-            visuals = doc_to_visual(doc)
+            visuals = doc_to_visual(docs[doc_id])  # decoding the row's image may fail: it is this sample's failure
             if not visuals:
                 raise ValueError("the sample has no image")
             run_sample(self, visuals[0], context, f"{task}/{doc_id}", self.settings, self.generic_maps, record)
@@ -246,6 +246,14 @@ class CollabModel(lmms):
 
     def flops(self, inputs, generated: int, decode: bool = True) -> dict[str, int]:
         raise NotImplementedError
+
+
+def document_without_media(docs, doc_id) -> dict:
+    """The document's plain fields, read without decoding its media (which may be broken)."""
+    if isinstance(docs, datasets.Dataset):
+        media = [name for name, feature in docs.features.items() if isinstance(feature, (datasets.Image, datasets.Audio))]
+        docs = docs.select_columns([name for name in docs.column_names if name not in media])
+    return {k: v for k, v in docs[doc_id].items() if not is_multimodal_content(v)}
 
 
 def cut_at_stop(text: str, until) -> str:
