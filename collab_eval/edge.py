@@ -8,10 +8,11 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in original pixels
 
@@ -65,6 +66,18 @@ class Transmission:
     nbytes: int
 
 
+@contextmanager
+def strict_decoding():
+    """lmms-eval turns on PIL's LOAD_TRUNCATED_IMAGES at import, which silently fills a
+    truncated image with grey; within this block a truncated image is an error again."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def sanitize(image) -> Image.Image:
     """Turn whatever the dataset gave (a PIL image, encoded bytes, a datasets
     ``{"bytes", "path"}`` dict or a file path) into an upright 8-bit RGB image,
@@ -87,8 +100,8 @@ def sanitize(image) -> Image.Image:
 def _open(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
-    if isinstance(image, dict) and (image.get("bytes") or image.get("path")):
-        image = image.get("bytes") or image["path"]
+    if isinstance(image, dict) and ("bytes" in image or "path" in image):
+        image = image.get("bytes") if image.get("bytes") is not None else (image.get("path") or b"")
     if isinstance(image, (bytes, bytearray, str)):
         if not image:
             raise BadImage("image is empty (zero bytes)")

@@ -25,7 +25,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from collab_eval import costs
-from collab_eval.edge import Box, Codec
+from collab_eval.edge import Box, Codec, strict_decoding
 from collab_eval.pipeline import Answer, GenericMaps, Settings, run_sample
 from collab_eval.policy import Policy
 from collab_eval.records import RecordWriter, SampleRecord
@@ -101,6 +101,7 @@ class CollabModel(lmms):
             raise ValueError(f"{self.model_id}: layer must be in 0..{n_layers - 1}, got {layer}")
 
         self.generic_maps = GenericMaps()
+        self._plain_docs = {}
         run_name = broadcast_object_list([f"{self.model_id}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"])[0]
         self.records = RecordWriter(records_dir, run_name, self._rank)
         logger.info(f"{self.model_id}: records -> {self.records.path}")
@@ -150,16 +151,21 @@ class CollabModel(lmms):
 
     def run_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
         docs = self.task_dict[task][split]
+        if (task, split) not in self._plain_docs:
+            self._plain_docs[(task, split)] = without_media(docs)
         record = SampleRecord(task=task, doc_id=doc_id, question=context, model=self.pretrained,
                               codec=str(self.settings.codec), policy=self.settings.policy.name,
-                              score_name=self.settings.score, doc=document_without_media(docs, doc_id))
+                              score_name=self.settings.score,
+                              doc={k: v for k, v in self._plain_docs[(task, split)][doc_id].items()
+                                   if not is_multimodal_content(v)})
         started = time.perf_counter()
         try:
             self._gen_kwargs = gen_kwargs
-            visuals = doc_to_visual(docs[doc_id])  # decoding the row's image may fail: it is this sample's failure
-            if not visuals:
-                raise ValueError("the sample has no image")
-            run_sample(self, visuals[0], context, f"{task}/{doc_id}", self.settings, self.generic_maps, record)
+            with strict_decoding():  # decoding the row's image may fail: it is this sample's failure
+                visuals = doc_to_visual(docs[doc_id])
+                if not visuals:
+                    raise ValueError("the sample has no image")
+                run_sample(self, visuals[0], context, f"{task}/{doc_id}", self.settings, self.generic_maps, record)
         except Exception as err:  # one bad sample fails itself, never the run
             record.error = f"{type(err).__name__}: {err}"
             record.answer = ""
@@ -248,12 +254,12 @@ class CollabModel(lmms):
         raise NotImplementedError
 
 
-def document_without_media(docs, doc_id) -> dict:
-    """The document's plain fields, read without decoding its media (which may be broken)."""
-    if isinstance(docs, datasets.Dataset):
-        media = [name for name, feature in docs.features.items() if isinstance(feature, (datasets.Image, datasets.Audio))]
-        docs = docs.select_columns([name for name in docs.column_names if name not in media])
-    return {k: v for k, v in docs[doc_id].items() if not is_multimodal_content(v)}
+def without_media(docs):
+    """The documents' plain columns, readable without decoding media (which may be broken)."""
+    if not isinstance(docs, datasets.Dataset):
+        return docs
+    media = {name for name, feature in docs.features.items() if isinstance(feature, (datasets.Image, datasets.Audio))}
+    return docs.select_columns([name for name in docs.column_names if name not in media])
 
 
 def cut_at_stop(text: str, until) -> str:
