@@ -84,7 +84,7 @@ def run_sample(server: Server, image, question: str, sample_key: str, settings: 
     clock.lap("edge_global")
 
     # Stage 1.
-    stage1 = server.answer([sent.image], question, with_attention=settings.policy.name != "never")
+    stage1 = server.answer([sent.image], question, with_attention=settings.policy.locates)
     uncertainty = token_uncertainties(stage1.logits)
     score = uncertainty.score(settings.score)
     record.answer_stage1 = record.answer = stage1.text
@@ -97,21 +97,24 @@ def run_sample(server: Server, image, question: str, sample_key: str, settings: 
 
     record.retransmitted = settings.policy.retransmit(score, sample_key)
     if record.retransmitted:
-        # Server: where to look.
-        generic, generic_flops, record.generic_cached = cache.get(server, sent.image)
-        record.flops["generic"] = sum(generic_flops.values())
-        roi = find_roi(relative_attention(stage1.attention, generic), region, (width, height), server.input_side)
-        record.roi = list(roi)
-        record.bytes_request = len(encode_request(roi))
-        clock.lap("roi")
+        if settings.policy.name == "tiles":  # no request: the edge always sends the 2x2 tiles
+            crops = quadrants(width, height)
+        else:
+            # Server: where to look.
+            generic, generic_flops, record.generic_cached = cache.get(server, sent.image)
+            record.flops["generic"] = sum(generic_flops.values())
+            roi = find_roi(relative_attention(stage1.attention, generic), region, (width, height), server.input_side)
+            record.roi = list(roi)
+            record.bytes_request = len(encode_request(roi))
+            crops = [roi]
+            clock.lap("roi")
 
-        # Edge -> server: the crop, at the encoder's input size.
-        local_region, local_size = server.frame(roi)
-        local = transmit(original, local_region, local_size, settings.codec)
-        record.bytes_local = local.nbytes
+        # Edge -> server: the crop(s), each at the encoder's input size.
+        local = [transmit(original, *server.frame(crop), settings.codec) for crop in crops]
+        record.bytes_local = sum(sent_crop.nbytes for sent_crop in local)
         clock.lap("edge_local")
 
-        stage2 = server.answer([sent.image, local.image], question, with_attention=False)
+        stage2 = server.answer([sent.image, *(sent_crop.image for sent_crop in local)], question, with_attention=False)
         record.answer_stage2 = record.answer = stage2.text
         record.flops["stage2"] = sum(stage2.flops.values())
         clock.lap("stage2")
@@ -120,6 +123,12 @@ def run_sample(server: Server, image, question: str, sample_key: str, settings: 
     record.flops_total = sum(record.flops.values())
     record.seconds = clock.laps
     return record
+
+
+def quadrants(width: int, height: int) -> list[Box]:
+    """The 2x2 tiles of a width x height image, row by row (original pixels)."""
+    xs, ys = (0.0, width / 2, float(width)), (0.0, height / 2, float(height))
+    return [(xs[i], ys[j], xs[i + 1], ys[j + 1]) for j in range(2) for i in range(2)]
 
 
 class Stopwatch:
