@@ -138,7 +138,7 @@ class CollabModel(lmms):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             record = self.run_one(context, gen_kwargs, doc_to_visual, doc_id, task, split)
             self.records.write(record)
-            costs.remember(record.doc, record)
+            costs.remember(task, record.doc, record)
             results.append(GenerationResult(record.answer, CostCounts(
                 output_tokens=len(record.min_entropy), bytes_total=record.bytes_total,
                 flops_total=record.flops_total, retransmitted=record.retransmitted)))
