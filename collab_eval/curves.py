@@ -1,0 +1,215 @@
+"""Accuracy/cost trade-offs derived exactly from one run that retransmitted every sample.
+
+Pure arithmetic on per-sample arrays; no files, no models. A run with policy ``always`` has,
+for every sample, the stage-1 answer and cost and the stage-2 answer and cost, so the
+outcome of any gate (a set of samples to retransmit) follows without running a model:
+
+- a sample that is not retransmitted scores its stage-1 answer and costs its stage-1
+  bytes (the global image) and FLOPs (vision + projector + prefill + decode);
+- a retransmitted one scores its stage-2 answer and costs everything, except that the
+  generic-prompt attention pass is cached per image: it is paid once per cache group
+  (an image within one process) in which at least one sample is retransmitted.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from collab_eval.policy import uniform
+
+RATES = tuple(i / 20 for i in range(21))  # the grid the random baseline is tabulated on
+
+
+@dataclass(frozen=True)
+class Samples:
+    """One task's samples from an ``always`` run, as parallel arrays."""
+    acc1: np.ndarray  # per-sample accuracy of the stage-1 answer (task metric)
+    acc2: np.ndarray  # per-sample accuracy of the stage-2 answer
+    score: np.ndarray  # the gate's score; +inf where the record has null (empty answer)
+    bytes1: np.ndarray  # bytes when not retransmitted: the global image
+    bytes2: np.ndarray  # bytes when retransmitted: global + request + local
+    flops1: np.ndarray  # FLOPs when not retransmitted: stage 1
+    flops2: np.ndarray  # FLOPs when retransmitted, without the generic-prompt pass
+    group: np.ndarray  # index of the sample's generic-prompt cache group
+    generic: np.ndarray  # FLOPs of each group's generic-prompt pass
+    keys: tuple[str, ...] = ()  # "task/doc_id", what the random policy hashes
+
+    @classmethod
+    def build(cls, acc1, acc2, score, bytes1, bytes2, flops1, flops2, group=None, generic=None, keys=()):
+        n = len(acc1)
+        score = np.array([math.inf if s is None else float(s) for s in score], dtype=float)
+        if group is None:  # no caching: every sample its own group, pass cost folded into flops2
+            group, generic = np.arange(n), np.zeros(n, dtype=np.int64)
+        arrays = dict(acc1=np.asarray(acc1, dtype=float), acc2=np.asarray(acc2, dtype=float), score=score,
+                      bytes1=np.asarray(bytes1, dtype=np.int64), bytes2=np.asarray(bytes2, dtype=np.int64),
+                      flops1=np.asarray(flops1, dtype=np.int64), flops2=np.asarray(flops2, dtype=np.int64),
+                      group=np.asarray(group, dtype=np.int64), generic=np.asarray(generic, dtype=np.int64))
+        for name, array in arrays.items():
+            if name != "generic" and len(array) != n:
+                raise ValueError(f"{name} has {len(array)} entries, expected {n}")
+        if n and np.isnan(score).any():
+            raise ValueError("scores must not be NaN")
+        return cls(**arrays, keys=tuple(keys))
+
+    @property
+    def n(self) -> int:
+        return len(self.acc1)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One operating point: means per sample over the task."""
+    accuracy: float
+    bytes: float
+    flops: float
+    rate: float  # fraction of samples retransmitted
+    tau: float | None = None  # threshold, for points of the gated curve
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["tau"] is None:
+            del d["tau"]
+        elif math.isinf(d["tau"]):  # JSON has no infinity
+            d["tau"] = "inf" if d["tau"] > 0 else "-inf"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Point":
+        tau = d.get("tau")
+        return cls(float(d["accuracy"]), float(d["bytes"]), float(d["flops"]), float(d["rate"]),
+                   None if tau is None else float(tau))
+
+
+def point(s: Samples, retransmit: np.ndarray, tau: float | None = None) -> Point:
+    """The outcome of retransmitting exactly the samples where ``retransmit`` is true."""
+    retransmit = np.asarray(retransmit, dtype=bool)
+    if s.n == 0:
+        return Point(math.nan, math.nan, math.nan, math.nan, tau)
+    accuracy = np.where(retransmit, s.acc2, s.acc1).sum() / s.n
+    nbytes = int(np.where(retransmit, s.bytes2, s.bytes1).sum())
+    flops = int(np.where(retransmit, s.flops2, s.flops1).sum()) + int(s.generic[np.unique(s.group[retransmit])].sum())
+    return Point(float(accuracy), nbytes / s.n, flops / s.n, float(retransmit.sum()) / s.n, tau)
+
+
+def never(s: Samples) -> Point:
+    return point(s, np.zeros(s.n, dtype=bool))
+
+
+def always(s: Samples) -> Point:
+    return point(s, np.ones(s.n, dtype=bool))
+
+
+def threshold_curve(s: Samples) -> list[Point]:
+    """The gate "retransmit iff score > tau" at every threshold that changes its decision:
+    each distinct score value, and -inf (everything retransmitted). The first point
+    retransmits only the samples above the highest score (none, or the +inf ones at
+    tau=+inf). Ordered by tau descending, i.e. by cost ascending."""
+    if s.n == 0:
+        return []
+    order = np.argsort(-s.score, kind="stable")
+    values = s.score[order]
+    # Samples enter in order of descending score; a tie enters together. After the
+    # samples before ``end`` have entered, the threshold is the next score value.
+    ends = [i + 1 for i in range(s.n) if i + 1 == s.n or values[i + 1] != values[i]]
+    taus = [float(values[end]) if end < s.n else -math.inf for end in ends]
+    return [point_after(s, order, 0, float(values[0]))] + [
+        point_after(s, order, end, tau) for end, tau in zip(ends, taus)]
+
+
+def point_after(s: Samples, order: np.ndarray, count: int, tau: float) -> Point:
+    mask = np.zeros(s.n, dtype=bool)
+    mask[order[:count]] = True
+    return point(s, mask, tau)
+
+
+def threshold_point(s: Samples, tau: float) -> Point:
+    """The gated outcome at one threshold, directly (what a ``threshold`` run would give)."""
+    return point(s, s.score > tau, tau)
+
+
+def random_expected(s: Samples, rate: float) -> Point:
+    """Expectation over the random policy's draws at ``rate``: each sample is retransmitted
+    with probability p, so accuracy and bytes are (1-p)*stage1 + p*stage2 per sample; a
+    cache group of k samples pays its generic pass with probability 1-(1-p)^k."""
+    p = float(rate)
+    accuracy = ((1 - p) * s.acc1 + p * s.acc2).sum() / s.n
+    nbytes = ((1 - p) * s.bytes1.sum() + p * s.bytes2.sum()) / s.n
+    sizes = np.bincount(s.group, minlength=len(s.generic))
+    touched = 1 - (1 - p) ** sizes
+    flops = ((1 - p) * s.flops1.sum() + p * s.flops2.sum() + (s.generic * touched).sum()) / s.n
+    return Point(float(accuracy), float(nbytes), float(flops), p)
+
+
+def random_draw(s: Samples, rate: float, seed: int) -> Point:
+    """What a ``random`` run at ``rate`` with ``seed`` retransmits: the same hash of
+    (seed, task/doc_id) as collab_eval.policy, so the draw matches a real run exactly."""
+    mask = np.array([uniform(key, seed) < rate for key in s.keys], dtype=bool)
+    return point(s, mask)
+
+
+def random_band(s: Samples, rates=RATES, seeds=range(20), quantiles=(0.1, 0.9)) -> list[dict]:
+    """Spread of accuracy over seeded draws at each rate (quantiles over seeds)."""
+    band = []
+    for rate in rates:
+        draws = [random_draw(s, rate, seed) for seed in seeds]
+        acc = np.array([d.accuracy for d in draws])
+        band.append({"rate": rate, "bytes": float(np.mean([d.bytes for d in draws])),
+                     "flops": float(np.mean([d.flops for d in draws])),
+                     "lo": float(np.quantile(acc, quantiles[0])), "hi": float(np.quantile(acc, quantiles[1])),
+                     "seeds": len(draws)})
+    return band
+
+
+def oracle_mask(s: Samples) -> np.ndarray:
+    """Retransmit exactly where the stage-2 answer scores higher than the stage-1 answer."""
+    return s.acc2 > s.acc1
+
+
+def oracle_curve(s: Samples) -> list[Point]:
+    """The oracle's samples added in order of accuracy gained per extra byte: the best any
+    gate can do at each byte budget. Its last point is the oracle gate itself."""
+    gainers = np.flatnonzero(oracle_mask(s))
+    gain = (s.acc2 - s.acc1)[gainers]
+    extra = np.maximum(s.bytes2 - s.bytes1, 0)[gainers].astype(float)
+    order = gainers[np.lexsort((extra, -gain / np.maximum(extra, 1e-9)))]
+    return [point_after(s, order, count, None) for count in range(len(order) + 1)]
+
+
+def auroc(score, error) -> float | None:
+    """Area under the ROC curve of ``score`` for detecting ``error`` (ties count half):
+    the probability that a random wrong answer scores higher than a random right one.
+    None when one of the two classes is empty."""
+    score = np.array([math.inf if v is None else float(v) for v in score], dtype=float)
+    error = np.asarray(error, dtype=bool)
+    n_pos, n_neg = int(error.sum()), int((~error).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    pos, neg = np.sort(score[error]), np.sort(score[~error])
+    below = np.searchsorted(neg, pos, side="left")
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float((below + 0.5 * ties).sum() / (n_pos * n_neg))
+
+
+def best_within(points, budget: float, cost: str = "bytes") -> float:
+    """Highest accuracy among operating points whose mean cost is within ``budget``;
+    0.0 when no point is that cheap (the system cannot run on that budget)."""
+    within = [p.accuracy for p in points if getattr(p, cost) <= budget * (1 + 1e-12)]
+    return max(within) if within else 0.0
+
+
+def mean_accuracy(points, lo: float, hi: float, cost: str = "bytes") -> float:
+    """Area under the best-accuracy-within-budget step function over [lo, hi], divided
+    by the width: the mean accuracy a user gets over that range of budgets."""
+    if hi <= lo:
+        return best_within(points, lo, cost)
+    steps = sorted({lo, hi, *(getattr(p, cost) for p in points if lo < getattr(p, cost) < hi)})
+    area = sum(best_within(points, a, cost) * (b - a) for a, b in zip(steps, steps[1:]))
+    return area / (hi - lo)
+
+
+def cheapest_reaching(points, target: float) -> Point | None:
+    """The operating point with the fewest mean bytes whose accuracy reaches ``target``."""
+    reaching = [p for p in points if p.accuracy >= target - 1e-12]
+    return min(reaching, key=lambda p: (p.bytes, p.flops)) if reaching else None
