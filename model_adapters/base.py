@@ -17,7 +17,6 @@ import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.utils import is_multimodal_content
@@ -49,6 +48,9 @@ class CostCounts(TokenCounts):
 class CollabModel(lmms):
     model_id = "collab"  # the name users pass to --model; set by each family
     model_class = None  # a transformers *ForConditionalGeneration class
+    # ViCrop's attention layer for the family, as (layer, of depth): the default layer is
+    # that depth scaled to the checkpoint (ViCrop reads LLaVA-1.5-7B's layer 14 of 32).
+    vicrop_layer = (14, 32)
 
     def __init__(
         self,
@@ -89,20 +91,21 @@ class CollabModel(lmms):
         self.max_new_tokens = int(max_new_tokens)
 
         self.accelerator = Accelerator()
-        self._rank = self.accelerator.process_index
-        self._world_size = self.accelerator.num_processes
+        self._rank, self._world_size, self._local_rank = process_layout(self.accelerator)
         self._device = self._pick_device(device)
         self.pretrained = resolve_pretrained(str(pretrained))
         self.model, self.processor = self.load(self.pretrained, DTYPES[dtype], device_map)
         n_layers = self.language_config().num_hidden_layers
-        # ViCrop reads LLaVA-1.5-7B's layer 14 of 32: scale that depth to this checkpoint.
-        self.layer = int(layer) if layer is not None else n_layers * 14 // 32
+        self.layer = int(layer) if layer is not None else n_layers * self.vicrop_layer[0] // self.vicrop_layer[1]
         if not 0 <= self.layer < n_layers:
             raise ValueError(f"{self.model_id}: layer must be in 0..{n_layers - 1}, got {layer}")
 
         self.generic_maps = GenericMaps()
         self._plain_docs = {}
-        run_name = broadcast_object_list([f"{self.model_id}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"])[0]
+        run_name = [f"{self.model_id}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"]
+        if self._world_size > 1:  # every rank writes under rank 0's run name
+            torch.distributed.broadcast_object_list(run_name, src=0)
+        run_name = run_name[0]
         self.records = RecordWriter(records_dir, run_name, self._rank)
         logger.info(f"{self.model_id}: records -> {self.records.path}")
 
@@ -110,7 +113,8 @@ class CollabModel(lmms):
     @classmethod
     def allowed_args(cls):
         import inspect
-        return [p for p in inspect.signature(CollabModel.__init__).parameters if p not in ("self", "unknown")]
+        return sorted({p for klass in cls.__mro__ if issubclass(klass, CollabModel)
+                       for p in inspect.signature(klass.__init__).parameters if p not in ("self", "unknown", "kwargs")})
 
     @property
     def device(self):
@@ -145,7 +149,7 @@ class CollabModel(lmms):
             sent += record.bytes_total
             retransmitted += record.retransmitted
             pbar.update(1)
-            pbar.set_postfix(retx=f"{retransmitted / pbar.n:.2f}", bytes=f"{sent / pbar.n:.0f}")
+            pbar.set_postfix(retx=f"{retransmitted / len(results):.2f}", bytes=f"{sent / len(results):.0f}")
         pbar.close()
         return results
 
@@ -178,8 +182,8 @@ class CollabModel(lmms):
     def answer(self, images, question, with_attention) -> Answer:
         inputs = self.inputs(images, question)
         limit = min(self.max_new_tokens, int(self._gen_kwargs.get("max_new_tokens") or self.max_new_tokens))
-        out = self.model.generate(
-            **inputs, max_new_tokens=limit, do_sample=False, num_beams=1,
+        out = self.generate(
+            inputs, max_new_tokens=limit, do_sample=False, num_beams=1,
             output_logits=True, output_attentions=with_attention, return_dict_in_generate=True,
         )
         prompt_len = inputs["input_ids"].shape[1]
@@ -194,8 +198,16 @@ class CollabModel(lmms):
     @torch.inference_mode()
     def attention(self, image, prompt):
         inputs = self.inputs([image], prompt)
-        out = self.model(**inputs, output_attentions=True, logits_to_keep=1)
+        out = self.forward(inputs, output_attentions=True, logits_to_keep=1)
         return self.image_attention(out.attentions, inputs), self.flops(inputs, generated=1, decode=False)
+
+    def generate(self, inputs, **kwargs):
+        """The model's own generate; a family whose generate hides what its map needs overrides it."""
+        return self.model.generate(**inputs, **kwargs)
+
+    def forward(self, inputs, **kwargs):
+        """One forward pass; its ``attentions`` are the language model's, one tensor per layer."""
+        return self.model(**inputs, **kwargs)
 
     def image_attention(self, layer_attentions, inputs) -> np.ndarray:
         """Head-averaged attention of the last prompt token to the first image's tokens,
@@ -207,12 +219,12 @@ class CollabModel(lmms):
     # ----- loading -------------------------------------------------------------
     def _pick_device(self, device):
         if device in (None, "", "auto"):
-            return torch.device(f"cuda:{self.accelerator.local_process_index}" if torch.cuda.is_available() else "cpu")
+            return torch.device(f"cuda:{self._local_rank}" if torch.cuda.is_available() else "cpu")
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"{self.model_id}: device={device} asked for but no CUDA device is available")
         if device.type == "cuda" and self.world_size > 1:
-            device = torch.device(f"cuda:{self.accelerator.local_process_index}")
+            device = torch.device(f"cuda:{self._local_rank}")
         return device
 
     def load(self, pretrained, dtype, device_map):
@@ -252,6 +264,16 @@ class CollabModel(lmms):
 
     def flops(self, inputs, generated: int, decode: bool = True) -> dict[str, int]:
         raise NotImplementedError
+
+
+def process_layout(accelerator) -> tuple[int, int, int]:
+    """(rank, world size, local rank). lmms-eval shards requests by torch.distributed's
+    ranks; Accelerator reports a single process on a CPU-only torchrun launch, so the
+    process group, when there is one, is the authority."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return (torch.distributed.get_rank(), torch.distributed.get_world_size(),
+                int(os.environ.get("LOCAL_RANK", accelerator.local_process_index)))
+    return accelerator.process_index, accelerator.num_processes, accelerator.local_process_index
 
 
 def without_media(docs):
