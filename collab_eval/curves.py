@@ -150,15 +150,15 @@ def random_draw(s: Samples, rate: float, seed: int) -> Point:
 
 
 def random_band(s: Samples, rates=RATES, seeds=range(20), quantiles=(0.1, 0.9)) -> list[dict]:
-    """Spread of accuracy over seeded draws at each rate (quantiles over seeds)."""
+    """Spread of accuracy over seeded draws at each rate (quantiles over seeds), placed at
+    the rate's expected bytes and FLOPs."""
     band = []
     for rate in rates:
-        draws = [random_draw(s, rate, seed) for seed in seeds]
-        acc = np.array([d.accuracy for d in draws])
-        band.append({"rate": rate, "bytes": float(np.mean([d.bytes for d in draws])),
-                     "flops": float(np.mean([d.flops for d in draws])),
+        acc = np.array([random_draw(s, rate, seed).accuracy for seed in seeds])
+        expected = random_expected(s, rate)  # placed at the expected cost of the rate
+        band.append({"rate": rate, "bytes": expected.bytes, "flops": expected.flops,
                      "lo": float(np.quantile(acc, quantiles[0])), "hi": float(np.quantile(acc, quantiles[1])),
-                     "seeds": len(draws)})
+                     "seeds": len(acc)})
     return band
 
 
