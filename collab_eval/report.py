@@ -1,0 +1,267 @@
+"""Rendering a summary as report.md, a self-contained report.html, figures and summary.json.
+
+The report is first built as a list of blocks (headings, paragraphs, tables, figures); two
+small renderers turn it into Markdown and HTML. Every piece of text that comes from a run
+(model outputs, questions, names) passes through the renderer's escaping: nothing from a
+record reaches the page as markup.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from collab_eval import plots
+from collab_eval.summary import CORRECT, Summary, TaskView
+
+RATE_ROWS = tuple(i / 10 for i in range(11))  # the gate's operating points shown: nearest to these rates
+EXAMPLES = 6
+
+
+@dataclass
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Figure:
+    filename: str
+    png: bytes
+    alt: str
+
+
+# ----- numbers ------------------------------------------------------------------------
+def pct(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def signed_pct(x) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}%"
+
+
+def nbytes(x) -> str:
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def gflops(x) -> str:
+    return "–" if x is None else f"{x / 1e9:.4g}"
+
+
+def tau(x) -> str:
+    if x is None:
+        return "–"
+    x = float(x)
+    return "+∞" if x == math.inf else "−∞" if x == -math.inf else f"{x:.4g}"
+
+
+def auc(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+# ----- the document -------------------------------------------------------------------
+INTRO = (
+    "How to read this report. Each sample is answered first from a downscaled global image "
+    "(stage 1). The gate may then ask the edge for a crop of the region the model attended to, and "
+    "the model answers again from both images (stage 2). Bytes are the encoded payloads sent per "
+    "sample (global image, crop request, crop); FLOPs are the server's compute per sample. "
+    "Accuracy is the task's own lmms-eval metric, applied to the stage-1 and the stage-2 answer "
+    "of every sample. From one run that retransmitted every sample (policy always) the report "
+    "derives, without running the model again: the entropy gate at every threshold τ "
+    "(retransmit when the stage-1 min-entropy score exceeds τ), random retransmission at every "
+    "rate (its expectation, and a band over seeded draws), and the oracle that retransmits only "
+    "where stage 2 scores higher than stage 1 (the upper bound any gate can reach). "
+    "never and always are the two ends. Runs of other policies appear as single points. "
+    "A curve above and to the left of another is better: more accuracy for fewer bytes.")
+
+
+def document(summary: Summary) -> list:
+    data = summary.data
+    blocks: list = [Heading(1, "collab-eval report"), Para(INTRO)]
+    blocks += [Heading(2, "Runs"), Table(
+        ["run", "lmms-eval model", "system", "policy", "tasks", "samples", "failed samples"],
+        [[r["name"], r["adapter"], r["system"], r["label"], ", ".join(r["tasks"]), str(r["samples"]), str(r["errors"])]
+         for r in data["runs"]])]
+    tasks = sorted({t for s in data["systems"].values() for t in s["tasks"]})
+    for task in tasks:
+        entries = {name: s["tasks"][task] for name, s in data["systems"].items() if task in s["tasks"]}
+        views = [v for v in summary.views if v.task == task]
+        blocks += task_section(task, entries, views, data["settings"])
+    return blocks
+
+
+def task_section(task: str, entries: dict[str, dict], views: list[TaskView], settings: dict) -> list:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)
+    with_curves = {k: e for k, e in entries.items() if "curves" in e}
+    metric = next(iter(entries.values()))["metric"]
+    blocks: list = [Heading(2, f"Task {task}"),
+                    Para(f"Accuracy is lmms-eval's {metric}, in percent. Bytes and FLOPs are means per sample; "
+                         "FLOPs in GFLOPs.")]
+    blocks.append(Figure(f"{slug}_tradeoff.png", plots.tradeoff(task, entries), f"{task}: accuracy against bytes and FLOPs"))
+    if with_curves:
+        blocks += [Heading(3, "Ends, oracle and how well the score flags errors"), Table(
+            ["system", "samples", "failed", "never: acc", "never: bytes", "always: acc", "always: bytes",
+             "oracle: acc", "oracle: retransmitted", "original image: bytes", "AUROC of score for stage-1 errors",
+             "lmms-eval's own result for the always run"],
+            [[k, str(e["n"]), str(e["errors"]), pct(e["never"]["accuracy"]), nbytes(e["never"]["bytes"]),
+              pct(e["always"]["accuracy"]), nbytes(e["always"]["bytes"]), pct(e["oracle"]["accuracy"]),
+              pct(e["oracle"]["rate"]) + "%", nbytes(e["bytes_original"]),
+              ", ".join(f"{agg} {auc(v)}" for agg, v in e["auroc"].items()), pct(e["lmms_eval_accuracy"])]
+             for k, e in with_curves.items()])]
+        blocks += [Para(f"AUROC: the probability that a wrong stage-1 answer (accuracy below {CORRECT:g}) gets a "
+                        "higher score than a right one; 0.5 is chance, 1 is perfect. The gate uses the score named "
+                        "first; the others are the other aggregations of the per-token min-entropy.")]
+        blocks += [Heading(3, f"Cheapest operating point reaching {100 * settings['target_fraction']:g}% of "
+                              "always-retransmit accuracy"), Table(
+            ["system", "target acc", "gate", "τ", "retransmitted", "bytes", "GFLOPs", "acc",
+             "bytes saved vs original image", "bytes saved vs always", "FLOPs saved vs always"],
+            [[k, pct(e["target_accuracy"]), gate, tau(p.get("tau")) if p else "–", pct(p and p["rate"]) + "%",
+              nbytes(p and p["bytes"]), gflops(p and p["flops"]), pct(p and p["accuracy"]),
+              signed_pct(p and p["saving_vs_original"]), signed_pct(p and p["saving_vs_always"]),
+              signed_pct(p and p["flops_saving_vs_always"])]
+             for k, e in with_curves.items() for gate, p in e["reach_target"].items()])]
+        blocks.append(Para("Savings are relative: +60% means 60% fewer bytes than sending the original image "
+                           "(same codec) or than retransmitting every sample; a negative saving costs more."))
+        for k, e in with_curves.items():
+            blocks += [Heading(3, f"Entropy-gate operating points: {k}"), Table(
+                ["τ", "retransmitted", "bytes", "GFLOPs", "acc"],
+                [[tau(p.get("tau")), pct(p["rate"]) + "%", nbytes(p["bytes"]), gflops(p["flops"]), pct(p["accuracy"])]
+                 for p in thin(e["curves"]["gated"])])]
+        blocks.append(Para(f"Shown: the thresholds nearest to each 10% of retransmission; summary.json holds all "
+                           f"{sum(len(e['curves']['gated']) for e in with_curves.values())} points."))
+    points = [(k, p) for k, e in entries.items() for p in e.get("points", [])]
+    if points:
+        blocks += [Heading(3, "Other runs"), Table(
+            ["system", "run", "policy", "retransmitted", "bytes", "GFLOPs", "acc",
+             "derived from the always run: acc / bytes / retransmitted"],
+            [[k, p["run"], p["label"], pct(p["rate"]) + "%", nbytes(p["bytes"]), gflops(p["flops"]), pct(p["accuracy"]),
+              derived(p.get("derived_from_always"))] for k, p in points])]
+    if views:
+        blocks += [Heading(3, "Stage-1 uncertainty"),
+                   Figure(f"{slug}_uncertainty.png", plots.histograms(task, views), f"{task}: score histograms")]
+        for view in views:
+            blocks += [Heading(3, f"Examples: {view.system}"),
+                       Para("Samples whose answer changed correctness in stage 2 first; model outputs verbatim "
+                            "(control characters shown as \\uXXXX, line breaks as ⏎)."),
+                       Table(["doc", "question", "ground truth", "stage-1 answer", "score", "stage-2 answer",
+                              "acc 1 → 2"], examples(view))]
+    return blocks
+
+
+def thin(points: list[dict]) -> list[dict]:
+    chosen = {min(range(len(points)), key=lambda i: (abs(points[i]["rate"] - r), i)) for r in RATE_ROWS}
+    return [points[i] for i in sorted(chosen)]
+
+
+def derived(p: dict | None) -> str:
+    return "–" if not p else f"{pct(p['accuracy'])} / {nbytes(p['bytes'])} / {pct(p['rate'])}%"
+
+
+def examples(view: TaskView) -> list[list[str]]:
+    changed = sorted(range(len(view.records)), key=lambda i: (view.acc2[i] == view.acc1[i], view.acc2[i] < view.acc1[i], i))
+    rows = []
+    for i in changed[:EXAMPLES]:
+        r = view.records[i]
+        doc = r.get("doc", {})
+        rows.append([str(r["doc_id"]), str(doc.get("question", r.get("question", ""))), ground_truth(doc),
+                     r.get("answer_stage1") or "", tau(view.samples.score[i]), r.get("answer_stage2") or "",
+                     f"{view.acc1[i]:.2f} → {view.acc2[i]:.2f}"])
+    return rows
+
+
+def ground_truth(doc: dict) -> str:
+    if isinstance(doc.get("answers"), list):
+        return ", ".join(f"{a} ×{n}" for a, n in Counter(map(str, doc["answers"])).most_common(3))
+    return str(doc.get("answer", "–"))
+
+
+# ----- renderers ----------------------------------------------------------------------
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def visible(text: str) -> str:
+    """Control characters as \\uXXXX and line breaks as ⏎, so every output is seen as it is."""
+    text = CONTROL.sub(lambda m: f"\\u{ord(m[0]):04x}", str(text))
+    return text.replace("\r\n", "⏎").replace("\n", "⏎").replace("\r", "⏎")
+
+
+def md_escape(text: str) -> str:
+    """Escaped for Markdown: no HTML passes through, no table or emphasis syntax either."""
+    text = html.escape(visible(text), quote=False)
+    return re.sub(r"([\\`*_\[\]{}|#!~])", r"\\\1", text)
+
+
+def html_escape(text: str) -> str:
+    return html.escape(visible(text), quote=True)
+
+
+def to_markdown(blocks: list) -> str:
+    out = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"{'#' * b.level} {md_escape(b.text)}")
+        elif isinstance(b, Para):
+            out.append(md_escape(b.text))
+        elif isinstance(b, Table):
+            out.append("| " + " | ".join(map(md_escape, b.headers)) + " |")
+            out[-1] += "\n|" + "---|" * len(b.headers)
+            out[-1] += "".join("\n| " + " | ".join(map(md_escape, row)) + " |" for row in b.rows)
+        elif isinstance(b, Figure):
+            out.append(f"![{md_escape(b.alt)}]({b.filename})")
+    return "\n\n".join(out) + "\n"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.85em}th,td{border:1px solid #ccc;padding:.25em .5em;
+text-align:left;vertical-align:top;white-space:pre-wrap;word-break:break-word;max-width:28em}th{background:#f3f3f3}
+img{max-width:100%}p{line-height:1.45}"""
+
+
+def to_html(blocks: list) -> str:
+    out = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+           "<title>collab-eval report</title>", f"<style>{STYLE}</style></head><body>"]
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"<h{b.level}>{html_escape(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            out.append(f"<p>{html_escape(b.text)}</p>")
+        elif isinstance(b, Table):
+            out.append("<table><thead><tr>" + "".join(f"<th>{html_escape(h)}</th>" for h in b.headers) + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{html_escape(c)}</td>" for c in row) + "</tr>" for row in b.rows]
+            out.append("</tbody></table>")
+        elif isinstance(b, Figure):
+            data = base64.b64encode(b.png).decode("ascii")
+            out.append(f'<figure><img alt="{html_escape(b.alt)}" src="data:image/png;base64,{data}"></figure>')
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def write(summary: Summary, out_dir) -> dict[str, Path]:
+    """Write report.md, report.html, summary.json and the figures into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    blocks = document(summary)
+    paths = {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "summary": out_dir / "summary.json"}
+    for b in blocks:
+        if isinstance(b, Figure):
+            (out_dir / b.filename).write_bytes(b.png)
+    paths["markdown"].write_text(to_markdown(blocks), encoding="utf-8")
+    paths["html"].write_text(to_html(blocks), encoding="utf-8")
+    paths["summary"].write_text(json.dumps(summary.data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return paths
