@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from collab_eval.check import FRACTIONS, Tolerances
+
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
 
@@ -15,6 +17,24 @@ def main(argv=None) -> int:
     fixtures.add_argument("--out", default=str(TASKS_DIR / "data"))
     build = sub.add_parser("build-tiny", help="build (or find) a tiny checkpoint and print its path")
     build.add_argument("name", choices=["tiny-llava"])
+    report = sub.add_parser("report", help="compare runs: accuracy against bytes and FLOPs, as report.md/.html and summary.json")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="lmms-eval --output_path directories (or directories of collab records)")
+    report.add_argument("--out", required=True, help="directory for report.md, report.html, summary.json, figures")
+    report.add_argument("--seeds", type=int, default=20, help="seeded random draws per rate for the band (0: none)")
+    check = sub.add_parser("check", help="fail (exit 1) when accuracy against bytes/FLOPs regressed from a baseline")
+    check.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or one summary.json")
+    check.add_argument("--baseline", required=True, help="a summary.json written by collab-eval report")
+    check.add_argument("--tol-auc", type=float, default=Tolerances.auc,
+                       help="allowed drop of the mean accuracy over the baseline's cost range (fraction; default %(default)s)")
+    check.add_argument("--tol-acc", type=float, default=Tolerances.budget,
+                       help="allowed drop of the accuracy within each budget (fraction; default %(default)s)")
+    check.add_argument("--tol-cost", type=float, default=Tolerances.cost,
+                       help="allowed relative rise of the never/always mean bytes and FLOPs (default %(default)s)")
+    check.add_argument("--budgets", default=",".join(f"{f:g}" for f in FRACTIONS),
+                       help="budgets as fractions of the baseline's never..always cost range (default %(default)s)")
+    check.add_argument("--byte-budgets", default="", help="extra absolute budgets in mean bytes per sample, comma-separated")
+    check.add_argument("--summary-out", help="also write the run's summary.json here")
     args = parser.parse_args(argv)
 
     if args.command == "tasks-dir":
@@ -28,7 +48,51 @@ def main(argv=None) -> int:
     elif args.command == "build-tiny":
         from collab_eval.checkpoints import resolve
         print(resolve(args.name))
+    elif args.command == "report":
+        return run_report(args)
+    elif args.command == "check":
+        return run_check(args)
     return 0
+
+
+def load_summary(run_dirs, seeds: int):
+    from collab_eval.runs import find_runs
+    from collab_eval.summary import summarise
+    return summarise([run for d in run_dirs for run in find_runs(d)], seeds=seeds)
+
+
+def run_report(args) -> int:
+    from collab_eval import report
+    paths = report.write(load_summary(args.run_dirs, args.seeds), args.out)
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+def run_check(args) -> int:
+    import json
+    from collab_eval import check
+    baseline = json.loads(Path(args.baseline).read_text())
+    if len(args.run_dirs) == 1 and Path(args.run_dirs[0]).is_file():
+        current = json.loads(Path(args.run_dirs[0]).read_text())
+    else:
+        current = load_summary(args.run_dirs, seeds=0).data
+        if args.summary_out:
+            Path(args.summary_out).write_text(json.dumps(current, indent=1) + "\n")
+    tol = check.Tolerances(auc=args.tol_auc, budget=args.tol_acc, cost=args.tol_cost)
+    rows = check.compare(current, baseline, tol, fractions=floats(args.budgets), byte_budgets=floats(args.byte_budgets))
+    if not rows:
+        print(f"nothing to compare: {args.baseline} has no curves (it needs an always run)")
+        return 2
+    print(check.table(rows))
+    bad = sum(r.status == "REGRESSION" for r in rows)
+    print(f"\n{bad} regression(s) in {len(rows)} comparisons against {args.baseline}" if bad
+          else f"\nno regression in {len(rows)} comparisons against {args.baseline}")
+    return 1 if bad else 0
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
 
 
 if __name__ == "__main__":
