@@ -8,7 +8,11 @@ from pathlib import Path
 
 from collab_eval import tiny
 
-BUILDERS = {"tiny-llava": tiny.build_tiny_llava}
+BUILDERS = {
+    "tiny-llava": tiny.build_tiny_llava,
+    "tiny-qwen2-vl": tiny.build_tiny_qwen2_vl,
+    "tiny-instructblip": tiny.build_tiny_instructblip,
+}
 
 
 def cache_dir() -> Path:

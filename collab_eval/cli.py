@@ -16,7 +16,7 @@ def main(argv=None) -> int:
     fixtures = sub.add_parser("build-fixtures", help="regenerate the offline TextVQA/POPE fixtures")
     fixtures.add_argument("--out", default=str(TASKS_DIR / "data"))
     build = sub.add_parser("build-tiny", help="build (or find) a tiny checkpoint and print its path")
-    build.add_argument("name", choices=["tiny-llava"])
+    build.add_argument("name", choices=["tiny-llava", "tiny-qwen2-vl", "tiny-instructblip"])
     report = sub.add_parser("report", help="compare runs: accuracy against bytes and FLOPs, as report.md/.html and summary.json")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="lmms-eval --output_path directories (or directories of collab records)")

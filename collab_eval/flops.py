@@ -49,3 +49,19 @@ def generation(prompt: int, generated: int, vocab: int, **decoder) -> tuple[int,
     decode = sum(decoder_tokens(1, prompt + step, **decoder) + linear(1, hidden, vocab)
                  for step in range(1, generated))
     return prefill, decode
+
+
+def qformer(queries: int, text: int, image_tokens: int, *, hidden: int, intermediate: int, heads: int,
+            encoder_hidden: int, layers: int, cross_attention_frequency: int) -> int:
+    """A BLIP-2/InstructBLIP Q-Former over one image: ``queries`` learned query tokens and
+    ``text`` instruction tokens attend to each other in every layer; only the queries
+    cross-attend to the ``image_tokens`` encoder outputs, in layers whose index is a
+    multiple of ``cross_attention_frequency``; queries and text have separate two-matrix MLPs."""
+    tokens = queries + text
+    head_dim = hidden // heads
+    self_attention = 4 * linear(tokens, hidden, hidden) + attention_core(tokens, tokens, heads, head_dim)
+    cross_attention = (2 * linear(queries, hidden, hidden) + 2 * linear(image_tokens, encoder_hidden, hidden)
+                       + attention_core(queries, image_tokens, heads, head_dim))
+    mlp = linear(tokens, hidden, intermediate) + linear(tokens, intermediate, hidden)
+    cross_layers = len(range(0, layers, cross_attention_frequency))
+    return layers * (self_attention + mlp) + cross_layers * cross_attention

@@ -88,3 +88,105 @@ def build_tiny_llava(out_dir: str | Path, image_size: int = 64, patch_size: int 
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+# Qwen2-VL-Instruct's own chat template (Qwen/Qwen2-VL-*-Instruct), so the tiny model is prompted as the real one.
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN2_VL_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Qwen2VLForConditionalGeneration + Qwen2VLProcessor to ``out_dir``.
+
+    The vision geometry is the real one (14-pixel patches, 2x2 merge, 2 temporal
+    patches), so the pixel budget, smart_resize and token bookkeeping are exercised as
+    for Qwen2-VL-2B/7B; only the widths and depths are tiny.
+    """
+    from transformers import (
+        Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(QWEN2_VL_SPECIAL)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_VL_SPECIAL}
+    config = Qwen2VLConfig(
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, in_channels=3,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=tokenizer.pad_token_id),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], tokenizer.eos_token_id]
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 1280,
+                                            patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN2_VL_CHAT_TEMPLATE)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_instructblip(out_dir: str | Path, image_size: int = 224, patch_size: int = 14, seed: int = 0) -> Path:
+    """Write a tiny InstructBlipForConditionalGeneration (Llama language model, as in
+    instructblip-vicuna-7b) + InstructBlipProcessor to ``out_dir``.
+
+    The image geometry is the real one (224x224 squashed, 14-pixel patches, 32 query
+    tokens); the Q-Former has cross-attention every second layer, as the real one.
+    """
+    from tokenizers.processors import TemplateProcessing
+    from transformers import (
+        BlipImageProcessor, InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
+        InstructBlipQFormerConfig, InstructBlipVisionConfig, LlamaConfig,
+    )
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer([])
+    # Vicuna's tokenizer starts every text with <s>; the processor puts the query tokens before it.
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)])
+    qformer_tokenizer = train_tokenizer([])
+    image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size}, do_resize=True)
+    # The processor adds the <image> token to the tokenizer, as for the released checkpoint.
+    processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                      qformer_tokenizer=qformer_tokenizer, num_query_tokens=32)
+    vision = InstructBlipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, image_size=image_size, patch_size=patch_size)
+    qformer = InstructBlipQFormerConfig(vocab_size=len(qformer_tokenizer), hidden_size=32, num_hidden_layers=4,
+                                        num_attention_heads=2, intermediate_size=64, cross_attention_frequency=2,
+                                        max_position_embeddings=512, pad_token_id=qformer_tokenizer.pad_token_id)
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=text,
+                                num_query_tokens=32, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    model = InstructBlipForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir

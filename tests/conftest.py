@@ -19,3 +19,15 @@ TASKS_DIR = REPO / "tasks"
 def tiny_llava_path() -> str:
     from collab_eval.checkpoints import resolve
     return resolve("tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl_path() -> str:
+    from collab_eval.checkpoints import resolve
+    return resolve("tiny-qwen2-vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_instructblip_path() -> str:
+    from collab_eval.checkpoints import resolve
+    return resolve("tiny-instructblip")

@@ -1,0 +1,130 @@
+"""collab_instructblip: InstructBLIP (Salesforce/instructblip-vicuna-7b).
+
+The language model sees 32 query tokens per image, not patches. The patch map is the
+language model's attention to the 32 query slots pushed through the Q-Former's
+cross-attention to the vision encoder's patches. The model's own forward and generate do
+not return that cross-attention, so the adapter runs the vision encoder and the Q-Former
+itself (the Q-Former with attentions) and generates with the language model from the
+resulting embeddings, as the model's generate does.
+
+Two images (stage 2): two sets of 32 query tokens ahead of the text, global first. The
+released model was trained with one image only, so two images are outside its training
+distribution; transformers is used as released (no patching).
+"""
+from __future__ import annotations
+
+import torch
+from transformers import InstructBlipForConditionalGeneration
+
+from collab_eval import flops as F
+from collab_eval.edge import Box
+from model_adapters.base import CollabModel
+
+
+class CollabInstructBlip(CollabModel):
+    model_id = "collab_instructblip"
+    model_class = InstructBlipForConditionalGeneration
+    # ViCrop (InstructBLIP-Vicuna-7B): language-model layer 15 of 32, and the third of the
+    # Q-Former's six cross-attention layers; the defaults scale both to the checkpoint.
+    vicrop_layer = (15, 32)
+    vicrop_qformer_layer = (2, 6)
+
+    def __init__(self, pretrained: str = "Salesforce/instructblip-vicuna-7b", qformer_layer: int | None = None, **kwargs):
+        super().__init__(pretrained=pretrained, **kwargs)
+        qc = self.model.config.qformer_config
+        n_cross = len(range(0, qc.num_hidden_layers, qc.cross_attention_frequency))
+        num, den = self.vicrop_qformer_layer
+        self.qformer_layer = int(qformer_layer) if qformer_layer is not None else n_cross * num // den
+        if not 0 <= self.qformer_layer < n_cross:
+            raise ValueError(f"{self.model_id}: qformer_layer indexes the Q-Former's {n_cross} cross-attention "
+                             f"layers: must be in 0..{n_cross - 1}, got {qformer_layer}")
+        size = self.processor.image_processor.size
+        self.size = (size["width"], size["height"])  # the processor squashes every image to this
+        self.input_side = self.size[1]
+        patch = self.model.config.vision_config.patch_size
+        self.grid = (self.size[1] // patch, self.size[0] // patch)
+        self.queries = self.model.config.num_query_tokens
+        # The checkpoint's generation settings (EOS, padding) govern, as in the model's own generate.
+        self.model.language_model.generation_config = self.model.generation_config
+
+    def inputs(self, images, question):
+        """Token ids as the processor makes them for one image (32 query slots, then <s> and
+        the text), with 32 more slots in front per further image; the Q-Former reads the
+        question beside every image. The language model's input embeddings and the
+        Q-Former's cross-attentions are computed here, once."""
+        inputs = self.processor(images=images, text=question, return_tensors="pt")
+        if len(images) > 1:
+            more = torch.full((1, self.queries * (len(images) - 1)), self.model.config.image_token_id, dtype=torch.long)
+            inputs["input_ids"] = torch.cat([more, inputs["input_ids"]], dim=1)
+            inputs["attention_mask"] = torch.cat([torch.ones_like(more), inputs["attention_mask"]], dim=1)
+            for key in ("qformer_input_ids", "qformer_attention_mask"):
+                inputs[key] = inputs[key].repeat(len(images), 1)
+        inputs = self.to_device(inputs)
+        features, inputs["cross_attentions"] = self.image_features(inputs)
+        embeds = self.model.get_input_embeddings()(inputs["input_ids"])
+        slots = self.model.get_placeholder_mask(inputs["input_ids"], inputs_embeds=embeds)
+        inputs["inputs_embeds"] = embeds.masked_scatter(slots, features.to(embeds.dtype))
+        return inputs
+
+    def image_features(self, inputs):
+        """Vision encoder, Q-Former (with its cross-attentions) and projection, as the
+        model's get_image_features runs them: (images, 32, hidden) and, per cross-attention
+        layer, (images, heads, 32, 1 + patches)."""
+        model = self.model
+        image_embeds = model.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
+        query_tokens = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        query_mask = torch.ones(query_tokens.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        out = model.qformer(
+            input_ids=inputs["qformer_input_ids"],
+            attention_mask=torch.cat([query_mask, inputs["qformer_attention_mask"]], dim=1),
+            query_embeds=query_tokens, encoder_hidden_states=image_embeds,
+            encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device),
+            output_attentions=True,
+        )
+        return model.language_projection(out.last_hidden_state[:, :self.queries]), out.cross_attentions
+
+    def generate(self, inputs, **kwargs):
+        # Given input_ids beside the embeddings, generate returns the prompt too: the base
+        # class slices it off at the prompt length.
+        return self.model.language_model.generate(
+            input_ids=inputs["input_ids"], inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
+            **kwargs)
+
+    def forward(self, inputs, **kwargs):
+        return self.model.language_model(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"], **kwargs)
+
+    def image_token_positions(self, inputs, image_index):
+        positions = (inputs["input_ids"][0] == self.model.config.image_token_id).nonzero().flatten()
+        return positions[image_index * self.queries:(image_index + 1) * self.queries]
+
+    def patch_grid(self, row, inputs):
+        """``row``: attention to the first image's 32 query slots. Each slot's share goes
+        to the patches in proportion to that query's cross-attention (head-averaged, at
+        ``qformer_layer``; the CLS position is dropped)."""
+        cross = inputs["cross_attentions"][self.qformer_layer][0].float().mean(dim=0)[:, 1:].cpu().numpy()
+        return (row @ cross).reshape(self.grid)
+
+    def frame(self, region: Box):
+        """The processor squashes any image to ``size`` without keeping the aspect ratio:
+        the encoder sees the whole region, each grid cell an equal fraction of it."""
+        return region, self.size
+
+    def flops(self, inputs, generated, decode=True):
+        vc, qc, tc = self.model.config.vision_config, self.model.config.qformer_config, self.model.config.text_config
+        n_images = inputs["pixel_values"].shape[0]
+        patches = self.grid[0] * self.grid[1]
+        vision = n_images * (F.patch_embedding(patches, 3, vc.patch_size, vc.hidden_size)
+                             + F.vit_encoder(patches + 1, vc.hidden_size, vc.intermediate_size,
+                                             vc.num_attention_heads, vc.num_hidden_layers))
+        # The connector: the Q-Former (queries + instruction text) and the projection into the LM.
+        projector = n_images * (
+            F.qformer(self.queries, inputs["qformer_input_ids"].shape[1], patches + 1, hidden=qc.hidden_size,
+                      intermediate=qc.intermediate_size, heads=qc.num_attention_heads, encoder_hidden=vc.hidden_size,
+                      layers=qc.num_hidden_layers, cross_attention_frequency=qc.cross_attention_frequency)
+            + F.linear(self.queries, qc.hidden_size, tc.hidden_size))
+        prefill, decode_flops = F.generation(
+            inputs["input_ids"].shape[1], generated if decode else 1, tc.vocab_size,
+            hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
+            kv_heads=tc.num_key_value_heads, head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
+            layers=tc.num_hidden_layers)
+        return {"vision": vision, "projector": projector, "prefill": prefill, "decode": decode_flops}

@@ -1,0 +1,95 @@
+"""collab_qwen2_vl: Qwen2-VL (Qwen/Qwen2-VL-2B-Instruct and -7B-Instruct).
+
+Qwen2-VL has no fixed input size: its processor resizes every image to a multiple of
+patch x merge (28 px) inside a pixel budget, keeping the aspect ratio (``smart_resize``),
+and the language model sees one token per merged 2x2 patch, row-major over the merged
+grid given by ``image_grid_thw``. Here "the encoder's input" is that budget: the model
+arg ``max_pixels`` bounds the global image and every local image alike.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from transformers import Qwen2VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+from collab_eval import flops as F
+from collab_eval.edge import Box
+from model_adapters.base import CollabModel
+
+# LLaVA-1.5's 336 x 336 input area: 12 x 12 = 144 language tokens for a square image.
+DEFAULT_MAX_PIXELS = 336 * 336
+DEFAULT_MIN_PIXELS = 56 * 56  # the processor's own lower bound
+
+
+class CollabQwen2VL(CollabModel):
+    model_id = "collab_qwen2_vl"
+    model_class = Qwen2VLForConditionalGeneration
+    # ViCrop publishes no layer for Qwen2-VL; its Qwen2.5-VL-7B choice is layer 22 of 28.
+    vicrop_layer = (22, 28)
+
+    def __init__(self, pretrained: str = "Qwen/Qwen2-VL-7B-Instruct", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_pixels: int = DEFAULT_MIN_PIXELS, **kwargs):
+        super().__init__(pretrained=pretrained, **kwargs)
+        ip = self.processor.image_processor
+        self.merge = ip.merge_size
+        self.factor = ip.patch_size * ip.merge_size
+        self.max_pixels, self.min_pixels = int(max_pixels), int(min_pixels)
+        if not self.factor ** 2 <= self.min_pixels <= self.max_pixels:
+            raise ValueError(f"{self.model_id}: need {self.factor ** 2} <= min_pixels <= max_pixels, "
+                             f"got min_pixels={min_pixels}, max_pixels={max_pixels}")
+        # The processor applies the same budget, so what the edge sends is not resized again.
+        ip.size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
+        self.input_side = round(math.sqrt(self.max_pixels))
+
+    def inputs(self, images, question):
+        # As lmms-eval's qwen2_vl adapter: the images first, then the text, in one user turn
+        # (the chat template adds the default system prompt).
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+        prompt = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        return self.to_device(self.processor(images=images, text=prompt, return_tensors="pt"))
+
+    def tokens_per_image(self, inputs) -> list[int]:
+        return (inputs["image_grid_thw"].prod(-1) // self.merge ** 2).tolist()
+
+    def image_token_positions(self, inputs, image_index):
+        """Image tokens come in image order, each image's run as long as its own merged
+        grid: the crop's run is located by the global's length, not assumed equal to it."""
+        positions = (inputs["input_ids"][0] == self.model.config.image_token_id).nonzero().flatten()
+        counts = self.tokens_per_image(inputs)
+        if len(positions) != sum(counts):
+            raise ValueError(f"{len(positions)} image tokens in the prompt, but the grids need {sum(counts)}")
+        start = sum(counts[:image_index])
+        return positions[start:start + counts[image_index]]
+
+    def patch_grid(self, row, inputs):
+        _, h, w = inputs["image_grid_thw"][0].tolist()
+        return row.reshape(h // self.merge, w // self.merge)
+
+    def frame(self, region: Box):
+        """The processor squeezes the whole region into ``smart_resize``'s size (multiples of
+        28 px, area within the budget, aspect kept as closely as that allows): the edge sends
+        exactly that, so every grid cell is an equal fraction of the region."""
+        x0, y0, x1, y1 = region
+        height, width = smart_resize(max(y1 - y0, 1.0), max(x1 - x0, 1.0), factor=self.factor,
+                                     min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        return region, (width, height)
+
+    def flops(self, inputs, generated, decode=True):
+        vc, tc = self.model.config.vision_config, self.model.config.text_config
+        merged_width = vc.embed_dim * vc.spatial_merge_size ** 2
+        vision = projector = 0
+        for t, h, w in inputs["image_grid_thw"].tolist():
+            patches = t * h * w  # attention is per image (the encoder splits the sequence by image)
+            vision += (F.patch_embedding(patches, vc.in_channels, vc.patch_size, vc.embed_dim, temporal=vc.temporal_patch_size)
+                       + F.vit_encoder(patches, vc.embed_dim, vc.embed_dim * vc.mlp_ratio, vc.num_heads, vc.depth))
+            tokens = patches // vc.spatial_merge_size ** 2  # the patch merger is the projector
+            projector += F.linear(tokens, merged_width, merged_width) + F.linear(tokens, merged_width, vc.hidden_size)
+        prefill, decode_flops = F.generation(
+            inputs["input_ids"].shape[1], generated if decode else 1, tc.vocab_size,
+            hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
+            kv_heads=tc.num_key_value_heads, head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
+            layers=tc.num_hidden_layers)
+        return {"vision": vision, "projector": projector, "prefill": prefill, "decode": decode_flops}
