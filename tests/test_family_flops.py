@@ -1,0 +1,149 @@
+"""Qwen2-VL and InstructBLIP: the analytic FLOPs the adapters record agree with what torch
+executes, per part, within 2% (as tests/test_flops.py does for LLaVA).
+
+Each test wraps one real adapter call (``answer`` or ``attention``, as the pipeline makes
+them) in FlopCounterMode and splits the counted FLOPs by module into the recorded parts.
+A module's counts are found under its path in the model or under its class name, whether it
+ran inside the model's forward or on its own (InstructBLIP's adapter runs the vision encoder
+and the Q-Former itself). A forward hook on the language model
+snapshots the counts after every forward call: the first is the prefill, the rest decode.
+"""
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from collab_eval.pipeline import GENERIC_PROMPT
+from tests.test_flops import _SDPA_CPU, assert_agree
+
+MAX_NEW_TOKENS = 8
+QUESTION = "what is the number on the sign ?"
+
+
+@dataclass
+class Parts:
+    """Where each recorded part runs, as submodule paths of the transformers model."""
+    vision: tuple[str, ...]
+    vision_minus: tuple[str, ...]  # inside vision, but counted as projector
+    projector: tuple[str, ...]
+    language: tuple[str, ...]  # the per-token part: decoder and LM head
+    stepper: str  # the module whose forward runs once per generated token
+
+
+PARTS = {
+    "qwen2_vl": Parts(vision=("model.visual",), vision_minus=("model.visual.merger",),
+                      projector=("model.visual.merger",), language=("model.language_model", "lm_head"),
+                      stepper=""),
+    # The Q-Former and the language projection are InstructBLIP's connector.
+    "instructblip": Parts(vision=("vision_model",), vision_minus=(), projector=("qformer", "language_projection"),
+                          language=("language_model",), stepper="language_model"),
+}
+
+
+def noise_image(width, height, seed):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+WIDE = noise_image(97, 61, seed=1)
+TALL = noise_image(40, 90, seed=2)
+SQUARE = noise_image(150, 150, seed=3)  # a different Qwen2-VL grid again
+
+
+@pytest.fixture(scope="module", params=sorted(PARTS))
+def family(request, tmp_path_factory):
+    name = request.param
+    if name == "qwen2_vl":
+        from model_adapters.qwen2_vl import CollabQwen2VL as cls
+        path = request.getfixturevalue("tiny_qwen2_vl_path")
+    else:
+        from model_adapters.instructblip import CollabInstructBlip as cls
+        path = request.getfixturevalue("tiny_instructblip_path")
+    adapter = cls(pretrained=path, records_dir=str(tmp_path_factory.mktemp("records")),
+                  policy="always", max_new_tokens=MAX_NEW_TOKENS)
+    adapter._gen_kwargs = {}  # as run_one sets them
+    return adapter, PARTS[name]
+
+
+def tracker_names(model, path: str) -> set[str]:
+    """The names FlopCounterMode may file a submodule's counts under: its path under the
+    root model, or, when an ancestor first ran on its own (generate encodes images before
+    the first forward; the InstructBLIP adapter runs its encoders itself), its path under
+    that ancestor's class name."""
+    parts = path.split(".")
+    names = {".".join([type(model).__name__, *parts])}
+    for i in range(len(parts)):
+        ancestor = model.get_submodule(".".join(parts[:i + 1]))
+        names.add(".".join([type(ancestor).__name__, *parts[i + 1:]]))
+    return names
+
+
+def counted(family, call):
+    """Run ``call`` under FlopCounterMode; return its result, the counted FLOPs per part,
+    and the number of forward calls of the language model."""
+    adapter, parts = family
+    model = adapter.model
+    stepper = model.get_submodule(parts.stepper)
+    snapshots = []
+    with FlopCounterMode(display=False, custom_mapping=_SDPA_CPU) as counter:
+        hook = stepper.register_forward_hook(lambda *_: snapshots.append(copy.deepcopy(counter.get_flop_counts())))
+        try:
+            result = call()
+        finally:
+            hook.remove()
+    final = counter.get_flop_counts()
+
+    def total(counts, paths):
+        return sum(sum(counts.get(name, {}).values()) for path in paths for name in tracker_names(model, path))
+
+    measured = {
+        "vision": total(final, parts.vision) - total(final, parts.vision_minus),
+        "projector": total(final, parts.projector),
+        "prefill": total(snapshots[0], parts.language),
+        "decode": total(final, parts.language) - total(snapshots[0], parts.language),
+    }
+    # Nothing escapes the split: every counted FLOP belongs to exactly one part.
+    assert sum(measured.values()) == sum(final["Global"].values()), (measured, final["Global"])
+    return result, measured, len(snapshots)
+
+
+def test_stage1_answer_parts(family):
+    answer, measured, forwards = counted(family, lambda: family[0].answer([WIDE], QUESTION, with_attention=True))
+    assert forwards == len(answer.logits) >= 2  # one forward per generated token; decode is exercised
+    assert all(measured[part] > 0 for part in ("vision", "projector", "prefill", "decode"))
+    assert answer.attention is not None and answer.attention.size > 1
+    assert_agree(answer.flops, measured)
+
+
+def test_generic_prompt_pass(family):
+    (_, flops), measured, forwards = counted(family, lambda: family[0].attention(TALL, GENERIC_PROMPT))
+    assert forwards == 1 and measured["decode"] == 0
+    assert_agree(flops, measured)
+
+
+@pytest.mark.parametrize("images", [[WIDE, TALL], [WIDE, TALL, SQUARE, WIDE, TALL]], ids=["two", "five"])
+def test_several_images_of_different_sizes(family, images):
+    """Stage 2 (global + crop) and tiles (global + four tiles)."""
+    answer, measured, forwards = counted(family, lambda: family[0].answer(images, QUESTION, with_attention=False))
+    assert forwards == len(answer.logits)
+    assert_agree(answer.flops, measured)
+
+
+def test_generation_stopped_early_at_eos(family):
+    """Make a token the model is about to generate its EOS: decode counts only the steps run."""
+    adapter = family[0]
+    tokens = adapter.answer([WIDE], QUESTION, with_attention=False).logits.argmax(-1).tolist()
+    stop = next((k for k in range(1, len(tokens)) if tokens[k] not in tokens[:k]), None)
+    if stop is None:
+        pytest.skip(f"greedy answer repeats one token: {tokens}")
+    config = adapter.model.generation_config
+    saved = config.eos_token_id
+    config.eos_token_id = tokens[stop]
+    try:
+        answer, measured, forwards = counted(family, lambda: adapter.answer([WIDE], QUESTION, with_attention=False))
+    finally:
+        config.eos_token_id = saved
+    assert forwards == len(answer.logits) == stop + 1 < MAX_NEW_TOKENS
+    assert_agree(answer.flops, measured)
