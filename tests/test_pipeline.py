@@ -1,0 +1,55 @@
+"""The pipeline on the real tiny LLaVA, for the cases the CLI runs rarely meet."""
+
+import pytest
+from PIL import Image
+
+from collab_eval.edge import Codec
+from collab_eval.pipeline import GenericMaps, Settings, run_sample
+from collab_eval.policy import Policy
+from collab_eval.records import SampleRecord
+
+
+@pytest.fixture(scope="module")
+def llava(tiny_llava_path, tmp_path_factory):
+    from model_adapters.llava import CollabLlava
+    model = CollabLlava(pretrained=tiny_llava_path, records_dir=str(tmp_path_factory.mktemp("records")), max_new_tokens=1)
+    model._gen_kwargs = {}
+    return model
+
+
+def record():
+    return SampleRecord(task="t", doc_id=0, question="q", model="m", codec="png", policy="threshold")
+
+
+def test_an_empty_answer_is_scored_and_gated(llava):
+    """The model ends its answer at once: the text is empty, its one step still has an
+    entropy, and the gate decides on it like any other answer."""
+    eos = llava.processor.tokenizer.eos_token_id
+    llava.model.generation_config.forced_eos_token_id = eos  # forces EOS at the last (only) step
+    try:
+        image = Image.new("RGB", (200, 120), "white")
+        settings = Settings(Policy("threshold", threshold=0.0), Codec.parse("png"))
+        done = run_sample(llava, image, "what is it?", "t/0", settings, GenericMaps(), record())
+    finally:
+        llava.model.generation_config.forced_eos_token_id = None
+    assert done.answer_stage1 == "" and len(done.min_entropy) == 1
+    assert done.score == pytest.approx(done.min_entropy[0]) and done.score > 0
+    assert done.retransmitted and done.roi is not None and done.answer_stage2 is not None
+
+
+def test_never_reads_no_attention_and_pays_no_roi_cost(llava):
+    image = Image.new("RGB", (90, 300), "gray")
+    settings = Settings(Policy("never"), Codec.parse("jpeg:80"))
+    done = run_sample(llava, image, "what is it?", "t/0", settings, GenericMaps(), record())
+    assert done.roi is None and done.bytes_total == done.bytes_global
+    assert done.flops["generic"] == done.flops["stage2"] == 0 and done.seconds.keys() == {"edge_global", "stage1"}
+
+
+def test_generic_map_is_computed_once_per_received_image(llava):
+    cache = GenericMaps()
+    image = Image.new("RGB", (100, 100), "white")
+    settings = Settings(Policy("always"), Codec.parse("png"))
+    first = run_sample(llava, image, "one?", "t/0", settings, cache, record())
+    second = run_sample(llava, image, "two?", "t/1", settings, cache, record())
+    assert not first.generic_cached and first.flops["generic"] > 0
+    assert second.generic_cached and second.flops["generic"] == 0 and len(cache.maps) == 1
