@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from collab_eval.check import FRACTIONS, Tolerances
@@ -48,10 +49,12 @@ def main(argv=None) -> int:
     elif args.command == "build-tiny":
         from collab_eval.checkpoints import resolve
         print(resolve(args.name))
-    elif args.command == "report":
-        return run_report(args)
-    elif args.command == "check":
-        return run_check(args)
+    elif args.command in ("report", "check"):
+        try:
+            return run_report(args) if args.command == "report" else run_check(args)
+        except (FileNotFoundError, ValueError) as err:  # no runs, no records, unknown task: say so plainly
+            print(f"collab-eval {args.command}: error: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

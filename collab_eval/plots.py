@@ -49,10 +49,11 @@ def tradeoff(task: str, systems: dict[str, dict]) -> bytes:
                     ax.plot(entry[end][cost], entry[end]["accuracy"], marker, color=colour, ms=7, mfc="white")
                     ax.annotate(end, (entry[end][cost], entry[end]["accuracy"]), textcoords="offset points",
                                 xytext=(4, -10), fontsize=7, color=colour)
-            for p in entry.get("points", []):
+            for j, p in enumerate(sorted(entry.get("points", []), key=lambda p: p[cost])):
                 ax.plot(p[cost], p["accuracy"], "X", color=colour, ms=8, mec="black", mew=0.5)
-                ax.annotate(p["label"], (p[cost], p["accuracy"]), textcoords="offset points", xytext=(5, 4),
-                            fontsize=7, color=colour)
+                ax.annotate(p["label"], (p[cost], p["accuracy"]), textcoords="offset points", fontsize=7,
+                            xytext=(5, 5 + 11 * (j % 4)), color=colour,  # staggered: points often share a height
+                            arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.5})
         low, high = ax.get_ylim()
         ax.set_ylim(max(low, -0.02), min(high, 1.02))
         ax.set_xlabel(label)

@@ -137,7 +137,10 @@ def task_section(task: str, entries: dict[str, dict], views: list[TaskView], set
               signed_pct(p and p["flops_saving_vs_always"])]
              for k, e in with_curves.items() for gate, p in e["reach_target"].items()])]
         blocks.append(Para("Savings are relative: +60% means 60% fewer bytes than sending the original image "
-                           "(same codec) or than retransmitting every sample; a negative saving costs more."))
+                           "(same codec) or than retransmitting every sample; a negative saving costs more."
+                           + (" Where always-retransmit accuracy is 0, every point reaches the target and the row "
+                              "only shows the cheapest one." if any(e["always"]["accuracy"] == 0 for e in with_curves.values())
+                              else "")))
         for k, e in with_curves.items():
             blocks += [Heading(3, f"Entropy-gate operating points: {k}"), Table(
                 ["τ", "retransmitted", "bytes", "GFLOPs", "acc"],
@@ -147,9 +150,12 @@ def task_section(task: str, entries: dict[str, dict], views: list[TaskView], set
                            f"{sum(len(e['curves']['gated']) for e in with_curves.values())} points."))
     points = [(k, p) for k, e in entries.items() for p in e.get("points", [])]
     if points:
-        blocks += [Heading(3, "Other runs"), Table(
+        blocks += [Heading(3, "Other runs"),
+                   Para("Each run's own outcome, rescored like the curves. Where the system has an always run, the "
+                        "last column is what that run predicts for the same policy (same τ, or same rate and seed, "
+                        "or never): the two agree exactly when the runs are deterministic."), Table(
             ["system", "run", "policy", "retransmitted", "bytes", "GFLOPs", "acc",
-             "derived from the always run: acc / bytes / retransmitted"],
+             "derived from the always run: acc / bytes / GFLOPs / retransmitted"],
             [[k, p["run"], p["label"], pct(p["rate"]) + "%", nbytes(p["bytes"]), gflops(p["flops"]), pct(p["accuracy"]),
               derived(p.get("derived_from_always"))] for k, p in points])]
     if views:
@@ -170,7 +176,7 @@ def thin(points: list[dict]) -> list[dict]:
 
 
 def derived(p: dict | None) -> str:
-    return "–" if not p else f"{pct(p['accuracy'])} / {nbytes(p['bytes'])} / {pct(p['rate'])}%"
+    return "–" if not p else f"{pct(p['accuracy'])} / {nbytes(p['bytes'])} / {gflops(p['flops'])} / {pct(p['rate'])}%"
 
 
 def examples(view: TaskView) -> list[list[str]]:

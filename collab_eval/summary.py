@@ -76,8 +76,8 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
         run_rows.append({"name": run.name, "system": key, "adapter": run.adapter, "policy": run.policy,
                          "label": run_label(run), "policy_args": run.policy_args, "tasks": run.tasks,
                          "samples": len(run.records), "errors": sum(bool(r.get("error")) for r in run.records),
-                         "results_file": str(run.results_file) if run.results_file else None,
-                         "record_files": [str(p) for p in run.record_files]})
+                         "results_file": shown(run.results_file) if run.results_file else None,
+                         "record_files": [shown(p) for p in run.record_files]})
         by_task = defaultdict(list)
         for record in run.records:
             by_task[record["task"]].append(record)
@@ -100,6 +100,15 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
     return Summary({"schema": SCHEMA, "settings": {"correct_at": CORRECT, "target_fraction": TARGET,
                                                      "random_seeds": seeds, "random_rates": list(curves.RATES)},
                     "runs": run_rows, "systems": systems}, views)
+
+
+def shown(path) -> str:
+    """A path relative to the current directory when it lies below it (reports get committed)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def include_paths(runs: list[Run]) -> list[str]:
@@ -220,7 +229,9 @@ def derive(view: TaskView, entry: dict) -> Point | None:
         return curves.threshold_point(Samples(**{**view.samples.__dict__, "score": scores}), args["threshold"])
     if entry["policy"] == "random" and "rate" in args:
         return curves.random_draw(view.samples, args["rate"], args.get("seed", 0))
-    return None
+    if entry["policy"] == "never":
+        return curves.never(view.samples)
+    return None  # always is the curve's end; other policies (tiles, ...) are not derivable
 
 
 def points_of(entries: list[dict]) -> list[Point]:
