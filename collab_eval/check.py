@@ -91,6 +91,12 @@ def failed(rows: list[Row]) -> bool:
     return any(r.status == "REGRESSION" for r in rows)
 
 
+LEGEND = ("Entropy-gate curves of the run against the baseline, per system and task. Accuracy is a fraction "
+          "(0.01 = one point). 'accuracy within B': the best threshold whose mean cost per sample is at most B "
+          "(0 when none is that cheap). 'mean accuracy over A–B': that accuracy averaged over every budget from A "
+          "(the baseline's never) to B (its always). 'never/always: mean cost': the two ends' cost per sample.")
+
+
 def table(rows: list[Row]) -> str:
     headers = ("status", "system", "task", "measure", "baseline", "current", "change", "allowed")
     body = [(r.status, r.system, r.task, r.measure, fmt(r.baseline), fmt(r.current), r.change, r.allowed) for r in rows]

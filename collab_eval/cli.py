@@ -87,6 +87,7 @@ def run_check(args) -> int:
     if not rows:
         print(f"nothing to compare: {args.baseline} has no curves (it needs an always run)")
         return 2
+    print(check.LEGEND + "\n")
     print(check.table(rows))
     bad = sum(r.status == "REGRESSION" for r in rows)
     print(f"\n{bad} regression(s) in {len(rows)} comparisons against {args.baseline}" if bad
