@@ -68,7 +68,7 @@ def tau(x) -> str:
     if x is None:
         return "–"
     x = float(x)
-    return "+∞" if x == math.inf else "−∞" if x == -math.inf else f"{x:.4g}"
+    return "+∞" if x == math.inf else "−∞" if x == -math.inf else f"{x:.5g}"
 
 
 def auc(x) -> str:
@@ -164,7 +164,7 @@ def task_section(task: str, entries: dict[str, dict], views: list[TaskView], set
         for view in views:
             blocks += [Heading(3, f"Examples: {view.system}"),
                        Para("Samples whose answer changed correctness in stage 2 first; model outputs verbatim "
-                            "(control characters shown as \\uXXXX, line breaks as ⏎)."),
+                            "up to 200 characters (control characters shown as \\uXXXX, line breaks as ⏎)."),
                        Table(["doc", "question", "ground truth", "stage-1 answer", "score", "stage-2 answer",
                               "acc 1 → 2"], examples(view))]
     return blocks
@@ -185,10 +185,15 @@ def examples(view: TaskView) -> list[list[str]]:
     for i in changed[:EXAMPLES]:
         r = view.records[i]
         doc = r.get("doc", {})
-        rows.append([str(r["doc_id"]), str(doc.get("question", r.get("question", ""))), ground_truth(doc),
-                     r.get("answer_stage1") or "", tau(view.samples.score[i]), r.get("answer_stage2") or "",
+        rows.append([str(r["doc_id"]), clip(doc.get("question", r.get("question", ""))), ground_truth(doc),
+                     clip(r.get("answer_stage1")), tau(view.samples.score[i]), clip(r.get("answer_stage2")),
                      f"{view.acc1[i]:.2f} → {view.acc2[i]:.2f}"])
     return rows
+
+
+def clip(text, limit: int = 200) -> str:
+    text = str(text or "")
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
 def ground_truth(doc: dict) -> str:
