@@ -26,8 +26,9 @@ _CORPUS = [
 ]
 
 
-def train_tokenizer(special: list[str], vocab_size: int = 400):
-    """A word-piece-free BPE tokenizer trained on a small corpus, wrapped for transformers."""
+def train_tokenizer(special: list[str], vocab_size: int = 400, corpus: list[str] | None = None):
+    """A word-piece-free BPE tokenizer trained on a small corpus (``_CORPUS`` unless one is
+    given), wrapped for transformers."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
     from transformers import PreTrainedTokenizerFast
 
@@ -39,7 +40,7 @@ def train_tokenizer(special: list[str], vocab_size: int = 400):
         special_tokens=["<unk>", "<s>", "</s>", "<pad>", *special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
+    tok.train_from_iterator((_CORPUS if corpus is None else corpus) * 4, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
