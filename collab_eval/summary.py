@@ -65,14 +65,11 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
     systems: dict[str, dict] = {}
     views: list[TaskView] = []
     run_rows = []
-    always_keys = set()
     for run in sorted(runs, key=lambda r: (r.policy != "always", r.name)):
         checkpoint, codec = system_of(run.records)
         key = f"{checkpoint}:{codec}"
-        if run.policy == "always" and key in always_keys:
-            key = f"{key}@{run.name}"  # a second always run of the same system: its own curves
-        system = systems.setdefault(key, {"checkpoint": checkpoint, "codec": codec, "adapter": run.adapter,
-                                          "always_run": None, "tasks": {}})
+        new_system = {"checkpoint": checkpoint, "codec": codec, "adapter": run.adapter, "always_runs": [], "tasks": {}}
+        system = systems.setdefault(key, new_system)
         run_rows.append({"name": run.name, "system": key, "adapter": run.adapter, "policy": run.policy,
                          "label": run_label(run), "policy_args": run.policy_args, "tasks": run.tasks,
                          "samples": len(run.records), "errors": sum(bool(r.get("error")) for r in run.records),
@@ -82,12 +79,15 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
         for record in run.records:
             by_task[record["task"]].append(record)
         if run.policy == "always":
-            always_keys.add(key)
-            system["always_run"] = run.name
             for task, records in sorted(by_task.items()):
-                view = task_view(key, task, records, scorer)
+                name = key
+                if task in systems[name]["tasks"]:  # a second always run of this system and task: its own curves
+                    name = f"{key}@{run.name}"
+                    systems.setdefault(name, {**new_system, "always_runs": [], "tasks": {}})
+                systems[name]["always_runs"].append(run.name)
+                view = task_view(name, task, records, scorer)
                 views.append(view)
-                system["tasks"][task] = task_summary(view, run, scorer.metric(task).metric, seeds)
+                systems[name]["tasks"][task] = task_summary(view, run, scorer.metric(task).metric, seeds)
         else:
             for task, records in sorted(by_task.items()):
                 entry = system["tasks"].setdefault(task, {"metric": scorer.metric(task).metric, "points": []})
@@ -183,7 +183,7 @@ def task_summary(view: TaskView, run: Run, metric: str, seeds: int) -> dict:
         "metric": metric, "n": s.n, "errors": sum(bool(r.get("error")) for r in records),
         "score_name": primary, "stage1_correct": int((~error).sum()),
         "bytes_original": bytes_original,
-        "lmms_eval_accuracy": lmms if isinstance(lmms, (int, float)) else None,
+        "lmms_eval_accuracy": lmms if isinstance(lmms, (int, float)) and math.isfinite(lmms) else None,
         "never": never.to_dict(), "always": always.to_dict(), "oracle": curves.point(s, curves.oracle_mask(s)).to_dict(),
         "auroc": {agg: curves.auroc(scores, error) for agg, scores in {primary: s.score, **view.scores}.items()},
         "target_accuracy": target,

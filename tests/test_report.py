@@ -138,3 +138,24 @@ def test_other_policy_runs_are_points_with_the_value_derived_from_always(baselin
     assert {k: t["derived_from_always"][k] for k in ("accuracy", "bytes", "flops", "rate")} == \
         {k: t[k] for k in ("accuracy", "bytes", "flops", "rate")}
     assert "derived_from_always" not in points["tiles"] and points["tiles"]["accuracy"] == 0.5
+
+
+def test_always_runs_split_by_task_are_one_system_and_a_repeat_gets_its_own_curves(tmp_path):
+    write_run(tmp_path / "a", pope_records(), "collab_llava-20260101T000000")
+    write_run(tmp_path / "b", textvqa_records(), "collab_llava-20260101T000100")
+    write_run(tmp_path / "c", pope_records(), "collab_llava-20260101T000200")
+    runs = [run for d in ("a", "b", "c") for run in find_runs(tmp_path / d)]
+    systems = summarise(runs, seeds=0).data["systems"]
+    assert set(systems) == {"hand-llava:png", "hand-llava:png@collab_llava-20260101T000200"}
+    assert set(systems["hand-llava:png"]["tasks"]) == {POPE, TEXTVQA}
+    assert set(systems["hand-llava:png@collab_llava-20260101T000200"]["tasks"]) == {POPE}
+
+
+def test_failed_samples_score_as_wrong_and_count(tmp_path):
+    records = pope_records()
+    records[0].update(answer_stage1=None, answer_stage2=None, answer="", score=None, scores={},
+                      error="UnidentifiedImageError: cannot identify image file")
+    entry = summarise(find_runs(write_run(tmp_path, records)), seeds=0).data["systems"]["hand-llava:png"]["tasks"][POPE]
+    assert entry["errors"] == 1
+    assert entry["never"]["accuracy"] == 0.0  # sample 0 was the only right stage-1 answer
+    assert entry["curves"]["gated"][0]["tau"] == "inf"
