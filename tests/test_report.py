@@ -159,3 +159,18 @@ def test_failed_samples_score_as_wrong_and_count(tmp_path):
     assert entry["errors"] == 1
     assert entry["never"]["accuracy"] == 0.0  # sample 0 was the only right stage-1 answer
     assert entry["curves"]["gated"][0]["tau"] == "inf"
+
+
+def test_a_results_json_finds_its_own_records_in_a_shared_records_dir(tmp_path):
+    shared = tmp_path / "shared"
+    write_run(shared, pope_records(), "collab_llava-20260101T000005")  # this run: 08:00:05 in Singapore
+    write_run(shared, pope_records(), "collab_llava-20260101T050000")  # a later always run
+    write_run(shared, pope_records(policy="never"), "collab_llava-20260101T000004")  # another policy
+    out = tmp_path / "out" / "collab_llava"
+    out.mkdir(parents=True)
+    (out / "20260101_080000_results.json").write_text(json.dumps({
+        "date": "20260101_080000", "results": {POPE: {}},
+        "config": {"model": "collab_llava", "model_args": f"pretrained=x,policy=always,records_dir={shared / 'records'}",
+                   "resolved_cli_args": {"timezone": "Asia/Singapore"}}}))
+    (run,) = find_runs(tmp_path / "out")
+    assert run.name == "collab_llava-20260101T000005" and run.policy == "always" and run.adapter == "collab_llava"
