@@ -1,0 +1,87 @@
+"""Every policy, tiles included, through the shared pipeline on each family's tiny
+checkpoint (in process, fast): bytes and FLOPs add up, and each policy costs what it should."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from collab_eval.edge import Codec, transmit
+from collab_eval.pipeline import GenericMaps, Settings, quadrants, run_sample
+from collab_eval.policy import POLICIES, Policy
+from collab_eval.records import SampleRecord
+
+QUESTION = "is there a red square in the image ?"
+IMAGES = [  # noise compresses badly, so every image costs bytes; one landscape, one portrait
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (210, 500, 3), dtype=np.uint8)),
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (400, 260, 3), dtype=np.uint8)),
+]
+
+
+def test_quadrants_tile_the_image_row_by_row():
+    assert quadrants(5, 3) == [(0.0, 0.0, 2.5, 1.5), (2.5, 0.0, 5.0, 1.5), (0.0, 1.5, 2.5, 3.0), (2.5, 1.5, 5.0, 3.0)]
+
+
+def test_tiles_needs_no_attention_and_always_sends():
+    tiles = Policy("tiles")
+    assert not tiles.locates and not Policy("never").locates and Policy("always").locates
+    assert tiles.retransmit(0.0, "any/0") and tiles.retransmit(float("inf"), "any/1")
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "instructblip"])
+def adapter(request, tmp_path_factory):
+    if request.param == "qwen2_vl":
+        from model_adapters.qwen2_vl import CollabQwen2VL
+        model = CollabQwen2VL(pretrained=request.getfixturevalue("tiny_qwen2_vl_path"), max_pixels=112 * 112,
+                              records_dir=str(tmp_path_factory.mktemp("records")))
+    else:
+        from model_adapters.instructblip import CollabInstructBlip
+        model = CollabInstructBlip(pretrained=request.getfixturevalue("tiny_instructblip_path"),
+                                   records_dir=str(tmp_path_factory.mktemp("records")))
+    model._gen_kwargs = {"max_new_tokens": 3}  # as run_one sets them
+    return model
+
+
+def run(adapter, policy: str, image, key: str, threshold: float = 1.0) -> SampleRecord:
+    record = SampleRecord(task="t", doc_id=0, question=QUESTION, model="tiny", codec="png", policy=policy)
+    settings = Settings(Policy(policy, threshold=threshold, rate=0.5, seed=1), Codec.parse("png"))
+    run_sample(adapter, image, QUESTION, key, settings, GenericMaps(), record)
+    return record
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_each_policy_costs_what_it_should(adapter, policy):
+    # Both images for the policies that always crop, one for the others: time is short.
+    for index, image in enumerate(IMAGES if policy in ("always", "tiles") else IMAGES[:1]):
+        r = run(adapter, policy, image, f"t/{index}")
+        assert r.error is None
+        assert r.bytes_total == r.bytes_global + r.bytes_request + r.bytes_local > 0
+        assert r.flops_total == sum(r.flops.values()) > 0
+        assert r.answer_stage1 is not None and len(r.min_entropy) == len(r.shannon_entropy) >= 1
+        assert r.flops["vision"] > 0 and r.flops["prefill"] > 0
+        if not r.retransmitted:
+            assert r.bytes_total == r.bytes_global and r.answer_stage2 is None
+            assert r.flops["generic"] == r.flops["stage2"] == 0
+            continue
+        assert r.bytes_local > 0 and r.flops["stage2"] > r.flops["prefill"]
+        assert r.answer == r.answer_stage2 is not None
+        if policy == "tiles":
+            # No request, no RoI, no generic map: the four tiles, each at the encoder input.
+            assert r.bytes_request == 0 and r.roi is None and r.flops["generic"] == 0
+            tiles = [transmit(image, *adapter.frame(q), Codec.parse("png")) for q in quadrants(*image.size)]
+            assert r.bytes_local == sum(t.nbytes for t in tiles)
+        else:
+            assert r.bytes_request == 16 and r.flops["generic"] > 0
+            x0, y0, x1, y1 = r.roi
+            assert 0 <= x0 < x1 <= image.size[0] and 0 <= y0 < y1 <= image.size[1]
+    if policy == "never":
+        assert not r.retransmitted
+    if policy in ("always", "tiles"):
+        assert r.retransmitted
+
+
+def test_tiles_answers_from_five_images(adapter):
+    """The tiles answer costs five images' vision encoding: stage 2 exceeds five times stage
+    1's vision and connector (the prompt is longer, too)."""
+    r = run(adapter, "tiles", IMAGES[0], "t/0")
+    assert r.flops["stage2"] > 5 * (r.flops["vision"] + r.flops["projector"])
+    single = run(adapter, "never", IMAGES[0], "t/0")
+    assert (r.answer_stage1, r.scores) == (single.answer_stage1, single.scores)  # stage 1 is the same computation
