@@ -24,6 +24,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from collab_eval import costs
+from collab_eval import flops as F
 from collab_eval.edge import Box, Codec, strict_decoding
 from collab_eval.pipeline import Answer, GenericMaps, Settings, run_sample
 from collab_eval.policy import Policy
@@ -262,8 +263,21 @@ class CollabModel(lmms):
     def frame(self, region: Box):
         raise NotImplementedError
 
-    def flops(self, inputs, generated: int, decode: bool = True) -> dict[str, int]:
+    def encoder_flops(self, inputs) -> dict[str, int]:
+        """FLOPs of the vision encoder and of the connector into the LM (``vision``, ``projector``)."""
         raise NotImplementedError
+
+    # ----- derived from the hooks above ----------------------------------------
+    def flops(self, inputs, generated: int, decode: bool = True) -> dict[str, int]:
+        """FLOPs of one pass over ``inputs`` generating ``generated`` tokens (``decode=False``:
+        one forward pass producing only the last position's logits)."""
+        tc = self.language_config()
+        prefill, decode_flops = F.generation(
+            inputs["input_ids"].shape[1], generated if decode else 1, tc.vocab_size,
+            hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
+            kv_heads=tc.num_key_value_heads, head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
+            layers=tc.num_hidden_layers)
+        return {**self.encoder_flops(inputs), "prefill": prefill, "decode": decode_flops}
 
 
 def process_layout(accelerator) -> tuple[int, int, int]:

@@ -109,7 +109,7 @@ class CollabInstructBlip(CollabModel):
         the encoder sees the whole region, each grid cell an equal fraction of it."""
         return region, self.size
 
-    def flops(self, inputs, generated, decode=True):
+    def encoder_flops(self, inputs):
         vc, qc, tc = self.model.config.vision_config, self.model.config.qformer_config, self.model.config.text_config
         n_images = inputs["pixel_values"].shape[0]
         patches = self.grid[0] * self.grid[1]
@@ -122,9 +122,4 @@ class CollabInstructBlip(CollabModel):
                       intermediate=qc.intermediate_size, heads=qc.num_attention_heads, encoder_hidden=vc.hidden_size,
                       layers=qc.num_hidden_layers, cross_attention_frequency=qc.cross_attention_frequency)
             + F.linear(self.queries, qc.hidden_size, tc.hidden_size))
-        prefill, decode_flops = F.generation(
-            inputs["input_ids"].shape[1], generated if decode else 1, tc.vocab_size,
-            hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
-            kv_heads=tc.num_key_value_heads, head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
-            layers=tc.num_hidden_layers)
-        return {"vision": vision, "projector": projector, "prefill": prefill, "decode": decode_flops}
+        return {"vision": vision, "projector": projector}

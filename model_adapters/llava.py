@@ -47,7 +47,7 @@ class CollabLlava(CollabModel):
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), self.crop
 
-    def flops(self, inputs, generated, decode=True):
+    def encoder_flops(self, inputs):
         vc, tc = self.model.config.vision_config, self.model.config.text_config
         n_images = inputs["pixel_values"].shape[0]
         patches = self.grid[0] * self.grid[1]
@@ -56,12 +56,7 @@ class CollabLlava(CollabModel):
                                              vc.num_attention_heads, self.vision_layers_run()))
         projector = n_images * (F.linear(patches, vc.hidden_size, tc.hidden_size)
                                 + F.linear(patches, tc.hidden_size, tc.hidden_size))
-        prefill, decode_flops = F.generation(
-            inputs["input_ids"].shape[1], generated if decode else 1, tc.vocab_size,
-            hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
-            kv_heads=tc.num_key_value_heads, head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
-            layers=tc.num_hidden_layers)
-        return {"vision": vision, "projector": projector, "prefill": prefill, "decode": decode_flops}
+        return {"vision": vision, "projector": projector}
 
     def vision_layers_run(self) -> int:
         """CLIP runs every layer even though LLaVA reads the second to last."""

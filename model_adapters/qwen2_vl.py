@@ -77,8 +77,8 @@ class CollabQwen2VL(CollabModel):
                                      min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         return region, (width, height)
 
-    def flops(self, inputs, generated, decode=True):
-        vc, tc = self.model.config.vision_config, self.model.config.text_config
+    def encoder_flops(self, inputs):
+        vc = self.model.config.vision_config
         merged_width = vc.embed_dim * vc.spatial_merge_size ** 2
         vision = projector = 0
         for t, h, w in inputs["image_grid_thw"].tolist():
@@ -87,9 +87,4 @@ class CollabQwen2VL(CollabModel):
                        + F.vit_encoder(patches, vc.embed_dim, vc.embed_dim * vc.mlp_ratio, vc.num_heads, vc.depth))
             tokens = patches // vc.spatial_merge_size ** 2  # the patch merger is the projector
             projector += F.linear(tokens, merged_width, merged_width) + F.linear(tokens, merged_width, vc.hidden_size)
-        prefill, decode_flops = F.generation(
-            inputs["input_ids"].shape[1], generated if decode else 1, tc.vocab_size,
-            hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
-            kv_heads=tc.num_key_value_heads, head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
-            layers=tc.num_hidden_layers)
-        return {"vision": vision, "projector": projector, "prefill": prefill, "decode": decode_flops}
+        return {"vision": vision, "projector": projector}
