@@ -4,8 +4,8 @@
 # tasks), one result line per adapter. Needs no internet: the checkpoints are built
 # locally and the tasks read tasks/data/.
 #
-#   scripts/gpu_smoke.sh                         # from the repo root; uses .venv/ if present
-#   DEVICE=cpu DTYPE=float32 scripts/gpu_smoke.sh   # the same run without a GPU
+#   tests/gpu_smoke.sh                         # from the repo root; uses .venv/ if present
+#   DEVICE=cpu DTYPE=float32 tests/gpu_smoke.sh   # the same run without a GPU
 #
 # Environment: DEVICE (cuda), DTYPE (bfloat16, as a real deployment would run; auto,
 # float16, float32), VENV (.venv), SMOKE_OUT (a new temporary directory).
