@@ -52,13 +52,18 @@ class Settings:
     score: str = "max"
 
 
+def image_key(image: Image.Image) -> str:
+    """Identity of an image by its pixels: the generic-map cache key, kept in the record."""
+    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+
+
 @dataclass
 class GenericMaps:
-    """The generic-prompt map depends only on the image the server received: cache it."""
-    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    """The generic-prompt map depends only on the image the server received: cache it,
+    per task, so that each task's costs stand alone whatever else ran in the process."""
+    maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
-    def get(self, server: Server, image: Image.Image) -> tuple[np.ndarray, dict[str, int], bool]:
-        key = hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+    def get(self, server: Server, image: Image.Image, key: tuple[str, str]) -> tuple[np.ndarray, dict[str, int], bool]:
         if key in self.maps:
             return self.maps[key], {}, True
         grid, flops = server.attention(image, GENERIC_PROMPT)
@@ -80,6 +85,7 @@ def run_sample(server: Server, image, question: str, sample_key: str, settings: 
     sent = transmit(original, region, size, settings.codec)
     record.global_region = [round(v, 3) for v in region]
     record.bytes_global = sent.nbytes
+    record.image_key = image_key(sent.image)
     record.bytes_original = encoded_size(original, settings.codec)
     clock.lap("edge_global")
 
@@ -101,7 +107,7 @@ def run_sample(server: Server, image, question: str, sample_key: str, settings: 
             crops = quadrants(width, height)
         else:
             # Server: where to look.
-            generic, generic_flops, record.generic_cached = cache.get(server, sent.image)
+            generic, generic_flops, record.generic_cached = cache.get(server, sent.image, (record.task, record.image_key))
             record.flops["generic"] = sum(generic_flops.values())
             roi = find_roi(relative_attention(stage1.attention, generic), region, (width, height), server.input_side)
             record.roi = list(roi)

@@ -33,6 +33,9 @@ class Policy:
         """Whether the server may need an RoI, hence stage 1's attention map."""
         return self.name not in ("never", "tiles")
 
+    def args(self) -> dict:
+        return {"threshold": self.threshold, "rate": self.rate, "seed": self.seed}
+
     def retransmit(self, score: float, sample_key: str) -> bool:
         if self.name in ("always", "tiles"):
             return True

@@ -20,6 +20,8 @@ class SampleRecord:
     model: str
     codec: str
     policy: str
+    policy_args: dict = field(default_factory=dict)  # threshold, rate, seed as the run was started
+    rank: int = 0  # the process that answered
     answer_stage1: str | None = None
     answer_stage2: str | None = None  # null when stage 2 did not run
     answer: str = ""  # what lmms-eval scores
@@ -39,7 +41,8 @@ class SampleRecord:
     bytes_total: int = 0
     flops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FLOP_PARTS, 0))
     flops_total: int = 0
-    generic_cached: bool = False
+    image_key: str | None = None  # hash of the global image as received: the generic-map cache key
+    generic_cached: bool = False  # the generic map came from this task's cache (its FLOPs were paid before)
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     doc: dict = field(default_factory=dict)  # the task document without media: ground truth for rescoring

@@ -141,16 +141,18 @@ def inf_if_none(value) -> float:
 
 
 def cache_groups(records: list[dict]) -> tuple[list[int], list[int]]:
-    """The adapter caches the generic-prompt pass per image within a process: group the
-    samples by (rank, image) and give each group the FLOPs of its one uncached pass. An
-    image is named by the document (image_id, image_source, ...) or else is the sample's own.
-    A group whose pass was paid outside this task (all cached) gets the median pass of the task."""
+    """The adapter caches the generic-prompt pass per image within a task and process: group
+    the samples by (rank, image) and give each group the FLOPs of its one uncached pass. An
+    image is the record's ``image_key`` (the cache's own key); records written before it
+    existed fall back to the document (image_id, image_source, ...) or the sample itself, and
+    a group whose pass was paid outside this task (all cached) gets the median pass of the task."""
     ids: dict[tuple, int] = {}
     group = []
     for r in records:
         doc = r.get("doc", {})
-        name = next((str(doc[k]) for k in IMAGE_KEYS if doc.get(k) not in (None, "")), f"{r['task']}/{r['doc_id']}")
-        group.append(ids.setdefault((r.get("_rank", 0), name, tuple(r.get("image_size") or ())), len(ids)))
+        name = r.get("image_key") or next((str(doc[k]) for k in IMAGE_KEYS if doc.get(k) not in (None, "")),
+                                          f"{r['task']}/{r['doc_id']}")
+        group.append(ids.setdefault((r.get("rank", r.get("_rank", 0)), name, tuple(r.get("image_size") or ())), len(ids)))
     generic = [0] * len(ids)
     cached = [True] * len(ids)
     for g, r in zip(group, records):

@@ -160,6 +160,7 @@ class CollabModel(lmms):
             self._plain_docs[(task, split)] = without_media(docs)
         record = SampleRecord(task=task, doc_id=doc_id, question=context, model=self.pretrained,
                               codec=str(self.settings.codec), policy=self.settings.policy.name,
+                              policy_args=self.settings.policy.args(), rank=self._rank,
                               score_name=self.settings.score,
                               doc={k: v for k, v in self._plain_docs[(task, split)][doc_id].items()
                                    if not is_multimodal_content(v)})
