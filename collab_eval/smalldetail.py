@@ -3,10 +3,10 @@ carrying a single digit.
 
 Built so that the collaborative method's assumptions hold: after the edge downscales the
 original to the encoder input (96 px for the smalldetail checkpoints) the sign's LOCATION
-is still visible (a bright yellow blob) while its CONTENT (the digit, 18-30 px tall in the
-original, 1.7-6.4 px in the global view) is mostly not; a crop of the original around the
+is still visible (a bright yellow blob) while its CONTENT (the digit, 22-34 px tall in the
+original, 2-7 px in the global view) is mostly not; a crop of the original around the
 sign of the RoI's size (1-2x the input side), resized to the encoder input, shows the digit
-at 9-30 px. It is a proxy for
+at 11-34 px. It is a proxy for
 TextVQA-like questions, not evidence about real models.
 
 Two tasks over the same kind of scene, in the schemas of lmms-eval's TextVQA and POPE:
@@ -31,7 +31,7 @@ SEEDS = {"train": 1_000, "validation": 2_000, "test": 3_000}
 ASPECTS = (1.0, 4 / 3, 3 / 2, 16 / 9)
 SHORT_SIDE = (448, 1024)  # short side of the original, pixels
 LONG_SIDE_MAX = 1024
-DIGIT_HEIGHT = (18, 30)  # the digit glyph's height in original pixels
+DIGIT_HEIGHT = (22, 34)  # the digit glyph's height in original pixels
 SIGN = (250, 215, 0)
 READ_QUESTION = "what is the number on the yellow sign?"
 EXIST_QUESTION = "Is there a sign with the number {digit} in the image?"

@@ -1,0 +1,71 @@
+"""The smalldetail checkpoint's bars, read from the records of a real lmms-eval run with
+``policy=always`` on smalldetail_read / smalldetail_exist (nothing is run here).
+
+    python -m collab_eval.smalldetail_bars RUN_DIR
+
+Per task: never (stage-1) and always (stage-2) accuracy with the task's own scoring, the
+AUROC of the stage-1 score (min-entropy, the run's aggregate) for stage-1 errors, the share
+of samples whose RoI holds the whole digit box (and the digit's centre), and the accuracy
+of the entropy gate vs random retransmission at a 50% rate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from collab_eval import curves
+from collab_eval.runs import find_runs
+from collab_eval.scoring import Scorer
+from collab_eval.summary import task_view
+
+
+def roi_hits(records: list[dict]) -> tuple[float, float]:
+    """(whole target box inside the RoI, target centre inside the RoI) over samples with a RoI."""
+    whole, centre = [], []
+    for r in records:
+        roi, box = r.get("roi"), (r.get("doc") or {}).get("target_box")
+        if not roi or not box:
+            continue
+        whole.append(roi[0] <= box[0] and roi[1] <= box[1] and roi[2] >= box[2] and roi[3] >= box[3])
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        centre.append(roi[0] <= cx <= roi[2] and roi[1] <= cy <= roi[3])
+    return (float(np.mean(whole)) if whole else float("nan"), float(np.mean(centre)) if centre else float("nan"))
+
+
+def bars(run_dir, rate: float = 0.5) -> dict:
+    scorer = Scorer()
+    out = {}
+    for run in find_runs(run_dir):
+        if run.policy != "always":
+            continue
+        tasks = sorted({r["task"] for r in run.records})
+        for task in tasks:
+            records = [r for r in run.records if r["task"] == task]
+            view = task_view(run.name, task, records, scorer)
+            s = view.samples
+            order = np.argsort(-s.score, kind="stable")
+            gated = curves.point_after(s, order, int(round(rate * s.n)), None)
+            whole, centre = roi_hits(records)
+            out[task] = {
+                "n": s.n, "errors": sum(bool(r.get("error")) for r in records),
+                "never": float(s.acc1.mean()), "always": float(s.acc2.mean()),
+                "gap_points": 100 * float(s.acc2.mean() - s.acc1.mean()),
+                "auroc_stage1_error": curves.auroc(s.score, s.acc1 < 1.0),
+                "roi_contains_target": whole, "roi_contains_target_centre": centre,
+                f"gated_at_{rate:g}": gated.accuracy, f"random_at_{rate:g}": curves.random_expected(s, rate).accuracy,
+            }
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--rate", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    print(json.dumps(bars(args.run_dir, args.rate), indent=1))
+
+
+if __name__ == "__main__":
+    main()
