@@ -15,13 +15,23 @@ BUILDERS = {
 }
 
 
+# Trained checkpoints shipped inside the package (collab_eval/weights/<name>/), reproduced by
+# their training scripts (smalldetail-llava: python -m collab_eval.train_smalldetail).
+PACKAGED = {
+    "smalldetail-llava": Path(__file__).resolve().parent / "weights" / "smalldetail-llava",
+}
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("COLLAB_EVAL_CACHE", Path.home() / ".cache" / "collab_eval"))
 
 
 def resolve(name: str) -> str:
     """A short name becomes the path of its (built once, then cached) checkpoint; any
-    other value is a local path or hub id and is returned as is."""
+    other value is a local path or hub id and is returned as is. Packaged trained
+    checkpoints resolve to their files."""
+    if name in PACKAGED:
+        return str(PACKAGED[name])
     if name not in BUILDERS:
         return name
     target = cache_dir() / name
