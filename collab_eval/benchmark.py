@@ -25,7 +25,13 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--records-dir", default="collab_records/benchmark")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on tiny models several threads on a shared "
+                             "machine make timings bimodal, 3 s one round and 20 s the next)")
     args = parser.parse_args(argv)
+
+    import torch
+    torch.set_num_threads(args.threads)
 
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.models import get_model
@@ -66,7 +72,7 @@ def main(argv=None) -> None:
                 times[name].append(sum(spent))
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"checkpoint {args.pretrained}, tasks {args.tasks}, max_new_tokens {args.max_new_tokens}, "
-          f"{args.repeats} timed rounds (generate_until only)")
+          f"{args.repeats} timed rounds (generate_until only), {args.threads} torch thread(s)")
     for name in factories:
         print(f"  {name:13s} median {median[name]:7.2f} s  ({', '.join(f'{t:.2f}' for t in times[name])})")
     best = {name: min(t) for name, t in times.items()}
