@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lmms_eval.utils import simple_parse_args_string
+
 from collab_eval.records import read_records
 
 RECORD_FILE = re.compile(r"^(?P<run>.+)\.rank(?P<rank>\d+)\.jsonl$")
@@ -36,7 +38,7 @@ class Run:
     results: dict = field(default_factory=dict)  # lmms-eval's results.json, when there is one
 
     @property
-    def model_args(self) -> dict[str, str]:
+    def model_args(self) -> dict:
         return parse_model_args(self.results.get("config", {}).get("model_args", ""))
 
     @property
@@ -64,9 +66,10 @@ class Run:
         return out
 
 
-def parse_model_args(text: str) -> dict[str, str]:
-    """lmms-eval's ``k=v,k=v`` model_args string."""
-    return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+def parse_model_args(text: str) -> dict:
+    """lmms-eval's ``k=v,k=v`` model_args string, parsed by lmms-eval's own parser (as the run
+    itself was: JSON values with commas and typed values included)."""
+    return simple_parse_args_string(text)
 
 
 def record_groups(paths) -> dict[str, list[Path]]:
@@ -112,7 +115,7 @@ def records_dir_files(results: dict, run_dir: Path) -> list[Path]:
     if not records_dir:
         return []
     for base in (Path.cwd(), run_dir):
-        directory = base / records_dir
+        directory = base / str(records_dir)
         if directory.is_dir():
             return list(directory.glob("*.rank*.jsonl"))
     return []
