@@ -1,20 +1,4 @@
 #!/usr/bin/env bash
-# Regenerate this example report and the CI baseline (summary.json) from fresh runs of the tiny
-# LLaVA on the two offline fixtures: one run per policy, then collab-eval report over all five.
-# Run from the repository root with the venv active. Review the diff before committing it.
-set -euo pipefail
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-RUNS=${RUNS:-out/example}
-TASKS=collab_textvqa_mini,collab_pope_mini
-rm -rf "$RUNS"
-for policy in always never tiles random,rate=0.5,seed=0 threshold,threshold=5.555; do
-  name=${policy%%,*}
-  lmms-eval --model collab_llava \
-    --model_args "pretrained=tiny-llava,policy=$policy,records_dir=$RUNS/$name/records" \
-    --tasks "$TASKS" --include_path "$(collab-eval tasks-dir)" \
-    --output_path "$RUNS/$name" --log_samples --verbosity DEBUG > "$RUNS.$name.log" 2>&1
-  ls "$RUNS/$name"/*/*_results.json > /dev/null  # lmms-eval exits 0 on errors: check it wrote results
-done
-rm -rf reports/tiny-llava-mini/*.png reports/tiny-llava-mini/report.* reports/tiny-llava-mini/summary.json
-collab-eval report "$RUNS"/always "$RUNS"/threshold "$RUNS"/random "$RUNS"/never "$RUNS"/tiles \
-  --out reports/tiny-llava-mini
+# The plumbing example: the random tiny LLaVA on the two offline fixtures, five policies.
+# Run from the repository root, venv active.
+exec "$(dirname "$0")/../regenerate.sh" tiny-llava-mini tiny-llava collab_textvqa_mini,collab_pope_mini 5.555
