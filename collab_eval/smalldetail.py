@@ -1,12 +1,15 @@
-"""A synthetic small-detail benchmark: large cluttered images with one small yellow sign
-carrying a single digit.
+"""A synthetic small-detail benchmark: cluttered images with one small yellow sign carrying
+a single digit.
 
 Built so that the collaborative method's assumptions hold: after the edge downscales the
 original to the encoder input (96 px for the smalldetail checkpoints) the sign's LOCATION
-is still visible (a bright yellow blob) while its CONTENT (the digit, 22-34 px tall in the
-original, 2-7 px in the global view) is mostly not; a crop of the original around the
-sign of the RoI's size (1-2x the input side), resized to the encoder input, shows the digit
-at 11-34 px. It is a proxy for
+is still visible (a bright yellow blob). In a large original (448-1024 px, 60% of scenes)
+its CONTENT (the digit, 22-34 px tall, 2-7 px in the global view) is lost; a crop of the
+original around the sign of the RoI's size (1-2x the input side), resized to the encoder
+input, shows the digit at 11-34 px. In a small original (160-256 px, 40%) the digit
+(40-64 px tall) stays readable in the global view at 15-38 px, so a model can be right and
+sure at stage 1 on some questions and unsure on the others, as on real benchmarks where
+some text is large; the digit still fits well inside a RoI window. It is a proxy for
 TextVQA-like questions, not evidence about real models.
 
 Two tasks over the same kind of scene, in the schemas of lmms-eval's TextVQA and POPE:
@@ -29,9 +32,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 SEEDS = {"train": 1_000, "validation": 2_000, "test": 3_000}
 ASPECTS = (1.0, 4 / 3, 3 / 2, 16 / 9)
-SHORT_SIDE = (448, 1024)  # short side of the original, pixels
+SHORT_SIDE = (448, 1024)  # short side of a large original, pixels
 LONG_SIDE_MAX = 1024
-DIGIT_HEIGHT = (22, 34)  # the digit glyph's height in original pixels
+DIGIT_HEIGHT = (22, 34)  # the digit glyph's height in a large original, pixels
+# A share of small originals, whose digit survives the downscale: stage 1 can read these,
+# so its confidence has something to tell (as on real benchmarks, where some text is large).
+SMALL_SHARE = 0.4
+SMALL_SHORT_SIDE = (160, 256)
+SMALL_DIGIT_HEIGHT = (40, 64)  # 15-38 px in the global view; still inside a RoI window (96-192 px)
 SIGN = (250, 215, 0)
 READ_QUESTION = "what is the number on the yellow sign?"
 EXIST_QUESTION = "Is there a sign with the number {digit} in the image?"
@@ -47,10 +55,10 @@ class Scene:
     jpeg: bytes  # the stored encoding of ``image``
 
 
-def _size(rng: random.Random) -> tuple[int, int]:
+def _size(rng: random.Random, short_side: tuple[int, int]) -> tuple[int, int]:
     aspect = rng.choice(ASPECTS)
-    short_max = min(SHORT_SIDE[1], int(LONG_SIDE_MAX / aspect))
-    short = rng.randrange(SHORT_SIDE[0], short_max + 1)
+    short_max = min(short_side[1], int(LONG_SIDE_MAX / aspect))
+    short = rng.randrange(short_side[0], short_max + 1)
     long = int(round(short * aspect))
     return (long, short) if rng.random() < 0.5 else (short, long)
 
@@ -71,7 +79,8 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 def scene(rng: random.Random, digit: str | None = None) -> Scene:
     """One original: background, clutter, one yellow sign with a digit inside the part of
     the image a centre-cropping encoder sees (the centred square)."""
-    w, h = _size(rng)
+    small = rng.random() < SMALL_SHARE
+    w, h = _size(rng, SMALL_SHORT_SIDE if small else SHORT_SIDE)
     image = Image.new("RGB", (w, h), _clutter_colour(rng))
     draw = ImageDraw.Draw(image)
     # Large soft regions, then small clutter (shapes, lines, dark letters on no sign).
@@ -96,7 +105,8 @@ def scene(rng: random.Random, digit: str | None = None) -> Scene:
             draw.text((x, y), letters, fill=colour, font=_font(rng.randrange(12, 36)))
 
     digit = digit if digit is not None else str(rng.randrange(10))
-    height = rng.randrange(DIGIT_HEIGHT[0], DIGIT_HEIGHT[1] + 1)
+    low, high = SMALL_DIGIT_HEIGHT if small else DIGIT_HEIGHT
+    height = rng.randrange(low, high + 1)
     font = _font(int(round(height / 0.72)))
     gx0, gy0, gx1, gy1 = draw.textbbox((0, 0), digit, font=font)
     gw, gh = gx1 - gx0, gy1 - gy0

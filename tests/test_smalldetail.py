@@ -26,17 +26,29 @@ def test_generator_is_deterministic_and_splits_differ():
 
 
 def test_scene_geometry():
-    for sc in sd.scenes("validation", 12):
+    from collab_eval.train_smalldetail import INPUT_SIDE
+    n, small = 40, 0
+    for sc in sd.scenes("validation", n):
         w, h = sc.image.size
-        assert sd.SHORT_SIDE[0] <= min(w, h) and max(w, h) <= sd.LONG_SIDE_MAX
+        side = min(w, h)
+        is_small = side <= sd.SMALL_SHORT_SIDE[1]
+        small += is_small
+        low, high = sd.SMALL_SHORT_SIDE if is_small else sd.SHORT_SIDE
+        assert low <= side <= high and max(w, h) <= sd.LONG_SIDE_MAX
         x0, y0, x1, y1 = sc.target_box
         sx0, sy0, sx1, sy1 = sc.sign_box
         assert sx0 <= x0 < x1 <= sx1 and sy0 <= y0 < y1 <= sy1
         # Inside the centred square a centre-cropping encoder sees.
-        side = min(w, h)
         assert (w - side) // 2 <= sx0 and sx1 <= (w + side) // 2
         assert (h - side) // 2 <= sy0 and sy1 <= (h + side) // 2
-        assert sd.DIGIT_HEIGHT[0] - 3 <= y1 - y0 <= sd.DIGIT_HEIGHT[1] + 3
+        low, high = sd.SMALL_DIGIT_HEIGHT if is_small else sd.DIGIT_HEIGHT
+        assert low - 3 <= y1 - y0 <= high + 3
+        # The digit survives the downscale to the global view only in a small original, and
+        # always fits well inside the smallest RoI window (the input side, in original pixels).
+        in_global_view = (y1 - y0) * INPUT_SIDE / side
+        assert in_global_view >= 13 if is_small else in_global_view <= 8
+        assert max(x1 - x0, y1 - y0) <= 0.75 * INPUT_SIDE
+    assert abs(small / n - sd.SMALL_SHARE) <= 0.15
 
 
 def test_shipped_test_splits_match_generator_and_schema():
@@ -101,3 +113,7 @@ def test_lmms_eval_always_beats_never_on_reading(tmp_path):
     assert results["exact_match,none"] == pytest.approx(always)
     # The full test split shows a much larger gap (README); 24 samples keep a wide margin.
     assert always - never >= 0.15, (never, always, json.dumps([r["answer_stage2"] for r in recs]))
+    # And the gate's score tells right stage-1 answers from wrong ones (AUROC 0.95 on the split).
+    from collab_eval.curves import auroc
+    wrong = [scorer.accuracy("smalldetail_read", r["doc"], r["answer_stage1"]) < 1 for r in recs]
+    assert auroc([r["score"] for r in recs], wrong) >= 0.75
