@@ -113,7 +113,10 @@ def test_lmms_eval_always_beats_never_on_reading(tmp_path):
     assert results["exact_match,none"] == pytest.approx(always)
     # The full test split shows a much larger gap (README); 24 samples keep a wide margin.
     assert always - never >= 0.15, (never, always, json.dumps([r["answer_stage2"] for r in recs]))
-    # And the gate's score tells right stage-1 answers from wrong ones (AUROC 0.95 on the split).
+    # And the gate's score tells right stage-1 answers from wrong ones: AUROC 1.0 on these 24
+    # samples (0.95 on the split); the previous checkpoint, never trained on readable global
+    # views, scores 0.82 here.
     from collab_eval.curves import auroc
     wrong = [scorer.accuracy("smalldetail_read", r["doc"], r["answer_stage1"]) < 1 for r in recs]
-    assert auroc([r["score"] for r in recs], wrong) >= 0.75
+    assert 0 < sum(wrong) < len(wrong), wrong
+    assert auroc([r["score"] for r in recs], wrong) >= 0.9
