@@ -44,6 +44,7 @@ SIGN = (250, 215, 0)
 READ_QUESTION = "what is the number on the yellow sign?"
 EXIST_QUESTION = "Is there a sign with the number {digit} in the image?"
 JPEG_QUALITY = 90  # how images are stored (and what training sees)
+EXIST_STREAM = 500  # seed offset of the existence task's scenes
 
 
 @dataclass
@@ -129,9 +130,10 @@ def scene(rng: random.Random, digit: str | None = None) -> Scene:
     return Scene(stored, digit, (tx, ty, tx + gw, ty + gh), (sx, sy, sx + sw, sy + sh), buf.getvalue())
 
 
-def scenes(split: str, n: int):
-    """The split's first ``n`` scenes (a pure function of the split's seed)."""
-    rng = random.Random(SEEDS[split])
+def scenes(split: str, n: int, stream: int = 0):
+    """The split's first ``n`` scenes (a pure function of the split's seed and ``stream``:
+    each task draws its own images)."""
+    rng = random.Random(SEEDS[split] + stream)
     for _ in range(n):
         yield scene(rng)
 
@@ -153,10 +155,10 @@ def read_rows(split: str, n: int) -> list[dict]:
 
 def exist_rows(split: str, n: int) -> list[dict]:
     """Half the questions name the sign's digit (yes), half another digit (no); the
-    scenes are the read task's scenes of another seed stream, so the tasks do not share images."""
+    scenes come from their own seed stream, so the two tasks do not share images."""
     rows = []
     rng = random.Random(SEEDS[split] + 1)
-    for i, sc in enumerate(scenes_for_exist(split, n)):
+    for i, sc in enumerate(scenes(split, n, stream=EXIST_STREAM)):
         present = i % 2 == 0
         asked = sc.digit if present else rng.choice([d for d in "0123456789" if d != sc.digit])
         rows.append({
@@ -169,18 +171,11 @@ def exist_rows(split: str, n: int) -> list[dict]:
     return rows
 
 
-def scenes_for_exist(split: str, n: int):
-    rng = random.Random(SEEDS[split] + 500)
-    for _ in range(n):
-        yield scene(rng)
-
-
 def _features():
-    from datasets import Sequence, Value
+    from datasets import Features, Sequence, Value
 
     from collab_eval.fixtures import POPE_FEATURES, TEXTVQA_FEATURES
     extra = {"target_box": Sequence(Value("int64")), "sign_box": Sequence(Value("int64"))}
-    from datasets import Features
     return Features({**TEXTVQA_FEATURES, **extra}), Features({**POPE_FEATURES, **extra})
 
 
