@@ -6,19 +6,21 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from collab_eval import tiny
+from collab_eval.shipped import WEIGHTS_DIR
 
+# Random-weight checkpoints built on first use: the name of their builder in
+# collab_eval.lab.tiny_checkpoints, imported only then (the runtime does not depend on the lab).
 BUILDERS = {
-    "tiny-llava": tiny.build_tiny_llava,
-    "tiny-qwen2-vl": tiny.build_tiny_qwen2_vl,
-    "tiny-instructblip": tiny.build_tiny_instructblip,
+    "tiny-llava": "build_tiny_llava",
+    "tiny-qwen2-vl": "build_tiny_qwen2_vl",
+    "tiny-instructblip": "build_tiny_instructblip",
 }
 
 
 # Trained checkpoints shipped inside the package (collab_eval/weights/<name>/), reproduced by
-# their training scripts (smalldetail-llava: python -m collab_eval.train_smalldetail).
+# their training scripts (smalldetail-llava: python -m collab_eval.lab.train_smalldetail).
 PACKAGED = {
-    "smalldetail-llava": Path(__file__).resolve().parent / "weights" / "smalldetail-llava",
+    "smalldetail-llava": WEIGHTS_DIR / "smalldetail-llava",
 }
 
 
@@ -38,7 +40,8 @@ def resolve(name: str) -> str:
     if not (target / "config.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-        BUILDERS[name](staging)
+        from collab_eval.lab import tiny_checkpoints
+        getattr(tiny_checkpoints, BUILDERS[name])(staging)
         try:  # atomic: concurrent ranks may build at once; the first rename wins
             staging.rename(target)
         except OSError:

@@ -5,17 +5,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from collab_eval.check import FRACTIONS, Tolerances
+from collab_eval.analysis.check import FRACTIONS, Tolerances
+from collab_eval.shipped import TASK_DATA_DIR, TASKS_DIR
 
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="collab-eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("tasks-dir", help="print the directory to pass to lmms-eval's --include_path")
-    fixtures = sub.add_parser("build-fixtures", help="regenerate the offline TextVQA/POPE fixtures")
-    fixtures.add_argument("--out", default=str(TASKS_DIR / "data"))
+    task_data = sub.add_parser("build-task-data", help="regenerate the local TextVQA/POPE-schema task data in tasks/data")
+    task_data.add_argument("--out", default=str(TASK_DATA_DIR))
     build = sub.add_parser("build-tiny", help="build (or find) a tiny checkpoint and print its path")
     build.add_argument("name", choices=["tiny-llava", "tiny-qwen2-vl", "tiny-instructblip"])
     report = sub.add_parser("report", help="compare runs: accuracy against bytes and FLOPs, as report.md/.html and summary.json")
@@ -39,11 +39,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "tasks-dir":
-        if not TASKS_DIR.is_dir():
-            parser.error(f"no tasks directory at {TASKS_DIR}: install collab-eval from a checkout (pip install -e .)")
         print(TASKS_DIR)
-    elif args.command == "build-fixtures":
-        from collab_eval.fixtures import write_all
+    elif args.command == "build-task-data":
+        from collab_eval.lab.task_data import write_all
         for path in write_all(args.out):
             print(path)
     elif args.command == "build-tiny":
@@ -59,13 +57,13 @@ def main(argv=None) -> int:
 
 
 def load_summary(run_dirs, seeds: int):
-    from collab_eval.runs import find_runs
-    from collab_eval.summary import summarise
+    from collab_eval.analysis.runs import find_runs
+    from collab_eval.analysis.summary import summarise
     return summarise([run for d in run_dirs for run in find_runs(d)], seeds=seeds)
 
 
 def run_report(args) -> int:
-    from collab_eval import report
+    from collab_eval.analysis import report
     paths = report.write(load_summary(args.run_dirs, args.seeds), args.out)
     for path in paths.values():
         print(path)
@@ -74,7 +72,7 @@ def run_report(args) -> int:
 
 def run_check(args) -> int:
     import json
-    from collab_eval import check
+    from collab_eval.analysis import check
     baseline = json.loads(Path(args.baseline).read_text())
     if len(args.run_dirs) == 1 and Path(args.run_dirs[0]).is_file():
         current = json.loads(Path(args.run_dirs[0]).read_text())

@@ -23,7 +23,7 @@ from lmms_eval.utils import is_multimodal_content
 from loguru import logger
 from tqdm import tqdm
 
-from collab_eval import costs
+from collab_eval import cost_handoff
 from collab_eval import flops as F
 from collab_eval.edge import Box, Codec, strict_decoding
 from collab_eval.pipeline import Answer, GenericMaps, Settings, run_sample
@@ -143,7 +143,7 @@ class CollabModel(lmms):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             record = self.run_one(context, gen_kwargs, doc_to_visual, doc_id, task, split)
             self.records.write(record)
-            costs.remember(task, record.doc, record)
+            cost_handoff.remember(task, record.doc, record)
             results.append(GenerationResult(record.answer, CostCounts(
                 output_tokens=len(record.min_entropy), bytes_total=record.bytes_total,
                 flops_total=record.flops_total, retransmitted=record.retransmitted)))

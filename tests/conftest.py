@@ -12,7 +12,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("COLLAB_EVAL_CACHE", tempfile.mkdtemp(prefix="collab-eval-test-cache-"))
 
 REPO = Path(__file__).resolve().parent.parent
-TASKS_DIR = REPO / "tasks"
+from collab_eval.shipped import TASKS_DIR  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from collab_eval import curves
-from collab_eval.curves import Point, Samples
+from collab_eval.analysis import curves
+from collab_eval.analysis.curves import Point, Samples
 
 
 def hand_case() -> Samples:

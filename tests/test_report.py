@@ -6,8 +6,8 @@ import re
 import pytest
 
 from collab_eval import cli
-from collab_eval.runs import find_runs
-from collab_eval.summary import summarise
+from collab_eval.analysis.runs import find_runs
+from collab_eval.analysis.summary import summarise
 from tests.report_records import POPE, POPE_CASE, TEXTVQA, pope_records, record, textvqa_records, write_run
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from collab_eval import curves
-from collab_eval.runs import find_runs
+from collab_eval.analysis import curves
+from collab_eval.analysis.runs import find_runs
 from tests.helpers import records, results_json, run_lmms_eval
 
 TASK = "collab_textvqa_mini"

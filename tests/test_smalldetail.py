@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from datasets import load_dataset
 
-from collab_eval import smalldetail as sd
+from collab_eval.lab import smalldetail as sd
 from tests.helpers import REPO, records, results_json, run_lmms_eval
 
 DATA = REPO / "tasks" / "data"
@@ -26,7 +26,7 @@ def test_generator_is_deterministic_and_splits_differ():
 
 
 def test_scene_geometry():
-    from collab_eval.train_smalldetail import INPUT_SIDE
+    from collab_eval.lab.train_smalldetail import INPUT_SIDE
     n, small = 40, 0
     for sc in sd.scenes("validation", n):
         w, h = sc.image.size
@@ -52,7 +52,7 @@ def test_scene_geometry():
 
 
 def test_shipped_test_splits_match_generator_and_schema():
-    from collab_eval.fixtures import POPE_FEATURES, TEXTVQA_FEATURES
+    from collab_eval.lab.task_data import POPE_FEATURES, TEXTVQA_FEATURES
     read = load_dataset("parquet", data_files=str(DATA / "smalldetail_read_test.parquet"), split="train")
     exist = load_dataset("parquet", data_files=str(DATA / "smalldetail_exist_test.parquet"), split="train")
     assert len(read) == len(exist) == sd.TEST_SIZE
@@ -72,7 +72,7 @@ def test_shipped_test_splits_match_generator_and_schema():
 def test_committed_checkpoint_matches_training_config():
     from transformers import AutoConfig
 
-    from collab_eval import train_smalldetail as tr
+    from collab_eval.lab import train_smalldetail as tr
     from collab_eval.checkpoints import resolve
     path = resolve("smalldetail-llava")
     tokenizer = tr.build_tokenizer()
@@ -106,7 +106,7 @@ def test_lmms_eval_always_beats_never_on_reading(tmp_path):
     results = results_json(out)["results"]["smalldetail_read"]
     recs = records(tmp_path / "rec")
     assert len(recs) == 24 and not any(r.get("error") for r in recs)
-    from collab_eval.scoring import Scorer
+    from collab_eval.analysis.scoring import Scorer
     scorer = Scorer()
     never = np.mean([scorer.accuracy("smalldetail_read", r["doc"], r["answer_stage1"]) for r in recs])
     always = np.mean([scorer.accuracy("smalldetail_read", r["doc"], r["answer_stage2"]) for r in recs])
@@ -116,7 +116,7 @@ def test_lmms_eval_always_beats_never_on_reading(tmp_path):
     # And the gate's score tells right stage-1 answers from wrong ones: AUROC 1.0 on these 24
     # samples (0.95 on the split); the previous checkpoint, never trained on readable global
     # views, scores 0.82 here.
-    from collab_eval.curves import auroc
+    from collab_eval.analysis.curves import auroc
     wrong = [scorer.accuracy("smalldetail_read", r["doc"], r["answer_stage1"]) < 1 for r in recs]
     assert 0 < sum(wrong) < len(wrong), wrong
     assert auroc([r["score"] for r in recs], wrong) >= 0.9

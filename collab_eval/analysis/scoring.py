@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+from collab_eval.shipped import TASKS_DIR
+
 
 
 @dataclass(frozen=True)

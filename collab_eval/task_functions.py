@@ -5,7 +5,7 @@ from __future__ import annotations
 from lmms_eval.tasks.pope import utils as pope
 from lmms_eval.tasks.textvqa import utils as textvqa
 
-from collab_eval import costs
+from collab_eval import cost_handoff
 
 
 def doc_to_visual(doc):
@@ -16,8 +16,8 @@ def doc_to_visual(doc):
 
 
 def textvqa_process_results(doc, results):
-    return {**textvqa.textvqa_process_results(doc, results), **costs.lookup(doc)}
+    return {**textvqa.textvqa_process_results(doc, results), **cost_handoff.lookup(doc)}
 
 
 def pope_process_results(doc, results):
-    return {**pope.pope_process_results(doc, results), **costs.lookup(doc)}
+    return {**pope.pope_process_results(doc, results), **cost_handoff.lookup(doc)}

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from collab_eval.shipped import TASK_DATA_DIR
+
 SEEDS = {"train": 1_000, "validation": 2_000, "test": 3_000}
 ASPECTS = (1.0, 4 / 3, 3 / 2, 16 / 9)
 SHORT_SIDE = (448, 1024)  # short side of a large original, pixels
@@ -174,7 +176,7 @@ def exist_rows(split: str, n: int) -> list[dict]:
 def _features():
     from datasets import Features, Sequence, Value
 
-    from collab_eval.fixtures import POPE_FEATURES, TEXTVQA_FEATURES
+    from collab_eval.lab.task_data import POPE_FEATURES, TEXTVQA_FEATURES
     extra = {"target_box": Sequence(Value("int64")), "sign_box": Sequence(Value("int64"))}
     return Features({**TEXTVQA_FEATURES, **extra}), Features({**POPE_FEATURES, **extra})
 
@@ -190,10 +192,9 @@ def exist_dataset(split: str, n: int):
 
 
 TEST_SIZE = 150
-TASKS_DATA = Path(__file__).resolve().parent.parent / "tasks" / "data"
 
 
-def write_test_splits(directory: str | Path = TASKS_DATA, n: int = TEST_SIZE) -> list[Path]:
+def write_test_splits(directory: str | Path = TASK_DATA_DIR, n: int = TEST_SIZE) -> list[Path]:
     """The shipped test splits: tasks/data/smalldetail_{read,exist}_test.parquet."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

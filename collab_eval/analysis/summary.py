@@ -14,11 +14,11 @@ from statistics import median
 
 import numpy as np
 
-from collab_eval import curves
-from collab_eval.curves import Point, Samples
+from collab_eval.analysis import curves
+from collab_eval.analysis.curves import Point, Samples
 from collab_eval.records import STAGE1_PARTS
-from collab_eval.runs import Run
-from collab_eval.scoring import Scorer
+from collab_eval.analysis.runs import Run
+from collab_eval.analysis.scoring import Scorer
 
 SCHEMA = "collab-eval/summary/1"
 AGGREGATES = ("max", "mean", "first")

@@ -1,8 +1,8 @@
 """Train the smalldetail-llava checkpoint: a tiny LlavaForConditionalGeneration (CLIP vision
 tower + Llama LM + projector, tokenizer trained locally) on the synthetic small-detail
-benchmark (collab_eval.smalldetail), on the CPU, reproducibly.
+benchmark (collab_eval.lab.smalldetail), on the CPU, reproducibly.
 
-    python -m collab_eval.train_smalldetail --out collab_eval/weights/smalldetail-llava
+    python -m collab_eval.lab.train_smalldetail --out collab_eval/weights/smalldetail-llava
 
 On the CPU (the default, 2 threads, deterministic algorithms) the same seed gives the same
 weights. ``--device cuda`` runs too, without that promise; for a model this small it is
@@ -48,11 +48,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from collab_eval import smalldetail as sd
+from collab_eval.lab import smalldetail as sd
 from collab_eval.edge import Codec, transmit
 from collab_eval.pipeline import GENERIC_PROMPT
 from collab_eval.roi import square_box
-from collab_eval.tiny import LLAVA_CHAT_TEMPLATE, train_tokenizer
+from collab_eval.lab.tiny_checkpoints import LLAVA_CHAT_TEMPLATE, train_tokenizer
 
 INPUT_SIDE = 96
 PATCH = 12
@@ -392,7 +392,7 @@ def train(out: Path, seed: int = 0, steps: int = 2500, n_train: int = 3000, n_va
 def evaluate(model, data, prompts, pad, layer, config, device="cpu"):
     """Quick validation numbers from the first answer token's logits (argmax and
     min-entropy; the benchmark's numbers come from lmms-eval runs, not from here)."""
-    from collab_eval.curves import auroc
+    from collab_eval.analysis.curves import auroc
     from collab_eval.uncertainty import token_uncertainties
     n = len(data["digit"])
     correct, entropy, hits = {}, [], []

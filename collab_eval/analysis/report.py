@@ -16,8 +16,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from collab_eval import plots
-from collab_eval.summary import CORRECT, Summary, TaskView
+from collab_eval.analysis import plots
+from collab_eval.analysis.summary import CORRECT, Summary, TaskView
 
 RATE_ROWS = tuple(i / 10 for i in range(11))  # the gate's operating points shown: nearest to these rates
 EXAMPLES = 6

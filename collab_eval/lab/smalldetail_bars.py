@@ -1,7 +1,7 @@
 """The smalldetail checkpoint's bars, read from the records of a real lmms-eval run with
 ``policy=always`` on smalldetail_read / smalldetail_exist (nothing is run here).
 
-    python -m collab_eval.smalldetail_bars RUN_DIR
+    python -m collab_eval.lab.smalldetail_bars RUN_DIR
 
 Per task: never (stage-1) and always (stage-2) accuracy with the task's own scoring, the
 AUROC of the stage-1 score (min-entropy, the run's aggregate) for stage-1 errors, the share
@@ -15,10 +15,10 @@ import json
 
 import numpy as np
 
-from collab_eval import curves
-from collab_eval.runs import find_runs
-from collab_eval.scoring import Scorer
-from collab_eval.summary import task_view
+from collab_eval.analysis import curves
+from collab_eval.analysis.runs import find_runs
+from collab_eval.analysis.scoring import Scorer
+from collab_eval.analysis.summary import task_view
 
 
 def roi_hits(records: list[dict]) -> tuple[float, float]:

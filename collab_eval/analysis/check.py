@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from collab_eval import curves
-from collab_eval.summary import points_of
+from collab_eval.analysis import curves
+from collab_eval.analysis.summary import points_of
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 UNITS = {"bytes": ("bytes", 1.0), "flops": ("FLOPs", 1.0)}

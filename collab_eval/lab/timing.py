@@ -1,6 +1,6 @@
 """Wall-time overhead of the collab pipeline against lmms-eval's built-in adapter.
 
-    python -m collab_eval.benchmark [--pretrained tiny-llava] [--tasks ...] [--repeats 3]
+    python -m collab_eval.lab.timing [--pretrained tiny-llava] [--tasks ...] [--repeats 3]
 
 Runs lmms-eval's ``llava_hf`` and ``collab_llava`` (policy never: both send one image and
 answer once) on the same checkpoint, samples and token budget, alternating, in this one
@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     from lmms_eval.tasks import TaskManager
 
     from collab_eval.checkpoints import resolve
-    from collab_eval.cli import TASKS_DIR
+    from collab_eval.shipped import TASKS_DIR
 
     path = resolve(args.pretrained)
     factories = {  # lmms-eval frees a model after each evaluation: build one per round

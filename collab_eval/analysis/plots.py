@@ -7,7 +7,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from collab_eval.summary import CORRECT, TaskView
+from collab_eval.analysis.summary import CORRECT, TaskView
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 COSTS = (("bytes", "mean bytes sent per sample"), ("flops", "mean FLOPs per sample"))

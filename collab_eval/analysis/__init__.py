@@ -1,0 +1,1 @@
+"""Analysis of finished runs: reading records, rescoring, trade-off curves, reports and the regression check."""

@@ -1,0 +1,1 @@
+"""lmms-eval task YAMLs and their local data (installed as collab_eval.tasks)."""
