@@ -114,6 +114,7 @@ def _cmyk_jpeg() -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_bad_images_fail_only_their_own_samples(tmp_path, tiny_llava_path):
     rows = []
     for i, (name, (data, _)) in enumerate(CASES.items()):

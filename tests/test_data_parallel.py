@@ -3,8 +3,13 @@ each writing its own record file; together they hold every sample exactly once."
 import sys
 from pathlib import Path
 
+import pytest
+
 from collab_eval.records import read_records
 from tests.helpers import results_json, run_lmms_eval
+
+# Every test here starts lmms-eval: the fast tier (-m 'not slow') skips the module.
+pytestmark = pytest.mark.slow
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 

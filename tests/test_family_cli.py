@@ -30,6 +30,9 @@ RUNS = [pytest.param(model, policy, id=f"{model}-{policy}",
         for model, (_, _, default) in FAMILIES.items() for policy in POLICIES]
 FIELDS = {f.name for f in dataclasses.fields(SampleRecord)}
 
+# Every test here starts lmms-eval: the fast tier (-m 'not slow') skips the module.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("model, policy", RUNS)
 def test_cli_run(request, tmp_path, model, policy):

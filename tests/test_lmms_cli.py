@@ -10,6 +10,9 @@ from tests.helpers import REPO, records, results_json, run_lmms_eval, samples
 TASKS = "collab_textvqa_mini,collab_textvqa_mini_ocr,collab_pope_mini"
 N_PER_TASK = 16
 
+# Every test here starts lmms-eval: the fast tier (-m 'not slow') skips the module.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def run(tiny_llava_path, tmp_path_factory):

@@ -16,6 +16,9 @@ TASK = "collab_textvqa_mini"
 LIMIT = 6
 COLLAB_EVAL = str(Path(sys.executable).with_name("collab-eval"))
 
+# Every test here starts lmms-eval: the fast tier (-m 'not slow') skips the module.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def lmms_run(tiny_llava_path, tmp_path_factory):

@@ -91,18 +91,19 @@ def test_committed_checkpoint_matches_training_config():
     assert AutoTokenizer.from_pretrained(path).get_vocab() == tokenizer.get_vocab()
 
 
-def test_checkpoint_loads_through_adapter():
+def test_checkpoint_loads_through_adapter(tmp_path):
     from model_adapters.llava import CollabLlava
-    model = CollabLlava(pretrained="smalldetail-llava", policy="always", records_dir="/tmp/collab-eval-smalldetail-load")
+    model = CollabLlava(pretrained="smalldetail-llava", policy="always", records_dir=str(tmp_path))
     assert model.input_side == 96 and model.grid == (8, 8)
     assert model.layer == 1
 
 
+@pytest.mark.slow
 def test_lmms_eval_always_beats_never_on_reading(tmp_path):
     out = tmp_path / "out"
     proc = run_lmms_eval("collab_llava", f"pretrained=smalldetail-llava,policy=always,records_dir={tmp_path / 'rec'}",
                          "smalldetail_read", out, extra=("--limit", "24"))
-    assert (out).exists(), proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
     results = results_json(out)["results"]["smalldetail_read"]
     recs = records(tmp_path / "rec")
     assert len(recs) == 24 and not any(r.get("error") for r in recs)
