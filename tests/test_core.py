@@ -122,7 +122,18 @@ def test_random_policy_retransmits_the_same_samples_at_the_right_rate():
     # Nested: a higher rate retransmits a superset; another seed picks other samples.
     assert set(chosen) <= {k for k in keys if Policy("random", rate=0.6, seed=7).retransmit(0.0, k)}
     assert chosen != [k for k in keys if Policy("random", rate=0.3, seed=8).retransmit(0.0, k)]
-    assert uniform("x", 0) == uniform("x", 0)
+
+def test_uniform_draw_is_a_fixed_hash_spread_evenly_and_independent_across_seeds():
+    # Fixed by (seed, key) alone: the first 8 bytes of sha256("0:x") over 2^64, on any machine.
+    assert uniform("x", 0) == 0.8586095062719348
+    draws = np.array([uniform(f"task/{i}", 0) for i in range(4000)])
+    assert ((0 <= draws) & (draws < 1)).all()
+    # Even: every tenth of [0, 1) gets its share (binomial sd ~19 draws per bin).
+    assert (abs(np.histogram(draws, bins=10, range=(0, 1))[0] - 400) < 80).all()
+    # Another seed draws independently of this one, and neighbouring keys do not follow each other.
+    other = np.array([uniform(f"task/{i}", 1) for i in range(4000)])
+    assert abs(np.corrcoef(draws, other)[0, 1]) < 0.06
+    assert abs(np.corrcoef(draws[:-1], draws[1:])[0, 1]) < 0.06
 
 
 def test_invalid_policy_args_name_the_argument():

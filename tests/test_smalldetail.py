@@ -64,9 +64,13 @@ def test_shipped_test_splits_match_generator_and_schema():
         assert len(row["answers"]) == 10
     answers = exist["answer"]
     assert answers.count("yes") == answers.count("no")
-    # Adversarial negatives: the asked digit is never the sign's on a "no".
-    fresh = sd.exist_rows("test", 6)
-    assert [r["question"] for r in fresh] == exist["question"][:6]
+    fresh = sd.exist_rows("test", 12)
+    assert [r["question"] for r in fresh] == exist["question"][:12]
+    # Adversarial negatives: the asked digit is the sign's on a "yes" and never on a "no".
+    signs = [sc.digit for sc in sd.scenes("test", 12, stream=sd.EXIST_STREAM)]
+    for row, sign in zip(exist.select(range(12)), signs):
+        (asked,) = [c for c in row["question"] if c.isdigit()]
+        assert (asked == sign) == (row["answer"] == "yes"), (row["question"], sign, row["answer"])
 
 
 def test_committed_checkpoint_matches_training_config():
