@@ -1,6 +1,5 @@
 """Shared fixtures: every test runs offline on checkpoints and data the project builds."""
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,10 +8,21 @@ import pytest
 # subprocesses the integration tests start.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ.setdefault("COLLAB_EVAL_CACHE", tempfile.mkdtemp(prefix="collab-eval-test-cache-"))
+# One torch/OpenMP thread per lmms-eval subprocess unless the caller chose: torch's default of
+# one thread per core collapses on a loaded shared machine (issue 11: 30x slower on 2 cores),
+# and the tiny models gain nothing from more.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 from collab_eval.shipped import TASKS_DIR  # noqa: E402
+from tests.helpers import MINI_LIMIT, MINI_TASKS, Run, evaluate  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkpoint_cache(tmp_path_factory) -> None:
+    """The tiny checkpoints are built into this session's temporary directory (inherited by
+    the lmms-eval subprocesses), unless COLLAB_EVAL_CACHE is set."""
+    os.environ.setdefault("COLLAB_EVAL_CACHE", str(tmp_path_factory.mktemp("checkpoints")))
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +41,20 @@ def tiny_qwen2_vl_path() -> str:
 def tiny_instructblip_path() -> str:
     from collab_eval.checkpoints import resolve
     return resolve("tiny-instructblip")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_run(tiny_llava_path, tmp_path_factory):
+    """collab_llava on the tiny LLaVA through the lmms-eval command line, on the first
+    MINI_LIMIT documents of each of MINI_TASKS: run(policy_args, tasks) -> Run. Each argument
+    set runs once per session; the tests that share one (the always run) share its outputs."""
+    done = {}
+
+    def run(policy_args: str, tasks: tuple[str, ...] = MINI_TASKS) -> Run:
+        if (policy_args, tasks) not in done:
+            out = tmp_path_factory.mktemp("tiny-llava-run")
+            done[policy_args, tasks] = evaluate(
+                "collab_llava", f"pretrained={tiny_llava_path},{policy_args},records_dir={out / 'records'}",
+                ",".join(tasks), out, extra=("--limit", str(MINI_LIMIT)))
+        return done[policy_args, tasks]
+    return run

@@ -1,26 +1,53 @@
-"""Running the real lmms-eval command line from tests, and reading what it wrote."""
+"""Running the real lmms-eval command line from tests, reading what it wrote, and the
+invariants every run and every record must hold."""
+import dataclasses
 import glob
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from collab_eval.records import read_records
+import pytest
+
+from collab_eval.records import FLOP_PARTS, SampleRecord, finite, read_records
+from collab_eval.uncertainty import AGGREGATES, aggregate
 
 REPO = Path(__file__).resolve().parent.parent
 LMMS_EVAL = str(Path(sys.executable).with_name("lmms-eval"))
+RECORD_FIELDS = {f.name for f in dataclasses.fields(SampleRecord)}
+# The tiny LLaVA command-line runs (conftest.tiny_llava_run): every local task, the first
+# MINI_LIMIT documents of each.
+MINI_TASKS = ("collab_textvqa_mini", "collab_textvqa_mini_ocr", "collab_pope_mini")
+MINI_LIMIT = 4
 
 
 def run_lmms_eval(model: str, model_args: str, tasks: str, out: Path, include_path: Path = REPO / "tasks",
                   extra: tuple = (), launcher: tuple = ()) -> subprocess.CompletedProcess:
     """lmms-eval logs an exception and exits 0 unless --verbosity DEBUG: tests run it in
-    DEBUG and still check that the outputs exist."""
+    DEBUG so that its exit status says whether the run failed."""
     cmd = [*launcher] if launcher else [LMMS_EVAL]
     cmd += ["--model", model, "--model_args", model_args, "--tasks", tasks,
             "--include_path", str(include_path), "--output_path", str(out), "--log_samples",
             "--verbosity", "DEBUG", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
+
+
+@dataclass
+class Run:
+    """What one lmms-eval run wrote: its output dir, results.json and per-sample records."""
+    out: Path
+    results: dict
+    records: list[dict]
+
+
+def evaluate(model: str, model_args: str, tasks: str, out: Path, **kwargs) -> Run:
+    """run_lmms_eval that must succeed; records go to out/records (the caller puts
+    records_dir=<out>/records in model_args)."""
+    proc = run_lmms_eval(model, model_args, tasks, out, **kwargs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return Run(out, results_json(out), records(out / "records"))
 
 
 def results_json(out: Path) -> dict:
@@ -37,3 +64,59 @@ def samples(out: Path, task: str) -> list[dict]:
 
 def records(records_dir: Path) -> list[dict]:
     return read_records(sorted(Path(records_dir).glob("*.jsonl")))
+
+
+def check_record(record) -> None:
+    """The invariants of one sample's record (a dict as read from a file, or a SampleRecord),
+    whatever the family, task or policy: totals are the sum of their parts, the score is the
+    aggregate of the token entropies, and a sample costs exactly what its policy sent."""
+    r = dataclasses.asdict(record) if dataclasses.is_dataclass(record) else record
+    assert set(r) == RECORD_FIELDS, set(r) ^ RECORD_FIELDS
+    assert r["bytes_total"] == r["bytes_global"] + r["bytes_request"] + r["bytes_local"]
+    assert set(r["flops"]) == set(FLOP_PARTS) and r["flops_total"] == sum(r["flops"].values())
+    if r["error"]:  # a failed sample is scored as wrong and costs what it sent before failing
+        assert r["answer"] == "", r
+        return
+    assert r["bytes_global"] > 0 and r["flops"]["vision"] > 0 and r["flops"]["prefill"] > 0
+    assert r["answer_stage1"] is not None and len(r["min_entropy"]) == len(r["shannon_entropy"]) >= 1
+    for how in AGGREGATES:
+        assert r["scores"][how] == pytest.approx(finite(aggregate(r["min_entropy"], how)))
+    assert r["score"] == r["scores"][r["score_name"]]
+    if r["policy"] == "never":
+        assert not r["retransmitted"]
+    if r["policy"] in ("always", "tiles"):
+        assert r["retransmitted"]
+    if not r["retransmitted"]:
+        assert r["answer"] == r["answer_stage1"] and r["answer_stage2"] is None and r["roi"] is None
+        assert r["bytes_total"] == r["bytes_global"] and r["bytes_request"] == r["bytes_local"] == 0
+        assert r["flops"]["generic"] == r["flops"]["stage2"] == 0
+        return
+    assert r["answer"] == r["answer_stage2"] is not None
+    assert r["bytes_local"] > 0 and r["flops"]["stage2"] > r["flops"]["prefill"]
+    if r["policy"] == "tiles":  # four tiles, no request, no RoI, no generic map
+        assert r["bytes_request"] == 0 and r["roi"] is None and r["flops"]["generic"] == 0
+    else:
+        assert r["bytes_request"] == 16
+        x0, y0, x1, y1 = r["roi"]
+        assert 0 <= x0 < x1 <= r["image_size"][0] and 0 <= y0 < y1 <= r["image_size"][1]
+        assert (r["flops"]["generic"] == 0) == r["generic_cached"]  # a cached map was paid for before
+
+
+def check_run(run: Run, tasks: list[str], per_task: int) -> None:
+    """Every record of the run holds check_record, each task has per_task of them, and
+    lmms-eval's aggregates and per-sample logs carry exactly the records' costs."""
+    for r in run.records:
+        check_record(r)
+    assert sorted({r["task"] for r in run.records}) == sorted(tasks)
+    for task in tasks:
+        recs = {r["doc_id"]: r for r in run.records if r["task"] == task}
+        assert len(recs) == per_task == len([r for r in run.records if r["task"] == task]), task
+        metrics = run.results["results"][task]
+        for key in ("retransmitted", "bytes_total", "flops_total"):
+            assert metrics[f"{key},none"] == pytest.approx(sum(r[key] for r in recs.values()) / per_task), (task, key)
+        logged = samples(run.out, task)
+        assert sorted(s["doc_id"] for s in logged) == sorted(recs)
+        for s in logged:
+            counts = s["token_counts"][0]
+            assert counts["bytes_total"] == recs[s["doc_id"]]["bytes_total"], (task, s["doc_id"])
+            assert counts["flops_total"] == recs[s["doc_id"]]["flops_total"], (task, s["doc_id"])

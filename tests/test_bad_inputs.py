@@ -10,7 +10,7 @@ from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
 from PIL import Image
 
 from collab_eval.edge import BadImage, sanitize
-from tests.helpers import REPO, records, results_json, run_lmms_eval
+from tests.helpers import REPO, check_run, evaluate
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -131,14 +131,14 @@ def test_bad_images_fail_only_their_own_samples(tmp_path, tiny_llava_path):
         "dataset_kwargs:\n  data_files:\n    validation: bad.parquet\n"
         "test_split: validation\n")
     out = tmp_path / "out"
-    proc = run_lmms_eval("collab_llava", f"pretrained={tiny_llava_path},policy=always,records_dir={out / 'records'}",
-                         "collab_bad_images", out, include_path=tasks)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = results_json(out)["results"]["collab_bad_images"]
+    run = evaluate("collab_llava", f"pretrained={tiny_llava_path},policy=always,records_dir={out / 'records'}",
+                   "collab_bad_images", out, include_path=tasks)
+    check_run(run, ["collab_bad_images"], len(CASES))
+    results = run.results["results"]["collab_bad_images"]
     assert results["exact_match,none"] == 0.0
     assert results["bytes_total,none"] > 0  # finite: failed samples are costed at what they sent (nothing)
 
-    by_name = {r["doc"]["image_id"]: r for r in records(out / "records")}
+    by_name = {r["doc"]["image_id"]: r for r in run.records}
     assert set(by_name) == set(CASES)
     for name, (_, fails) in CASES.items():
         record = by_name[name]

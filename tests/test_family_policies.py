@@ -8,6 +8,7 @@ from collab_eval.edge import Codec, transmit
 from collab_eval.pipeline import GenericMaps, Settings, quadrants, run_sample
 from collab_eval.policy import POLICIES, Policy
 from collab_eval.records import SampleRecord
+from tests.helpers import check_record
 
 QUESTION = "is there a red square in the image ?"
 IMAGES = [  # noise compresses badly, so every image costs bytes; one landscape, one portrait
@@ -53,29 +54,12 @@ def test_each_policy_costs_what_it_should(adapter, policy):
     for index, image in enumerate(IMAGES if policy in ("always", "tiles") else IMAGES[:1]):
         r = run(adapter, policy, image, f"t/{index}")
         assert r.error is None
-        assert r.bytes_total == r.bytes_global + r.bytes_request + r.bytes_local > 0
-        assert r.flops_total == sum(r.flops.values()) > 0
-        assert r.answer_stage1 is not None and len(r.min_entropy) == len(r.shannon_entropy) >= 1
-        assert r.flops["vision"] > 0 and r.flops["prefill"] > 0
-        if not r.retransmitted:
-            assert r.bytes_total == r.bytes_global and r.answer_stage2 is None
-            assert r.flops["generic"] == r.flops["stage2"] == 0
-            continue
-        assert r.bytes_local > 0 and r.flops["stage2"] > r.flops["prefill"]
-        assert r.answer == r.answer_stage2 is not None
-        if policy == "tiles":
-            # No request, no RoI, no generic map: the four tiles, each at the encoder input.
-            assert r.bytes_request == 0 and r.roi is None and r.flops["generic"] == 0
+        check_record(r)  # what each policy sends and what it costs
+        if policy == "tiles":  # the four tiles, each framed and resized for the encoder
             tiles = [transmit(image, *adapter.frame(q), Codec.parse("png")) for q in quadrants(*image.size)]
             assert r.bytes_local == sum(t.nbytes for t in tiles)
-        else:
-            assert r.bytes_request == 16 and r.flops["generic"] > 0
-            x0, y0, x1, y1 = r.roi
-            assert 0 <= x0 < x1 <= image.size[0] and 0 <= y0 < y1 <= image.size[1]
-    if policy == "never":
-        assert not r.retransmitted
-    if policy in ("always", "tiles"):
-        assert r.retransmitted
+        elif r.retransmitted:
+            assert r.flops["generic"] > 0  # a fresh cache per sample: the generic map is paid here
 
 
 def test_tiles_answers_from_five_images(adapter):

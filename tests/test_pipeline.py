@@ -7,6 +7,7 @@ from collab_eval.edge import Codec
 from collab_eval.pipeline import GenericMaps, Settings, run_sample
 from collab_eval.policy import Policy
 from collab_eval.records import SampleRecord
+from tests.helpers import check_record
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,7 @@ def test_an_empty_answer_is_scored_and_gated(llava):
         done = run_sample(llava, image, "what is it?", "t/0", settings, GenericMaps(), record())
     finally:
         llava.model.generation_config.forced_eos_token_id = None
+    check_record(done)
     assert done.answer_stage1 == "" and len(done.min_entropy) == 1
     assert done.score == pytest.approx(done.min_entropy[0]) and done.score > 0
     assert done.retransmitted and done.roi is not None and done.answer_stage2 is not None
@@ -41,6 +43,7 @@ def test_never_reads_no_attention_and_pays_no_roi_cost(llava):
     image = Image.new("RGB", (90, 300), "gray")
     settings = Settings(Policy("never"), Codec.parse("jpeg:80"))
     done = run_sample(llava, image, "what is it?", "t/0", settings, GenericMaps(), record())
+    check_record(done)
     assert done.roi is None and done.bytes_total == done.bytes_global
     assert done.flops["generic"] == done.flops["stage2"] == 0 and done.seconds.keys() == {"edge_global", "stage1"}
 
@@ -51,5 +54,7 @@ def test_generic_map_is_computed_once_per_received_image(llava):
     settings = Settings(Policy("always"), Codec.parse("png"))
     first = run_sample(llava, image, "one?", "t/0", settings, cache, record())
     second = run_sample(llava, image, "two?", "t/1", settings, cache, record())
+    check_record(first)
+    check_record(second)
     assert not first.generic_cached and first.flops["generic"] > 0
     assert second.generic_cached and second.flops["generic"] == 0 and len(cache.maps) == 1

@@ -10,31 +10,13 @@ import pytest
 
 from collab_eval.analysis import curves
 from collab_eval.analysis.runs import find_runs
-from tests.helpers import records, results_json, run_lmms_eval
+from tests.helpers import MINI_LIMIT, check_run
 
 TASK = "collab_textvqa_mini"
-LIMIT = 6
 COLLAB_EVAL = str(Path(sys.executable).with_name("collab-eval"))
 
 # Every test here starts lmms-eval: the fast tier (-m 'not slow') skips the module.
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def lmms_run(tiny_llava_path, tmp_path_factory):
-    """One tiny lmms-eval run per policy string (cached for the module): its output dir."""
-    done = {}
-
-    def _run(policy_args: str) -> Path:
-        if policy_args not in done:
-            out = tmp_path_factory.mktemp("run")
-            proc = run_lmms_eval("collab_llava", f"pretrained={tiny_llava_path},{policy_args},records_dir={out / 'records'}",
-                                 TASK, out, extra=("--limit", str(LIMIT)))
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            assert len(records(out / "records")) == LIMIT, proc.stderr[-3000:]
-            done[policy_args] = out
-        return done[policy_args]
-    return _run
 
 
 def report(run_dirs, out: Path) -> dict:
@@ -44,13 +26,13 @@ def report(run_dirs, out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def test_report_from_a_real_always_run(lmms_run, tmp_path):
-    out = lmms_run("policy=always")
-    summary = report([out], tmp_path / "report")
+def test_report_from_a_real_always_run(tiny_llava_run, tmp_path):
+    run = tiny_llava_run("policy=always")
+    summary = report([run.out], tmp_path / "report")
     assert {p.name for p in (tmp_path / "report").iterdir()} >= {"report.md", "report.html", f"{TASK}_tradeoff.png"}
     entry = summary["systems"]["tiny-llava:png"]["tasks"][TASK]
-    assert entry["n"] == LIMIT and entry["errors"] == 0
-    metrics = results_json(out)["results"][TASK]
+    assert entry["n"] == MINI_LIMIT and entry["errors"] == 0
+    metrics = run.results["results"][TASK]
     # Rescoring the stage-2 answers reproduces lmms-eval's own aggregate; costs match its means.
     assert entry["always"]["accuracy"] == pytest.approx(metrics["exact_match,none"])
     assert entry["lmms_eval_accuracy"] == metrics["exact_match,none"]
@@ -62,17 +44,20 @@ def test_report_from_a_real_always_run(lmms_run, tmp_path):
     assert entry["never"]["bytes"] < entry["always"]["bytes"]
 
 
-def test_threshold_run_matches_the_point_derived_from_the_always_run(lmms_run, tmp_path):
-    always_out = lmms_run("policy=always")
+def test_threshold_run_matches_the_point_derived_from_the_always_run(tiny_llava_run, tmp_path):
+    always_out = tiny_llava_run("policy=always").out
     always = find_runs(always_out)[0]
-    scores = sorted({r["score"] for r in always.records if r["score"] is not None})
+    always_records = [r for r in always.records if r["task"] == TASK]
+    scores = sorted({r["score"] for r in always_records if r["score"] is not None})
     assert len(scores) >= 2, "the tiny model should give distinct scores"
     tau = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # some retransmit, some not
-    threshold_out = lmms_run(f"policy=threshold,threshold={tau!r}")
+    threshold_run = tiny_llava_run(f"policy=threshold,threshold={tau!r}", tasks=(TASK,))
+    check_run(threshold_run, [TASK], MINI_LIMIT)
+    threshold_out = threshold_run.out
     threshold = find_runs(threshold_out)[0]
 
     # Per sample: the threshold run's answer and bytes are the always run's stage-1 or stage-2 ones.
-    by_doc = {r["doc_id"]: r for r in always.records}
+    by_doc = {r["doc_id"]: r for r in always_records}
     for r in threshold.records:
         a = by_doc[r["doc_id"]]
         assert r["retransmitted"] == ((math.inf if a["score"] is None else a["score"]) > tau)
@@ -93,5 +78,5 @@ def test_threshold_run_matches_the_point_derived_from_the_always_run(lmms_run, t
     # The same point is on the gated curve at the score just below tau.
     on_curve = next(p for p in entry["curves"]["gated"] if p["tau"] not in ("inf", "-inf") and p["tau"] < tau)
     assert (on_curve["bytes"], on_curve["flops"], on_curve["rate"]) == (point["bytes"], point["flops"], point["rate"])
-    assert results_json(threshold_out)["results"][TASK]["bytes_total,none"] == pytest.approx(point["bytes"])
+    assert threshold_run.results["results"][TASK]["bytes_total,none"] == pytest.approx(point["bytes"])
     assert curves.Point.from_dict(on_curve).accuracy == pytest.approx(point["accuracy"])

@@ -10,7 +10,7 @@ import pytest
 from datasets import load_dataset
 
 from collab_eval.lab import smalldetail as sd
-from tests.helpers import REPO, records, results_json, run_lmms_eval
+from tests.helpers import REPO, check_run, evaluate
 
 DATA = REPO / "tasks" / "data"
 
@@ -104,13 +104,11 @@ def test_checkpoint_loads_through_adapter(tmp_path):
 
 @pytest.mark.slow
 def test_lmms_eval_always_beats_never_on_reading(tmp_path):
-    out = tmp_path / "out"
-    proc = run_lmms_eval("collab_llava", f"pretrained=smalldetail-llava,policy=always,records_dir={tmp_path / 'rec'}",
-                         "smalldetail_read", out, extra=("--limit", "24"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = results_json(out)["results"]["smalldetail_read"]
-    recs = records(tmp_path / "rec")
-    assert len(recs) == 24 and not any(r.get("error") for r in recs)
+    run = evaluate("collab_llava", f"pretrained=smalldetail-llava,policy=always,records_dir={tmp_path / 'records'}",
+                   "smalldetail_read", tmp_path, extra=("--limit", "24"))
+    check_run(run, ["smalldetail_read"], 24)
+    results, recs = run.results["results"]["smalldetail_read"], run.records
+    assert not any(r["error"] for r in recs)
     from collab_eval.analysis.scoring import Scorer
     scorer = Scorer()
     never = np.mean([scorer.accuracy("smalldetail_read", r["doc"], r["answer_stage1"]) for r in recs])
