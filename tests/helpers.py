@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from collab_eval.records import FLOP_PARTS, SampleRecord, finite, read_records
+from collab_eval.pipeline import Settings
+from collab_eval.records import FLOP_PARTS, Outcome, SampleRecord, finite, read_records
 from collab_eval.uncertainty import AGGREGATES, aggregate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,12 +67,18 @@ def records(records_dir: Path) -> list[dict]:
     return read_records(sorted(Path(records_dir).glob("*.jsonl")))
 
 
-def check_record(record) -> None:
-    """The invariants of one sample's record (a dict as read from a file, or a SampleRecord),
-    whatever the family, task or policy: totals are the sum of their parts, the score is the
-    aggregate of the token entropies, and a sample costs exactly what its policy sent."""
-    r = dataclasses.asdict(record) if dataclasses.is_dataclass(record) else record
-    assert set(r) == RECORD_FIELDS, set(r) ^ RECORD_FIELDS
+def check_record(record, settings: Settings | None = None) -> None:
+    """The invariants of one sample's record, whatever the family, task or policy: totals are
+    the sum of their parts, the score is the aggregate of the token entropies, and a sample
+    costs exactly what its policy sent. ``record``: a dict as read from a records file, a
+    SampleRecord, or the pipeline's Outcome with the Settings it ran under."""
+    if isinstance(record, Outcome) and not isinstance(record, SampleRecord):
+        assert settings is not None, "an Outcome does not say its policy: pass its Settings"
+        r = {**dataclasses.asdict(record), "policy": settings.policy.name, "score_name": settings.aggregation,
+             "error": None}
+    else:
+        r = dataclasses.asdict(record) if isinstance(record, SampleRecord) else record
+        assert set(r) == RECORD_FIELDS, set(r) ^ RECORD_FIELDS
     assert r["bytes_total"] == r["bytes_global"] + r["bytes_request"] + r["bytes_local"]
     assert set(r["flops"]) == set(FLOP_PARTS) and r["flops_total"] == sum(r["flops"].values())
     if r["error"]:  # a failed sample is scored as wrong and costs what it sent before failing

@@ -17,11 +17,11 @@ import numpy as np
 from collab_eval.analysis import curves
 from collab_eval.analysis.curves import Point, Samples
 from collab_eval.records import STAGE1_PARTS
+from collab_eval.uncertainty import AGGREGATES
 from collab_eval.analysis.runs import Run
 from collab_eval.analysis.scoring import Scorer
 
 SCHEMA = "collab-eval/summary/1"
-AGGREGATES = ("max", "mean", "first")
 CORRECT = 0.5  # a stage-1 answer with per-sample accuracy >= this counts as right (AUROC, histograms)
 TARGET = 0.99  # fraction of always-retransmit accuracy the cheapest operating point must reach
 IMAGE_KEYS = ("image_id", "image_source", "image_path", "image_file")  # doc fields naming the image
