@@ -1,6 +1,5 @@
 """Shared fixtures: every test runs offline on checkpoints and data the project builds."""
 import os
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,6 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 # and the tiny models gain nothing from more.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-REPO = Path(__file__).resolve().parent.parent
-from collab_eval.shipped import TASKS_DIR  # noqa: E402
 from tests.helpers import MINI_LIMIT, MINI_TASKS, Run, evaluate  # noqa: E402
 
 

@@ -13,9 +13,9 @@ import pytest
 
 from collab_eval.pipeline import Settings
 from collab_eval.records import FLOP_PARTS, Outcome, SampleRecord, finite, read_records
+from collab_eval.shipped import TASKS_DIR
 from collab_eval.uncertainty import AGGREGATES, aggregate
 
-REPO = Path(__file__).resolve().parent.parent
 LMMS_EVAL = str(Path(sys.executable).with_name("lmms-eval"))
 RECORD_FIELDS = {f.name for f in dataclasses.fields(SampleRecord)}
 # The tiny LLaVA command-line runs (conftest.tiny_llava_run): every local task, the first
@@ -24,7 +24,7 @@ MINI_TASKS = ("collab_textvqa_mini", "collab_textvqa_mini_ocr", "collab_pope_min
 MINI_LIMIT = 4
 
 
-def run_lmms_eval(model: str, model_args: str, tasks: str, out: Path, include_path: Path = REPO / "tasks",
+def run_lmms_eval(model: str, model_args: str, tasks: str, out: Path, include_path: Path = TASKS_DIR,
                   extra: tuple = (), launcher: tuple = ()) -> subprocess.CompletedProcess:
     """lmms-eval logs an exception and exits 0 unless --verbosity DEBUG: tests run it in
     DEBUG so that its exit status says whether the run failed."""

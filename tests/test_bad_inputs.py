@@ -10,7 +10,8 @@ from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
 from PIL import Image
 
 from collab_eval.edge import BadImage, sanitize
-from tests.helpers import REPO, check_run, evaluate
+from collab_eval.shipped import TASKS_DIR
+from tests.helpers import check_run, evaluate
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -126,7 +127,7 @@ def test_bad_images_fail_only_their_own_samples(tmp_path, tiny_llava_path):
     Dataset.from_list(rows, features=FEATURES).to_parquet(tasks / "bad.parquet")
     (tasks / "collab_bad_images.yaml").write_text(
         "task: collab_bad_images\n"
-        f"include: {REPO / 'tasks' / '_textvqa_template_yaml'}\n"
+        f"include: {TASKS_DIR / '_textvqa_template_yaml'}\n"
         "dataset_path: parquet\n"
         "dataset_kwargs:\n  data_files:\n    validation: bad.parquet\n"
         "test_split: validation\n")

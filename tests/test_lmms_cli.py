@@ -6,7 +6,8 @@ import pytest
 from datasets import load_dataset
 
 from collab_eval.policy import uniform
-from tests.helpers import MINI_LIMIT, MINI_TASKS, REPO, check_run
+from collab_eval.shipped import TASK_DATA_DIR
+from tests.helpers import MINI_LIMIT, MINI_TASKS, check_run
 
 # Every test here starts lmms-eval: the fast tier (-m 'not slow') skips the module.
 pytestmark = pytest.mark.slow
@@ -41,7 +42,7 @@ def test_always_sends_global_request_and_local(tiny_llava_run):
 
 def test_bytes_original_is_the_original_png(tiny_llava_run):
     recs = tiny_llava_run("policy=never").records
-    data = load_dataset("parquet", data_files={"validation": str(REPO / "tasks/data/textvqa_mini.parquet")})["validation"]
+    data = load_dataset("parquet", data_files={"validation": str(TASK_DATA_DIR / "textvqa_mini.parquet")})["validation"]
     for r in (r for r in recs if r["task"] == "collab_textvqa_mini"):
         buf = io.BytesIO()
         data[r["doc_id"]]["image"].convert("RGB").save(buf, format="PNG")

@@ -10,9 +10,8 @@ import pytest
 from datasets import load_dataset
 
 from collab_eval.lab import smalldetail as sd
-from tests.helpers import REPO, check_run, evaluate
-
-DATA = REPO / "tasks" / "data"
+from collab_eval.shipped import TASK_DATA_DIR as DATA
+from tests.helpers import check_run, evaluate
 
 
 def test_generator_is_deterministic_and_splits_differ():
