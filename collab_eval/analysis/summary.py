@@ -209,7 +209,8 @@ class TaskSummary:
     @classmethod
     def from_json(cls, d, where: str) -> "TaskSummary":
         d = obj(d, where)
-        return cls(text(d, "metric", where), FromAlways.from_json(d, where) if "curves" in d else None,
+        has_curves = any(key in d for key in ("curves", "never", "always", "n"))
+        return cls(text(d, "metric", where), FromAlways.from_json(d, where) if has_curves else None,
                    [RunPoint.from_json(p, f"{where}.points[{i}]")
                     for i, p in enumerate(array(d.get("points", []), f"{where}.points"))])
 
@@ -405,7 +406,7 @@ def run_label(run: Run) -> str:
 
 def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) -> Summary:
     scorer = scorer or Scorer(include_paths=include_paths(runs))
-    runs = list({run.name: run for run in runs}.values())  # the same records reached twice count once
+    runs = unique(runs)
     systems: dict[str, SystemSummary] = {}
     views: list[TaskView] = []
     run_rows = []
@@ -442,6 +443,16 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
             entry.derived_from_always = derive(view, entry)
     settings = Settings(CORRECT, TARGET, seeds, list(curves.RATES))
     return Summary(settings, run_rows, systems, views)
+
+
+def unique(runs: list[Run]) -> list[Run]:
+    """The same records reached twice (a results.json's records_dir and a directory of records)
+    count once, as the run that has its results.json."""
+    chosen: dict[str, Run] = {}
+    for run in runs:
+        if run.name not in chosen or (run.results_file and not chosen[run.name].results_file):
+            chosen[run.name] = run
+    return list(chosen.values())
 
 
 def shown(path) -> str:
