@@ -62,7 +62,6 @@ class Codec:
 class Transmission:
     """An image as it crossed the link: what the server decodes, and what it cost."""
     image: Image.Image  # decoded payload: what the model sees
-    region: Box  # the part of the original it shows
     nbytes: int
 
 
@@ -131,7 +130,7 @@ def transmit(original: Image.Image, region: Box, size: tuple[int, int], codec: C
     """Resample ``region`` of the original to ``size`` (w, h), encode, count, decode."""
     view = original.resize(size, Image.Resampling.BICUBIC, box=region)
     payload = codec.encode(view)
-    return Transmission(codec.decode(payload), region, len(payload))
+    return Transmission(codec.decode(payload), len(payload))
 
 
 def encoded_size(image: Image.Image, codec: Codec) -> int:

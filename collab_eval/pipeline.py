@@ -15,7 +15,7 @@ from PIL import Image
 
 from collab_eval.edge import Box, Codec, encode_request, encoded_size, sanitize, transmit
 from collab_eval.policy import Policy
-from collab_eval.records import STAGE1_PARTS, SampleRecord, finite
+from collab_eval.records import STAGE1_PARTS, Outcome, finite
 from collab_eval.roi import find_roi, relative_attention
 from collab_eval.uncertainty import token_uncertainties
 
@@ -39,17 +39,33 @@ class Server(Protocol):
         """The part of ``region`` (original pixels) the encoder will see, and the (w, h)
         the edge should resample it to."""
 
-    def answer(self, images: list[Image.Image], question: str, with_attention: bool) -> Answer: ...
+    def answer(self, images: list[Image.Image], question: str, limits: "Limits", with_attention: bool) -> Answer: ...
 
     def attention(self, image: Image.Image, prompt: str) -> tuple[np.ndarray, dict[str, int]]:
         """Patch-grid attention of the last token of ``prompt`` (one prefill), and its FLOPs."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
+    """How a run answers every sample (fixed at start from the model args)."""
     policy: Policy
     codec: Codec
-    score: str = "max"
+    aggregation: str = "max"  # how token min-entropies become the gate's score: max / mean / first
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How far one answer may go: the task's generation limits within the run's cap."""
+    max_new_tokens: int
+    until: tuple[str, ...] = ()
+
+    @classmethod
+    def from_gen_kwargs(cls, gen_kwargs: dict, cap: int) -> "Limits":
+        """lmms-eval's ``generation_kwargs``: a task's smaller ``max_new_tokens`` wins over
+        the run's cap; ``until`` is a string or a list of stop strings."""
+        asked = gen_kwargs.get("max_new_tokens")
+        until = gen_kwargs.get("until") or ()
+        return cls(min(cap, int(asked)) if asked else cap, (until,) if isinstance(until, str) else tuple(until))
 
 
 def image_key(image: Image.Image) -> str:
@@ -59,8 +75,8 @@ def image_key(image: Image.Image) -> str:
 
 @dataclass
 class GenericMaps:
-    """The generic-prompt map depends only on the image the server received: cache it,
-    per task, so that each task's costs stand alone whatever else ran in the process."""
+    """The generic-prompt map depends only on the image the server received: cache it per
+    scope (the task), so that each task's costs stand alone whatever else ran in the process."""
     maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
     def get(self, server: Server, image: Image.Image, key: tuple[str, str]) -> tuple[np.ndarray, dict[str, int], bool]:
@@ -71,64 +87,67 @@ class GenericMaps:
         return grid, flops, False
 
 
-def run_sample(server: Server, image, question: str, sample_key: str, settings: Settings,
-               cache: GenericMaps, record: SampleRecord) -> SampleRecord:
-    """Fill ``record`` by running the pipeline on one sample. Raises on bad input; the
+def run_sample(server: Server, image, question: str, *, settings: Settings, limits: Limits,
+               sample_key: str, cache_scope: str, generic_maps: GenericMaps) -> Outcome:
+    """Run the pipeline on one sample. ``sample_key`` fixes the random policy's draw,
+    ``cache_scope`` the generic maps this sample may reuse. Raises on bad input; the
     caller turns that into a failed sample."""
+    out = Outcome()
     clock = Stopwatch()
     original = sanitize(image)
     width, height = original.size
-    record.image_size = [width, height]
+    out.image_size = [width, height]
 
     # Edge -> server: the global image.
     region, size = server.frame((0.0, 0.0, float(width), float(height)))
     sent = transmit(original, region, size, settings.codec)
-    record.global_region = [round(v, 3) for v in region]
-    record.bytes_global = sent.nbytes
-    record.image_key = image_key(sent.image)
-    record.bytes_original = encoded_size(original, settings.codec)
+    out.global_region = [round(v, 3) for v in region]
+    out.bytes_global = sent.nbytes
+    out.image_key = image_key(sent.image)
+    out.bytes_original = encoded_size(original, settings.codec)
     clock.lap("edge_global")
 
     # Stage 1.
-    stage1 = server.answer([sent.image], question, with_attention=settings.policy.locates)
+    stage1 = server.answer([sent.image], question, limits, with_attention=settings.policy.locates)
     uncertainty = token_uncertainties(stage1.logits)
-    score = uncertainty.score(settings.score)
-    record.answer_stage1 = record.answer = stage1.text
-    record.min_entropy = uncertainty.min_entropy
-    record.shannon_entropy = uncertainty.shannon_entropy
-    record.scores = {k: finite(v) for k, v in uncertainty.scores().items()}
-    record.score = finite(score)
-    record.flops.update({part: stage1.flops[part] for part in STAGE1_PARTS})
+    score = uncertainty.score(settings.aggregation)
+    out.answer_stage1 = out.answer = stage1.text
+    out.min_entropy = uncertainty.min_entropy
+    out.shannon_entropy = uncertainty.shannon_entropy
+    out.scores = {k: finite(v) for k, v in uncertainty.scores().items()}
+    out.score = finite(score)
+    out.flops.update({part: stage1.flops[part] for part in STAGE1_PARTS})
     clock.lap("stage1")
 
-    record.retransmitted = settings.policy.retransmit(score, sample_key)
-    if record.retransmitted:
+    out.retransmitted = settings.policy.retransmit(score, sample_key)
+    if out.retransmitted:
         if settings.policy.name == "tiles":  # no request: the edge always sends the 2x2 tiles
             crops = quadrants(width, height)
         else:
             # Server: where to look.
-            generic, generic_flops, record.generic_cached = cache.get(server, sent.image, (record.task, record.image_key))
-            record.flops["generic"] = sum(generic_flops.values())
+            generic, generic_flops, out.generic_cached = generic_maps.get(server, sent.image, (cache_scope, out.image_key))
+            out.flops["generic"] = sum(generic_flops.values())
             roi = find_roi(relative_attention(stage1.attention, generic), region, (width, height), server.input_side)
-            record.roi = list(roi)
-            record.bytes_request = len(encode_request(roi))
+            out.roi = list(roi)
+            out.bytes_request = len(encode_request(roi))
             crops = [roi]
             clock.lap("roi")
 
         # Edge -> server: the crop(s), each at the encoder's input size.
         local = [transmit(original, *server.frame(crop), settings.codec) for crop in crops]
-        record.bytes_local = sum(sent_crop.nbytes for sent_crop in local)
+        out.bytes_local = sum(sent_crop.nbytes for sent_crop in local)
         clock.lap("edge_local")
 
-        stage2 = server.answer([sent.image, *(sent_crop.image for sent_crop in local)], question, with_attention=False)
-        record.answer_stage2 = record.answer = stage2.text
-        record.flops["stage2"] = sum(stage2.flops.values())
+        stage2 = server.answer([sent.image, *(sent_crop.image for sent_crop in local)], question, limits,
+                               with_attention=False)
+        out.answer_stage2 = out.answer = stage2.text
+        out.flops["stage2"] = sum(stage2.flops.values())
         clock.lap("stage2")
 
-    record.bytes_total = record.bytes_global + record.bytes_request + record.bytes_local
-    record.flops_total = sum(record.flops.values())
-    record.seconds = clock.laps
-    return record
+    out.bytes_total = out.bytes_global + out.bytes_request + out.bytes_local
+    out.flops_total = sum(out.flops.values())
+    out.seconds = clock.laps
+    return out
 
 
 def quadrants(width: int, height: int) -> list[Box]:

@@ -13,7 +13,34 @@ STAGE1_PARTS = ("vision", "projector", "prefill", "decode")
 
 
 @dataclass
-class SampleRecord:
+class Outcome:
+    """What the pipeline produced for one sample; the record adds who asked and how."""
+    answer: str = ""  # what lmms-eval scores
+    answer_stage1: str | None = None
+    answer_stage2: str | None = None  # null when stage 2 did not run
+    retransmitted: bool = False
+    score: float | None = None  # the aggregated min-entropy the gate used (null: empty answer)
+    scores: dict[str, float | None] = field(default_factory=dict)  # every aggregation
+    min_entropy: list[float] = field(default_factory=list)
+    shannon_entropy: list[float] = field(default_factory=list)
+    roi: list[int] | None = None
+    global_region: list[float] | None = None
+    image_size: list[int] | None = None
+    bytes_original: int = 0
+    bytes_global: int = 0
+    bytes_request: int = 0
+    bytes_local: int = 0
+    bytes_total: int = 0
+    flops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FLOP_PARTS, 0))
+    flops_total: int = 0
+    image_key: str | None = None
+    generic_cached: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class SampleRecord(Outcome):
+    """One sample as written to the records file: who asked and how, and the outcome."""
     task: str
     doc_id: int
     question: str  # the prompt text lmms-eval built for the sample
@@ -22,33 +49,17 @@ class SampleRecord:
     policy: str
     policy_args: dict = field(default_factory=dict)  # threshold, rate, seed as the run was started
     rank: int = 0  # the process that answered
-    answer_stage1: str | None = None
-    answer_stage2: str | None = None  # null when stage 2 did not run
-    answer: str = ""  # what lmms-eval scores
-    retransmitted: bool = False
-    score: float | None = None  # the aggregated min-entropy the gate used
-    score_name: str = "max"
-    scores: dict[str, float] = field(default_factory=dict)  # max / mean / first
-    min_entropy: list[float] = field(default_factory=list)  # per stage-1 token, nats
-    shannon_entropy: list[float] = field(default_factory=list)  # per stage-1 token, nats
-    roi: list[int] | None = None  # [x0, y0, x1, y1] in original pixels
-    global_region: list[float] | None = None  # part of the original the global image shows
-    image_size: list[int] | None = None  # original (width, height)
-    bytes_original: int = 0  # the original with the same codec: a plain cloud deployment
-    bytes_global: int = 0
-    bytes_request: int = 0
-    bytes_local: int = 0
-    bytes_total: int = 0
-    flops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FLOP_PARTS, 0))
-    flops_total: int = 0
-    image_key: str | None = None  # hash of the global image as received: the generic-map cache key
-    generic_cached: bool = False  # the generic map came from this task's cache (its FLOPs were paid before)
-    seconds: dict[str, float] = field(default_factory=dict)
+    score_name: str = "max"  # the aggregation behind ``score``
     error: str | None = None
     doc: dict = field(default_factory=dict)  # the task document without media: ground truth for rescoring
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), default=_jsonable, allow_nan=False)
+        data = asdict(self)
+        header = {name: data[name] for name in HEADER_FIELDS}  # who asked first, for a reader's eye
+        return json.dumps({**header, **data}, default=_jsonable, allow_nan=False)
+
+
+HEADER_FIELDS = ("task", "doc_id", "question", "model", "codec", "policy", "policy_args", "rank")
 
 
 def _jsonable(value: Any):
@@ -75,9 +86,6 @@ class RecordWriter:
         self._file.write(record.to_json() + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
 
 
 # ----- reading (report, check, resume) -----------------------------------------------------

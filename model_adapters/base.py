@@ -26,7 +26,7 @@ from tqdm import tqdm
 from collab_eval import cost_handoff
 from collab_eval import flops as F
 from collab_eval.edge import Box, Codec, strict_decoding
-from collab_eval.pipeline import Answer, GenericMaps, Settings, run_sample
+from collab_eval.pipeline import Answer, GenericMaps, Limits, Settings, run_sample
 from collab_eval.policy import Policy
 from collab_eval.records import RecordWriter, SampleRecord
 from collab_eval.uncertainty import AGGREGATES
@@ -88,7 +88,7 @@ class CollabModel(lmms):
             codec_ = Codec.parse(str(codec))
         except ValueError as err:
             raise ValueError(f"{self.model_id}: {err}") from None
-        self.settings = Settings(policy_, codec_, score)
+        self.settings = Settings(policy_, codec_, aggregation=score)
         self.max_new_tokens = int(max_new_tokens)
 
         self.accelerator = Accelerator()
@@ -158,34 +158,34 @@ class CollabModel(lmms):
         docs = self.task_dict[task][split]
         if (task, split) not in self._plain_docs:
             self._plain_docs[(task, split)] = without_media(docs)
-        record = SampleRecord(task=task, doc_id=doc_id, question=context, model=self.pretrained,
-                              codec=str(self.settings.codec), policy=self.settings.policy.name,
-                              policy_args=self.settings.policy.args(), rank=self._rank,
-                              score_name=self.settings.score,
-                              doc={k: v for k, v in self._plain_docs[(task, split)][doc_id].items()
-                                   if not is_multimodal_content(v)})
+        header = dict(task=task, doc_id=doc_id, question=context, model=self.pretrained,
+                      codec=str(self.settings.codec), policy=self.settings.policy.name,
+                      policy_args=self.settings.policy.args(), rank=self._rank,
+                      score_name=self.settings.aggregation,
+                      doc={k: v for k, v in self._plain_docs[(task, split)][doc_id].items()
+                           if not is_multimodal_content(v)})
+        limits = Limits.from_gen_kwargs(gen_kwargs, cap=self.max_new_tokens)
         started = time.perf_counter()
         try:
-            self._gen_kwargs = gen_kwargs
             with strict_decoding():  # decoding the row's image may fail: it is this sample's failure
                 visuals = doc_to_visual(docs[doc_id])
                 if not visuals:
                     raise ValueError("the sample has no image")
-                run_sample(self, visuals[0], context, f"{task}/{doc_id}", self.settings, self.generic_maps, record)
+                outcome = run_sample(self, visuals[0], context, settings=self.settings, limits=limits,
+                                     sample_key=f"{task}/{doc_id}", cache_scope=task, generic_maps=self.generic_maps)
+            record = SampleRecord(**vars(outcome), **header)
         except Exception as err:  # one bad sample fails itself, never the run
-            record.error = f"{type(err).__name__}: {err}"
-            record.answer = ""
+            record = SampleRecord(**header, error=f"{type(err).__name__}: {err}")
             logger.warning(f"{self.model_id}: {task} doc {doc_id} failed: {record.error}")
         record.seconds["total"] = round(time.perf_counter() - started, 6)
         return record
 
     # ----- Server interface used by the pipeline -------------------------------
     @torch.inference_mode()
-    def answer(self, images, question, with_attention) -> Answer:
+    def answer(self, images, question, limits: Limits, with_attention) -> Answer:
         inputs = self.inputs(images, question)
-        limit = min(self.max_new_tokens, int(self._gen_kwargs.get("max_new_tokens") or self.max_new_tokens))
         out = self.generate(
-            inputs, max_new_tokens=limit, do_sample=False, num_beams=1,
+            inputs, max_new_tokens=limits.max_new_tokens, do_sample=False, num_beams=1,
             output_logits=True, output_attentions=with_attention, return_dict_in_generate=True,
         )
         prompt_len = inputs["input_ids"].shape[1]
@@ -194,7 +194,7 @@ class CollabModel(lmms):
         text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
         logits = torch.stack([step[0] for step in out.logits])
         attention = self.image_attention(out.attentions[0], inputs) if with_attention else None
-        return Answer(cut_at_stop(text, self._gen_kwargs.get("until")), logits,
+        return Answer(cut_at_stop(text, limits.until), logits,
                       self.flops(inputs, generated=len(out.logits)), attention)
 
     @torch.inference_mode()
@@ -299,9 +299,9 @@ def without_media(docs):
     return docs.select_columns([name for name in docs.column_names if name not in media])
 
 
-def cut_at_stop(text: str, until) -> str:
+def cut_at_stop(text: str, until: tuple[str, ...]) -> str:
     """lmms-eval's stop strings end the answer, as every built-in adapter does."""
-    for stop in [until] if isinstance(until, str) else (until or []):
+    for stop in until:
         if stop:
             text = text.split(stop)[0]
     return text.strip()

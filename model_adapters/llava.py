@@ -37,15 +37,7 @@ class CollabLlava(CollabModel):
         return row.reshape(self.grid)
 
     def frame(self, region: Box):
-        """The processor resizes the short edge to ``shortest_edge`` and centre-crops
-        ``crop``: in original pixels that is the centred part of the region with the
-        crop's aspect ratio, scaled by shortest_edge / short side."""
-        x0, y0, x1, y1 = region
-        scale = self.shortest_edge / min(x1 - x0, y1 - y0)
-        w = min(self.crop[0] / scale, x1 - x0)
-        h = min(self.crop[1] / scale, y1 - y0)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), self.crop
+        return llava_frame(region, self.crop, self.shortest_edge)
 
     def encoder_flops(self, inputs):
         vc, tc = self.model.config.vision_config, self.model.config.text_config
@@ -61,3 +53,16 @@ class CollabLlava(CollabModel):
     def vision_layers_run(self) -> int:
         """CLIP runs every layer even though LLaVA reads the second to last."""
         return self.model.config.vision_config.num_hidden_layers
+
+
+def llava_frame(region: Box, crop: tuple[int, int], shortest_edge: int) -> tuple[Box, tuple[int, int]]:
+    """What LLaVA's processor shows of ``region``: it resizes the short edge to
+    ``shortest_edge`` and centre-crops ``crop`` (w, h). In original pixels that is the
+    centred part of the region with the crop's aspect ratio, scaled by shortest_edge /
+    short side; the edge resamples it straight to ``crop``."""
+    x0, y0, x1, y1 = region
+    scale = shortest_edge / min(x1 - x0, y1 - y0)
+    w = min(crop[0] / scale, x1 - x0)
+    h = min(crop[1] / scale, y1 - y0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), crop

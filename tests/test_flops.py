@@ -19,11 +19,12 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from collab_eval.pipeline import GENERIC_PROMPT
+from collab_eval.pipeline import GENERIC_PROMPT, Limits
 
 TOLERANCE = 0.02
 MAX_NEW_TOKENS = 8
 QUESTION = "what is the number on the sign ?"
+LIMITS = Limits(max_new_tokens=MAX_NEW_TOKENS)
 
 
 @dataclass
@@ -76,7 +77,6 @@ def family(request, tmp_path_factory):
         path = request.getfixturevalue("tiny_instructblip_path")
     adapter = cls(pretrained=path, records_dir=str(tmp_path_factory.mktemp("records")),
                   policy="always", max_new_tokens=MAX_NEW_TOKENS)
-    adapter._gen_kwargs = {}  # as run_one sets them
     return adapter, PARTS[name]
 
 
@@ -131,7 +131,7 @@ def assert_agree(analytic: dict, measured: dict):
 
 
 def test_stage1_answer_parts(family):
-    answer, measured, forwards = counted(family, lambda: family[0].answer([WIDE], QUESTION, with_attention=True))
+    answer, measured, forwards = counted(family, lambda: family[0].answer([WIDE], QUESTION, LIMITS, with_attention=True))
     assert forwards == len(answer.logits) >= 2  # one forward per generated token; decode is exercised
     assert all(measured[part] > 0 for part in ("vision", "projector", "prefill", "decode"))
     assert answer.attention is not None and answer.attention.size > 1
@@ -147,7 +147,7 @@ def test_generic_prompt_pass(family):
 @pytest.mark.parametrize("images", [[WIDE, TALL], [WIDE, TALL, SQUARE, WIDE, TALL]], ids=["two", "five"])
 def test_several_images_of_different_sizes(family, images):
     """Stage 2 (global + crop) and tiles (global + four tiles)."""
-    answer, measured, forwards = counted(family, lambda: family[0].answer(images, QUESTION, with_attention=False))
+    answer, measured, forwards = counted(family, lambda: family[0].answer(images, QUESTION, LIMITS, with_attention=False))
     assert forwards == len(answer.logits)
     assert_agree(answer.flops, measured)
 
@@ -155,7 +155,7 @@ def test_several_images_of_different_sizes(family, images):
 def test_generation_stopped_early_at_eos(family):
     """Make a token the model is about to generate its EOS: decode counts only the steps run."""
     adapter = family[0]
-    tokens = adapter.answer([WIDE], QUESTION, with_attention=False).logits.argmax(-1).tolist()
+    tokens = adapter.answer([WIDE], QUESTION, LIMITS, with_attention=False).logits.argmax(-1).tolist()
     stop = next((k for k in range(1, len(tokens)) if tokens[k] not in tokens[:k]), None)
     if stop is None:
         pytest.skip(f"greedy answer repeats one token: {tokens}")
@@ -163,7 +163,7 @@ def test_generation_stopped_early_at_eos(family):
     saved = config.eos_token_id
     config.eos_token_id = tokens[stop]
     try:
-        answer, measured, forwards = counted(family, lambda: adapter.answer([WIDE], QUESTION, with_attention=False))
+        answer, measured, forwards = counted(family, lambda: adapter.answer([WIDE], QUESTION, LIMITS, with_attention=False))
     finally:
         config.eos_token_id = saved
     assert forwards == len(answer.logits) == stop + 1 < MAX_NEW_TOKENS

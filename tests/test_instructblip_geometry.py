@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from collab_eval.edge import Codec, transmit
+from collab_eval.pipeline import Limits
 from collab_eval.roi import find_roi
 
 QUESTION = "what is the number on the sign ?"
@@ -17,7 +18,6 @@ QUESTION = "what is the number on the sign ?"
 def blip(tiny_instructblip_path, tmp_path_factory):
     from model_adapters.instructblip import CollabInstructBlip
     adapter = CollabInstructBlip(pretrained=tiny_instructblip_path, records_dir=str(tmp_path_factory.mktemp("records")))
-    adapter._gen_kwargs = {"max_new_tokens": 3}  # as run_one sets them
     return adapter
 
 
@@ -119,7 +119,7 @@ def test_answer_holds_only_generated_tokens(blip):
     prompt = inputs["input_ids"].shape[1]
     assert out.sequences.shape[1] == prompt + len(out.logits)
     assert out.sequences[0, :prompt].tolist() == inputs["input_ids"][0].tolist()
-    answer = blip.answer([image], QUESTION, with_attention=True)
+    answer = blip.answer([image], QUESTION, Limits(max_new_tokens=3), with_attention=True)
     generated = out.sequences[0, prompt:]
     assert answer.text == blip.processor.tokenizer.decode(generated, skip_special_tokens=True).strip()
     assert answer.attention.shape == blip.grid

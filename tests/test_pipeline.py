@@ -4,21 +4,19 @@ import pytest
 from PIL import Image
 
 from collab_eval.edge import Codec
-from collab_eval.pipeline import GenericMaps, Settings, run_sample
+from collab_eval.pipeline import GenericMaps, Limits, Settings, run_sample
 from collab_eval.policy import Policy
-from collab_eval.records import SampleRecord
 
 
 @pytest.fixture(scope="module")
 def llava(tiny_llava_path, tmp_path_factory):
     from model_adapters.llava import CollabLlava
-    model = CollabLlava(pretrained=tiny_llava_path, records_dir=str(tmp_path_factory.mktemp("records")), max_new_tokens=1)
-    model._gen_kwargs = {}
-    return model
+    return CollabLlava(pretrained=tiny_llava_path, records_dir=str(tmp_path_factory.mktemp("records")), max_new_tokens=1)
 
 
-def record():
-    return SampleRecord(task="t", doc_id=0, question="q", model="m", codec="png", policy="threshold")
+def run(model, image, question, key, settings, cache):
+    return run_sample(model, image, question, settings=settings, limits=Limits(max_new_tokens=1),
+                      sample_key=key, cache_scope="t", generic_maps=cache)
 
 
 def test_an_empty_answer_is_scored_and_gated(llava):
@@ -29,7 +27,7 @@ def test_an_empty_answer_is_scored_and_gated(llava):
     try:
         image = Image.new("RGB", (200, 120), "white")
         settings = Settings(Policy("threshold", threshold=0.0), Codec.parse("png"))
-        done = run_sample(llava, image, "what is it?", "t/0", settings, GenericMaps(), record())
+        done = run(llava, image, "what is it?", "t/0", settings, GenericMaps())
     finally:
         llava.model.generation_config.forced_eos_token_id = None
     assert done.answer_stage1 == "" and len(done.min_entropy) == 1
@@ -40,7 +38,7 @@ def test_an_empty_answer_is_scored_and_gated(llava):
 def test_never_reads_no_attention_and_pays_no_roi_cost(llava):
     image = Image.new("RGB", (90, 300), "gray")
     settings = Settings(Policy("never"), Codec.parse("jpeg:80"))
-    done = run_sample(llava, image, "what is it?", "t/0", settings, GenericMaps(), record())
+    done = run(llava, image, "what is it?", "t/0", settings, GenericMaps())
     assert done.roi is None and done.bytes_total == done.bytes_global
     assert done.flops["generic"] == done.flops["stage2"] == 0 and done.seconds.keys() == {"edge_global", "stage1"}
 
@@ -49,7 +47,7 @@ def test_generic_map_is_computed_once_per_received_image(llava):
     cache = GenericMaps()
     image = Image.new("RGB", (100, 100), "white")
     settings = Settings(Policy("always"), Codec.parse("png"))
-    first = run_sample(llava, image, "one?", "t/0", settings, cache, record())
-    second = run_sample(llava, image, "two?", "t/1", settings, cache, record())
+    first = run(llava, image, "one?", "t/0", settings, cache)
+    second = run(llava, image, "two?", "t/1", settings, cache)
     assert not first.generic_cached and first.flops["generic"] > 0
     assert second.generic_cached and second.flops["generic"] == 0 and len(cache.maps) == 1

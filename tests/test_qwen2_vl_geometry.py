@@ -7,6 +7,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from collab_eval.edge import Codec, transmit
+from collab_eval.pipeline import Limits
 from collab_eval.roi import find_roi
 
 MAX_PIXELS = 336 * 336
@@ -108,8 +109,8 @@ def test_each_image_tokens_are_located_exactly_with_different_grids(qwen):
 
 def test_attention_grid_is_the_first_images_merged_grid(qwen):
     image = Image.new("RGB", qwen.frame((0.0, 0.0, 640.0, 200.0))[1], (90, 20, 200))
-    qwen._gen_kwargs = {"max_new_tokens": 2}  # as run_one sets them
-    answer = qwen.answer([image, Image.new("RGB", (336, 336))], "is there a red square ?", with_attention=True)
+    answer = qwen.answer([image, Image.new("RGB", (336, 336))], "is there a red square ?", Limits(max_new_tokens=2),
+                         with_attention=True)
     _, h, w = qwen.processor.image_processor(image, return_tensors="pt")["image_grid_thw"][0].tolist()
     assert answer.attention.shape == (h // qwen.merge, w // qwen.merge)
     assert np.isfinite(answer.attention).all() and answer.attention.sum() > 0

@@ -43,7 +43,6 @@ import math
 import random
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -100,13 +99,12 @@ def attention_layer(config) -> int:
 
 
 # ----- views, made with the pipeline's own edge functions ---------------------------
-GEOMETRY = SimpleNamespace(crop=(INPUT_SIDE, INPUT_SIDE), shortest_edge=INPUT_SIDE)
 CODEC = Codec("png")
 
 
 def frame(region):
-    from model_adapters.llava import CollabLlava
-    return CollabLlava.frame(GEOMETRY, region)
+    from model_adapters.llava import llava_frame
+    return llava_frame(region, crop=(INPUT_SIDE, INPUT_SIDE), shortest_edge=INPUT_SIDE)
 
 
 def global_view(image):
