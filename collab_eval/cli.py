@@ -102,6 +102,8 @@ def run_check(args) -> int:
     if result.not_comparable:
         print(f"not comparable with {args.baseline} (nothing was compared):")
         print("\n".join(f"- {reason}" for reason in result.not_comparable))
+        if result.notes:
+            print("\n".join(f"- {note}" for note in result.notes))
         if any("samples in the run" in reason for reason in result.not_comparable):
             print("A run on fewer samples can be compared on what it has with --allow-subset.")
         return 2
@@ -111,7 +113,7 @@ def run_check(args) -> int:
         return 2
     print(check.LEGEND + "\n")
     if result.notes:
-        print("Not compared or compared on fewer samples (--allow-subset):\n"
+        print("Not compared, or compared on fewer samples:\n"
               + "\n".join(f"- {n}" for n in result.notes) + "\n")
     print(check.table(result.rows))
     bad = result.regressions

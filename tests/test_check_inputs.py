@@ -175,8 +175,10 @@ def test_check_of_another_system_names_it_and_compares_it_when_asked(tmp_path, c
     out = capsys.readouterr().out
     assert (f"- system {SYSTEM}: in the baseline, not in the run (the run has: hand-llava:jpeg:5; to compare one "
             f"with it anyway: --system hand-llava:jpeg:5={SYSTEM})") in out
+    assert f"- hand-llava:jpeg:5 / {POPE}: in the run, not in the baseline (not compared)" in out
     assert check(run, baseline, "--system", f"hand-llava:jpeg:5={SYSTEM}") == 0
-    assert f"hand-llava:jpeg:5 vs {SYSTEM}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"hand-llava:jpeg:5 vs {SYSTEM}" in out and "not in the baseline" not in out
     assert check(run, baseline, "--system", f"nope={SYSTEM}") == 2
     assert "--system nope=hand-llava:png: the run has no system nope" in one_error_line(capsys, "check")
 

@@ -56,7 +56,7 @@ class Row:
 class Comparison:
     rows: list[Row] = field(default_factory=list)
     not_comparable: list[str] = field(default_factory=list)  # why the run cannot be compared (then no rows)
-    notes: list[str] = field(default_factory=list)  # what was left out on the user's say-so (allow_subset)
+    notes: list[str] = field(default_factory=list)  # what was not compared, or on fewer samples, and why
 
     @property
     def regressions(self) -> int:
@@ -68,7 +68,7 @@ def compare(current: Summary, baseline: Summary, tol: Tolerances = Tolerances(),
     """``systems`` maps a run's system to the baseline system it stands for (RUN=BASELINE)."""
     pairs = pair_systems(current, baseline, systems or {})
     out = Comparison()
-    pending = []
+    pending, paired = [], set()
     for base_name, base_system in sorted(baseline.systems.items()):
         with_curves = {t: e.from_always for t, e in sorted(base_system.tasks.items()) if e.from_always}
         if not with_curves:
@@ -81,6 +81,7 @@ def compare(current: Summary, baseline: Summary, tol: Tolerances = Tolerances(),
             (out.notes if allow_subset else out.not_comparable).append(reason)
             continue
         for task, base in with_curves.items():
+            paired.add((run_name, task))
             entry = run_system.tasks.get(task)
             where = f"{label} / {task}"
             if entry is None:
@@ -98,6 +99,9 @@ def compare(current: Summary, baseline: Summary, tol: Tolerances = Tolerances(),
                     out.not_comparable.append(counts)
             else:
                 pending.append((label, task, entry.from_always, base))
+    out.notes += [f"{name} / {task}: in the run, not in the baseline (not compared)"
+                  for name, system in sorted(current.systems.items()) for task, entry in sorted(system.tasks.items())
+                  if entry.from_always and (name, task) not in paired]
     if not out.not_comparable:
         for label, task, cur, base in pending:
             out.rows += compare_task(label, task, cur, base, tol, fractions, byte_budgets)
