@@ -23,7 +23,8 @@ def main(argv=None) -> int:
                         help="lmms-eval --output_path directories (or directories of collab records)")
     report.add_argument("--out", required=True, help="directory for report.md, report.html, summary.json, figures")
     report.add_argument("--seeds", type=int, default=20, help="seeded random draws per rate for the band (0: none)")
-    check = sub.add_parser("check", help="fail (exit 1) when accuracy against bytes/FLOPs regressed from a baseline")
+    check = sub.add_parser("check", help="fail (exit 1) when accuracy against bytes/FLOPs regressed from a baseline; "
+                                         "exit 2 when the run cannot be compared with it or an input is malformed")
     check.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or one summary.json")
     check.add_argument("--baseline", required=True, help="a summary.json written by collab-eval report")
     check.add_argument("--tol-auc", type=float, default=Tolerances.auc,
@@ -32,9 +33,16 @@ def main(argv=None) -> int:
                        help="allowed drop of the accuracy within each budget (fraction; default %(default)s)")
     check.add_argument("--tol-cost", type=float, default=Tolerances.cost,
                        help="allowed relative rise of the never/always mean bytes and FLOPs (default %(default)s)")
-    check.add_argument("--budgets", default=",".join(f"{f:g}" for f in FRACTIONS),
+    check.add_argument("--budgets", default=",".join(f"{f:g}" for f in FRACTIONS), type=floats,
                        help="budgets as fractions of the baseline's never..always cost range (default %(default)s)")
-    check.add_argument("--byte-budgets", default="", help="extra absolute budgets in mean bytes per sample, comma-separated")
+    check.add_argument("--byte-budgets", default="", type=floats,
+                       help="extra absolute budgets in mean bytes per sample, comma-separated")
+    check.add_argument("--system", action="append", default=[], type=system_pair, metavar="RUN_SYSTEM=BASELINE_SYSTEM",
+                       help="compare the run's system RUN_SYSTEM with the baseline's BASELINE_SYSTEM (e.g. after a "
+                            "codec or checkpoint change); repeatable")
+    check.add_argument("--allow-subset", action="store_true",
+                       help="compare a run with fewer samples per task, or fewer systems/tasks, than the baseline "
+                            "on what it has (otherwise: not comparable, exit 2)")
     check.add_argument("--summary-out", help="also write the run's summary.json here")
     args = parser.parse_args(argv)
 
@@ -48,53 +56,84 @@ def main(argv=None) -> int:
         from collab_eval.checkpoints import resolve
         print(resolve(args.name))
     elif args.command in ("report", "check"):
+        # Malformed or missing inputs (each message names the file) exit 2, never with a traceback:
+        # exit 1 means a regression and nothing else.
         try:
             return run_report(args) if args.command == "report" else run_check(args)
-        except (FileNotFoundError, ValueError) as err:  # no runs, no records, unknown task: say so plainly
+        except (OSError, ValueError) as err:
             print(f"collab-eval {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        except Exception as err:  # a bug, or an input no check foresaw: still one line and exit 2
+            print(f"collab-eval {args.command}: error: unexpected {type(err).__name__}: {err}", file=sys.stderr)
             return 2
     return 0
 
 
-def load_summary(run_dirs, seeds: int):
+def load_summary(run_dirs, seeds: int, command: str):
     from collab_eval.analysis.runs import find_runs
     from collab_eval.analysis.summary import summarise
-    return summarise([run for d in run_dirs for run in find_runs(d)], seeds=seeds)
+
+    def warn(message):  # what a crash can leave (empty file, cut-off last line) is skipped, and said
+        print(f"collab-eval {command}: warning: {message}", file=sys.stderr)
+    return summarise([run for d in run_dirs for run in find_runs(d, warn=warn)], seeds=seeds)
 
 
 def run_report(args) -> int:
     from collab_eval.analysis import report
-    paths = report.write(load_summary(args.run_dirs, args.seeds), args.out)
+    paths = report.write(load_summary(args.run_dirs, args.seeds, "report"), args.out)
     for path in paths.values():
         print(path)
     return 0
 
 
 def run_check(args) -> int:
-    import json
     from collab_eval.analysis import check
-    baseline = json.loads(Path(args.baseline).read_text())
+    from collab_eval.analysis.summary import Summary
+    baseline = Summary.read(args.baseline)
     if len(args.run_dirs) == 1 and Path(args.run_dirs[0]).is_file():
-        current = json.loads(Path(args.run_dirs[0]).read_text())
+        current = Summary.read(args.run_dirs[0])
     else:
-        current = load_summary(args.run_dirs, seeds=0).data
+        current = load_summary(args.run_dirs, seeds=0, command="check")
         if args.summary_out:
-            Path(args.summary_out).write_text(json.dumps(current, indent=1) + "\n")
+            current.write(args.summary_out)
     tol = check.Tolerances(auc=args.tol_auc, budget=args.tol_acc, cost=args.tol_cost)
-    rows = check.compare(current, baseline, tol, fractions=floats(args.budgets), byte_budgets=floats(args.byte_budgets))
-    if not rows:
-        print(f"nothing to compare: {args.baseline} has no curves (it needs an always run)")
+    result = check.compare(current, baseline, tol, fractions=args.budgets, byte_budgets=args.byte_budgets,
+                           systems=dict(args.system), allow_subset=args.allow_subset)
+    if result.not_comparable:
+        print(f"not comparable with {args.baseline} (nothing was compared):")
+        print("\n".join(f"- {reason}" for reason in result.not_comparable))
+        if result.notes:
+            print("\n".join(f"- {note}" for note in result.notes))
+        if any("samples in the run" in reason for reason in result.not_comparable):
+            print("A run on fewer samples can be compared on what it has with --allow-subset.")
+        return 2
+    if not result.rows:
+        print(f"nothing to compare: {args.baseline} has no curves (it needs an always run)"
+              if not result.notes else "nothing to compare:\n" + "\n".join(f"- {n}" for n in result.notes))
         return 2
     print(check.LEGEND + "\n")
-    print(check.table(rows))
-    bad = sum(r.status == "REGRESSION" for r in rows)
-    print(f"\n{bad} regression(s) in {len(rows)} comparisons against {args.baseline}" if bad
-          else f"\nno regression in {len(rows)} comparisons against {args.baseline}")
+    if result.notes:
+        print("Not compared, or compared on fewer samples:\n"
+              + "\n".join(f"- {n}" for n in result.notes) + "\n")
+    print(check.table(result.rows))
+    bad = result.regressions
+    print(f"\n{bad} regression(s) in {len(result.rows)} comparisons against {args.baseline}" if bad
+          else f"\nno regression in {len(result.rows)} comparisons against {args.baseline}")
     return 1 if bad else 0
 
 
 def floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def system_pair(text: str) -> tuple[str, str]:
+    run, sep, base = text.partition("=")
+    if not (sep and run and base):
+        raise argparse.ArgumentTypeError(f"expected RUN_SYSTEM=BASELINE_SYSTEM (e.g. name:jpeg:5=name:png), got {text!r}")
+    return run, base
 
 
 if __name__ == "__main__":

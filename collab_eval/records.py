@@ -88,9 +88,70 @@ class RecordWriter:
         os.fsync(self._file.fileno())
 
 
+# ----- reading (report, check, resume) -----------------------------------------------------
+class RecordError(ValueError):
+    """A records file holding something that is not a record; the message names the file and line."""
+
+
+# What every record has, and its JSON type: enough to score and cost a sample.
+RECORD_FIELDS = {"task": str, "doc_id": int, "model": str, "codec": str, "policy": str,
+                 "bytes_global": (int, float), "bytes_total": (int, float), "flops": dict, "flops_total": (int, float)}
+
+
+@dataclass
+class RecordFile:
+    path: Path
+    records: list[dict]
+    skipped: list[str]  # what was left out and why, each naming the file and line
+
+
+def read_record_file(path) -> RecordFile:
+    """The complete records of one file. What a crash can leave is left out with a note in
+    ``skipped``: an empty file, a cut-off last line (no newline after it). Anything else that is
+    not a record raises RecordError naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise RecordError(f"{path}: cannot read it ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise RecordError(f"{path}: not a records file (not UTF-8 text at byte {err.start})") from None
+    if not text.strip():
+        return RecordFile(path, [], [f"{path}: empty (no records), skipped"])
+    lines = text.split("\n")
+    records, skipped = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        cut_off = number == len(lines)  # the writer ends every record with a newline
+        try:
+            record = json.loads(line)
+            problem = record_problem(record)
+        except json.JSONDecodeError as err:
+            problem = f"not valid JSON ({err.msg} at column {err.colno})"
+        if problem and cut_off:
+            skipped.append(f"{path}, line {number}: incomplete last line (the run was cut off while writing it), skipped")
+        elif problem:
+            raise RecordError(f"{path}, line {number}: {problem}")
+        else:
+            records.append(record)
+    return RecordFile(path, records, skipped)
+
+
+def record_problem(value) -> str | None:
+    """What makes a decoded JSON line not a record, or None."""
+    if not isinstance(value, dict):
+        return f"not a record (expected a JSON object, got {type(value).__name__})"
+    missing = [key for key in RECORD_FIELDS if key not in value]
+    if missing:
+        return f"not a record (no {', '.join(map(repr, missing))})"
+    for key, kind in RECORD_FIELDS.items():
+        if isinstance(value[key], bool) or not isinstance(value[key], kind):
+            return f"not a record ({key!r} is {type(value[key]).__name__}, expected {getattr(kind, '__name__', 'number')})"
+    return None
+
+
 def read_records(paths) -> list[dict]:
-    records = []
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            records.extend(json.loads(line) for line in f if line.strip())
-    return records
+    """The complete records of these files (see read_record_file: a cut-off last line or an
+    empty file is left out; anything else malformed raises RecordError naming file and line)."""
+    return [record for path in paths for record in read_record_file(path).records]

@@ -112,9 +112,16 @@ def test_check_fails_when_bytes_grow(baseline_report, tmp_path, capsys):
     assert re.search(r"REGRESSION\s+hand-llava:png\s+collab_pope_mini\s+never: mean bytes", capsys.readouterr().out)
 
 
-def test_check_fails_when_a_task_is_missing(baseline_report, tmp_path, capsys):
-    assert check(write_run(tmp_path, pope_records()), baseline_report / "summary.json") == 1
-    assert re.search(r"REGRESSION\s+hand-llava:png\s+collab_textvqa_mini\s+curves", capsys.readouterr().out)
+def test_check_says_not_comparable_when_a_task_is_missing(baseline_report, tmp_path, capsys):
+    run = write_run(tmp_path, pope_records())
+    assert check(run, baseline_report / "summary.json") == 2
+    out = capsys.readouterr().out
+    assert "not comparable" in out and "REGRESSION" not in out
+    assert "- hand-llava:png / collab_textvqa_mini: in the baseline (2 samples), not in the run" in out
+    # Asked for explicitly, the run is compared on the task it has.
+    assert check(run, baseline_report / "summary.json", "--allow-subset") == 0
+    out = capsys.readouterr().out
+    assert "collab_textvqa_mini: in the baseline (2 samples), not in the run" in out and "no regression" in out
 
 
 def test_other_policy_runs_are_points_with_the_value_derived_from_always(baseline_dir, tmp_path):
@@ -129,15 +136,14 @@ def test_other_policy_runs_are_points_with_the_value_derived_from_always(baselin
     runs = [*find_runs(baseline_dir), *find_runs(tmp_path / "threshold"), *find_runs(tmp_path / "tiles")]
     # Records alone do not say tau: it comes from results.json's model_args, given here by hand.
     runs[1].results = {"config": {"model": "collab_llava", "model_args": "pretrained=x,policy=threshold,threshold=1.0"}}
-    summary = summarise(runs, seeds=0).data
-    points = {p["policy"]: p for p in summary["systems"]["hand-llava:png"]["tasks"][POPE]["points"]}
+    summary = summarise(runs, seeds=0)
+    points = {p.policy: p for p in summary.systems["hand-llava:png"].tasks[POPE].points}
     assert set(points) == {"threshold", "tiles"}
     t = points["threshold"]
-    assert t["label"] == "threshold τ=1 (max)"
-    assert (t["accuracy"], t["bytes"], t["rate"]) == (0.25, 225.0, 0.5)
-    assert {k: t["derived_from_always"][k] for k in ("accuracy", "bytes", "flops", "rate")} == \
-        {k: t[k] for k in ("accuracy", "bytes", "flops", "rate")}
-    assert "derived_from_always" not in points["tiles"] and points["tiles"]["accuracy"] == 0.5
+    assert t.label == "threshold τ=1 (max)"
+    assert (t.point.accuracy, t.point.bytes, t.point.rate) == (0.25, 225.0, 0.5)
+    assert t.derived_from_always == t.point
+    assert points["tiles"].derived_from_always is None and points["tiles"].point.accuracy == 0.5
 
 
 def test_always_runs_split_by_task_are_one_system_and_a_repeat_gets_its_own_curves(tmp_path):
@@ -145,20 +151,20 @@ def test_always_runs_split_by_task_are_one_system_and_a_repeat_gets_its_own_curv
     write_run(tmp_path / "b", textvqa_records(), "collab_llava-20260101T000100")
     write_run(tmp_path / "c", pope_records(), "collab_llava-20260101T000200")
     runs = [run for d in ("a", "b", "c") for run in find_runs(tmp_path / d)]
-    systems = summarise(runs, seeds=0).data["systems"]
+    systems = summarise(runs, seeds=0).systems
     assert set(systems) == {"hand-llava:png", "hand-llava:png@collab_llava-20260101T000200"}
-    assert set(systems["hand-llava:png"]["tasks"]) == {POPE, TEXTVQA}
-    assert set(systems["hand-llava:png@collab_llava-20260101T000200"]["tasks"]) == {POPE}
+    assert set(systems["hand-llava:png"].tasks) == {POPE, TEXTVQA}
+    assert set(systems["hand-llava:png@collab_llava-20260101T000200"].tasks) == {POPE}
 
 
 def test_failed_samples_score_as_wrong_and_count(tmp_path):
     records = pope_records()
     records[0].update(answer_stage1=None, answer_stage2=None, answer="", score=None, scores={},
                       error="UnidentifiedImageError: cannot identify image file")
-    entry = summarise(find_runs(write_run(tmp_path, records)), seeds=0).data["systems"]["hand-llava:png"]["tasks"][POPE]
-    assert entry["errors"] == 1
-    assert entry["never"]["accuracy"] == 0.0  # sample 0 was the only right stage-1 answer
-    assert entry["curves"]["gated"][0]["tau"] == "inf"
+    entry = summarise(find_runs(write_run(tmp_path, records)), seeds=0).systems["hand-llava:png"].tasks[POPE].from_always
+    assert entry.errors == 1
+    assert entry.never.accuracy == 0.0  # sample 0 was the only right stage-1 answer
+    assert entry.curves.gated[0].tau == math.inf
 
 
 def test_a_results_json_finds_its_own_records_in_a_shared_records_dir(tmp_path):

@@ -10,17 +10,22 @@ For every system and task of the baseline that has curves, over the baseline's c
   budgets) may drop by at most ``budget``;
 - the never and always ends may not cost more than ``cost`` (relative) more.
 
-Accuracies are fractions (0.01 = one point). A system or task missing from the run fails.
+Accuracies are fractions (0.01 = one point). Before comparing anything, the run must be
+comparable with the baseline: every such system and task present in the run with an always run
+and the same number of samples. Otherwise ``compare`` lists why (which side lacks what), and
+nothing is compared. A system of the run can stand for a differently named baseline system
+(``systems``), and a run on fewer samples or fewer tasks can be compared on what it has
+(``allow_subset``) when the user asks for it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from collab_eval.analysis import curves
-from collab_eval.analysis.summary import points_of
+from collab_eval.analysis.summary import FromAlways, Summary
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
-UNITS = {"bytes": ("bytes", 1.0), "flops": ("FLOPs", 1.0)}
+UNITS = {"bytes": "bytes", "flops": "FLOPs"}
 
 
 @dataclass(frozen=True)
@@ -47,48 +52,110 @@ class Row:
         return f"{self.current - self.baseline:+.4g}"
 
 
-def compare(current: dict, baseline: dict, tol: Tolerances = Tolerances(), fractions=FRACTIONS,
-            byte_budgets=()) -> list[Row]:
-    rows = []
-    for system, base_system in sorted(baseline["systems"].items()):
-        for task, base in sorted(base_system["tasks"].items()):
-            if "curves" not in base:
-                continue
-            cur = current["systems"].get(system, {}).get("tasks", {}).get(task)
-            if not cur or "curves" not in cur:
-                rows.append(Row(system, task, "curves (needs an always run)", None, None, "present", "REGRESSION"))
-                continue
-            rows += compare_task(system, task, cur, base, tol, fractions, byte_budgets)
-    return rows
+@dataclass
+class Comparison:
+    rows: list[Row] = field(default_factory=list)
+    not_comparable: list[str] = field(default_factory=list)  # why the run cannot be compared (then no rows)
+    notes: list[str] = field(default_factory=list)  # what was not compared, or on fewer samples, and why
+
+    @property
+    def regressions(self) -> int:
+        return sum(r.status == "REGRESSION" for r in self.rows)
 
 
-def compare_task(system, task, cur, base, tol, fractions, byte_budgets) -> list[Row]:
+def compare(current: Summary, baseline: Summary, tol: Tolerances = Tolerances(), fractions=FRACTIONS,
+            byte_budgets=(), systems: dict[str, str] | None = None, allow_subset: bool = False) -> Comparison:
+    """``systems`` maps a run's system to the baseline system it stands for (RUN=BASELINE)."""
+    pairs = pair_systems(current, baseline, systems or {})
+    out = Comparison()
+    pending, paired = [], set()
+    for base_name, base_system in sorted(baseline.systems.items()):
+        with_curves = {t: e.from_always for t, e in sorted(base_system.tasks.items()) if e.from_always}
+        if not with_curves:
+            continue
+        run_name = pairs.get(base_name, base_name)
+        label = run_name if run_name == base_name else f"{run_name} vs {base_name}"
+        run_system = current.systems.get(run_name)
+        if run_system is None:
+            reason = f"system {base_name}: in the baseline, not in the run{run_systems_hint(current, base_name)}"
+            (out.notes if allow_subset else out.not_comparable).append(reason)
+            continue
+        for task, base in with_curves.items():
+            paired.add((run_name, task))
+            entry = run_system.tasks.get(task)
+            where = f"{label} / {task}"
+            if entry is None:
+                reason = f"{where}: in the baseline ({base.n} samples), not in the run"
+                (out.notes if allow_subset else out.not_comparable).append(reason)
+            elif entry.from_always is None:
+                out.not_comparable.append(f"{where}: the run has no always run of it (the curves need one; it has "
+                                          f"{', '.join(p.label for p in entry.points)})")
+            elif entry.from_always.n != base.n:
+                counts = f"{where}: {entry.from_always.n} samples in the run, {base.n} in the baseline"
+                if allow_subset and entry.from_always.n < base.n:
+                    out.notes.append(counts + " (compared anyway: --allow-subset)")
+                    pending.append((label, task, entry.from_always, base))
+                else:
+                    out.not_comparable.append(counts)
+            else:
+                pending.append((label, task, entry.from_always, base))
+    out.notes += [f"{name} / {task}: in the run, not in the baseline (not compared)"
+                  for name, system in sorted(current.systems.items()) for task, entry in sorted(system.tasks.items())
+                  if entry.from_always and (name, task) not in paired]
+    if not out.not_comparable:
+        for label, task, cur, base in pending:
+            out.rows += compare_task(label, task, cur, base, tol, fractions, byte_budgets)
+    return out
+
+
+def pair_systems(current: Summary, baseline: Summary, systems: dict[str, str]) -> dict[str, str]:
+    """Baseline system -> the run's system compared with it, from RUN=BASELINE pairs."""
+    pairs = {}
+    for run_name, base_name in systems.items():
+        if run_name not in current.systems:
+            raise ValueError(f"--system {run_name}={base_name}: the run has no system {run_name} "
+                             f"(it has: {', '.join(sorted(current.systems)) or 'none'})")
+        if base_name not in baseline.systems:
+            raise ValueError(f"--system {run_name}={base_name}: the baseline has no system {base_name} "
+                             f"(it has: {', '.join(sorted(baseline.systems)) or 'none'})")
+        if base_name in pairs:
+            raise ValueError(f"--system: baseline system {base_name} is given twice")
+        pairs[base_name] = run_name
+    return pairs
+
+
+def run_systems_hint(current: Summary, base_name: str) -> str:
+    others = sorted(name for name, s in current.systems.items() if any(e.from_always for e in s.tasks.values()))
+    if not others:
+        return " (the run has no system with an always run)"
+    return (f" (the run has: {', '.join(others)}; to compare one with it anyway: "
+            f"--system {others[0]}={base_name})")
+
+
+def compare_task(system: str, task: str, cur: FromAlways, base: FromAlways, tol: Tolerances, fractions,
+                 byte_budgets) -> list[Row]:
     rows = []
-    cur_points, base_points = points_of(cur["curves"]["gated"]), points_of(base["curves"]["gated"])
+    cur_points, base_points = cur.curves.gated, base.curves.gated
 
     def accuracy_row(measure, b, c, allowed):
         status = "REGRESSION" if c < b - allowed - 1e-12 else "improved" if c > b + allowed + 1e-12 else "ok"
         return Row(system, task, measure, b, c, f"-{allowed:g}", status)
 
-    for cost, (unit, scale) in UNITS.items():
-        lo, hi = base["never"][cost], base["always"][cost]
-        span = f"{lo / scale:,.4g}–{hi / scale:,.4g} {unit}"
+    for cost, unit in UNITS.items():
+        lo, hi = getattr(base.never, cost), getattr(base.always, cost)
+        span = f"{lo:,.4g}–{hi:,.4g} {unit}"
         rows.append(accuracy_row(f"mean accuracy over {span}", curves.mean_accuracy(base_points, lo, hi, cost),
                                  curves.mean_accuracy(cur_points, lo, hi, cost), tol.auc))
         budgets = [lo + f * (hi - lo) for f in fractions] + (list(byte_budgets) if cost == "bytes" else [])
         for budget in dict.fromkeys(budgets):
-            rows.append(accuracy_row(f"accuracy within {budget / scale:,.4g} {unit}",
+            rows.append(accuracy_row(f"accuracy within {budget:,.4g} {unit}",
                                      curves.best_within(base_points, budget, cost),
                                      curves.best_within(cur_points, budget, cost), tol.budget))
         for end in ("never", "always"):
-            b, c = base[end][cost], cur[end][cost]
+            b, c = getattr(getattr(base, end), cost), getattr(getattr(cur, end), cost)
             status = "REGRESSION" if c > b * (1 + tol.cost) + 1e-9 else "improved" if c < b * (1 - tol.cost) else "ok"
-            rows.append(Row(system, task, f"{end}: mean {unit}", b / scale, c / scale, f"+{100 * tol.cost:g}%", status))
+            rows.append(Row(system, task, f"{end}: mean {unit}", b, c, f"+{100 * tol.cost:g}%", status))
     return rows
-
-
-def failed(rows: list[Row]) -> bool:
-    return any(r.status == "REGRESSION" for r in rows)
 
 
 LEGEND = ("Entropy-gate curves of the run against the baseline, per system and task. Accuracy is a fraction "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import re
 from collections import Counter
@@ -17,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collab_eval.analysis import plots
-from collab_eval.analysis.summary import CORRECT, Summary, TaskView
+from collab_eval.analysis.curves import Point
+from collab_eval.analysis.summary import CORRECT, Summary, TaskSummary, TaskView
 
 RATE_ROWS = tuple(i / 10 for i in range(11))  # the gate's operating points shown: nearest to these rates
 EXAMPLES = 6
@@ -92,63 +92,61 @@ INTRO = (
 
 
 def document(summary: Summary) -> list:
-    data = summary.data
     blocks: list = [Heading(1, "collab-eval report"), Para(INTRO)]
     blocks += [Heading(2, "Runs"), Table(
         ["run", "lmms-eval model", "system", "policy", "tasks", "samples", "failed samples"],
-        [[r["name"], r["adapter"], r["system"], r["label"], ", ".join(r["tasks"]), str(r["samples"]), str(r["errors"])]
-         for r in data["runs"]])]
-    tasks = sorted({t for s in data["systems"].values() for t in s["tasks"]})
+        [[r.name, r.adapter, r.system, r.label, ", ".join(r.tasks), str(r.samples), str(r.errors)]
+         for r in summary.runs])]
+    tasks = sorted({t for s in summary.systems.values() for t in s.tasks})
     for task in tasks:
-        entries = {name: s["tasks"][task] for name, s in data["systems"].items() if task in s["tasks"]}
+        entries = {name: s.tasks[task] for name, s in summary.systems.items() if task in s.tasks}
         views = [v for v in summary.views if v.task == task]
-        blocks += task_section(task, entries, views, data["settings"])
+        blocks += task_section(task, entries, views, summary.settings.target_fraction)
     return blocks
 
 
-def task_section(task: str, entries: dict[str, dict], views: list[TaskView], settings: dict) -> list:
+def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskView], target_fraction: float) -> list:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)
-    with_curves = {k: e for k, e in entries.items() if "curves" in e}
-    metric = next(iter(entries.values()))["metric"]
+    with_curves = {k: e.from_always for k, e in entries.items() if e.from_always}
+    metric = next(iter(entries.values())).metric
     blocks: list = [Heading(2, f"Task {task}"),
                     Para(f"Accuracy is lmms-eval's {metric}, in percent. Bytes and FLOPs are means per sample; "
                          "FLOPs in GFLOPs.")]
-    blocks.append(Figure(f"{slug}_tradeoff.png", plots.tradeoff(task, entries), f"{task}: accuracy against bytes and FLOPs"))
+    # plots reads the summary's JSON form of each task
+    blocks.append(Figure(f"{slug}_tradeoff.png", plots.tradeoff(task, {k: e.to_json() for k, e in entries.items()}),
+                         f"{task}: accuracy against bytes and FLOPs"))
     if with_curves:
         blocks += [Heading(3, "Ends, oracle and how well the score flags errors"), Table(
             ["system", "samples", "failed", "never: acc", "never: bytes", "always: acc", "always: bytes",
              "oracle: acc", "oracle: retransmitted", "original image: bytes", "AUROC of score for stage-1 errors",
              "lmms-eval's own result for the always run"],
-            [[k, str(e["n"]), str(e["errors"]), pct(e["never"]["accuracy"]), nbytes(e["never"]["bytes"]),
-              pct(e["always"]["accuracy"]), nbytes(e["always"]["bytes"]), pct(e["oracle"]["accuracy"]),
-              pct(e["oracle"]["rate"]) + "%", nbytes(e["bytes_original"]),
-              ", ".join(f"{agg} {auc(v)}" for agg, v in e["auroc"].items()), pct(e["lmms_eval_accuracy"])]
+            [[k, str(e.n), str(e.errors), pct(e.never.accuracy), nbytes(e.never.bytes),
+              pct(e.always.accuracy), nbytes(e.always.bytes), pct(e.oracle.accuracy),
+              pct(e.oracle.rate) + "%", nbytes(e.bytes_original),
+              ", ".join(f"{agg} {auc(v)}" for agg, v in e.auroc.items()), pct(e.lmms_eval_accuracy)]
              for k, e in with_curves.items()])]
         blocks += [Para(f"AUROC: the probability that a wrong stage-1 answer (accuracy below {CORRECT:g}) gets a "
                         "higher score than a right one; 0.5 is chance, 1 is perfect. The gate uses the score named "
                         "first; the others are the other aggregations of the per-token min-entropy.")]
-        blocks += [Heading(3, f"Cheapest operating point reaching {100 * settings['target_fraction']:g}% of "
+        blocks += [Heading(3, f"Cheapest operating point reaching {100 * target_fraction:g}% of "
                               "always-retransmit accuracy"), Table(
             ["system", "target acc", "gate", "τ", "retransmitted", "bytes", "GFLOPs", "acc",
              "bytes saved vs original image", "bytes saved vs always", "FLOPs saved vs always"],
-            [[k, pct(e["target_accuracy"]), gate, tau(p.get("tau")) if p else "–", pct(p and p["rate"]) + "%",
-              nbytes(p and p["bytes"]), gflops(p and p["flops"]), pct(p and p["accuracy"]),
-              signed_pct(p and p["saving_vs_original"]), signed_pct(p and p["saving_vs_always"]),
-              signed_pct(p and p["flops_saving_vs_always"])]
-             for k, e in with_curves.items() for gate, p in e["reach_target"].items()])]
+            [[k, pct(e.target_accuracy), gate, *reach_cells(s)]
+             for k, e in with_curves.items() for gate, s in e.reach_target.items()])]
         blocks.append(Para("Savings are relative: +60% means 60% fewer bytes than sending the original image "
                            "(same codec) or than retransmitting every sample; a negative saving costs more."
                            + (" Where always-retransmit accuracy is 0, every point reaches the target and the row "
-                              "only shows the cheapest one." if any(e["always"]["accuracy"] == 0 for e in with_curves.values())
+                              "only shows the cheapest one." if any(e.always.accuracy == 0 for e in with_curves.values())
                               else "")))
         for k, e in with_curves.items():
             blocks += [Heading(3, f"Entropy-gate operating points: {k}"), Table(
                 ["τ", "retransmitted", "bytes", "GFLOPs", "acc"],
-                [[tau(p.get("tau")), pct(p["rate"]) + "%", nbytes(p["bytes"]), gflops(p["flops"]), pct(p["accuracy"])]
-                 for p in thin(e["curves"]["gated"])])]
+                [[tau(p.tau), pct(p.rate) + "%", nbytes(p.bytes), gflops(p.flops), pct(p.accuracy)]
+                 for p in thin(e.curves.gated)])]
         blocks.append(Para(f"Shown: the thresholds nearest to each 10% of retransmission; summary.json holds all "
-                           f"{sum(len(e['curves']['gated']) for e in with_curves.values())} points."))
-    points = [(k, p) for k, e in entries.items() for p in e.get("points", [])]
+                           f"{sum(len(e.curves.gated) for e in with_curves.values())} points."))
+    points = [(k, p) for k, e in entries.items() for p in e.points]
     if points:
         blocks += [Heading(3, "Other runs"),
                    Para("Each run's own outcome, rescored like the curves. Where the system has an always run, the "
@@ -156,8 +154,8 @@ def task_section(task: str, entries: dict[str, dict], views: list[TaskView], set
                         "or never): the two agree exactly when the runs are deterministic."), Table(
             ["system", "run", "policy", "retransmitted", "bytes", "GFLOPs", "acc",
              "derived from the always run: acc / bytes / GFLOPs / retransmitted"],
-            [[k, p["run"], p["label"], pct(p["rate"]) + "%", nbytes(p["bytes"]), gflops(p["flops"]), pct(p["accuracy"]),
-              derived(p.get("derived_from_always"))] for k, p in points])]
+            [[k, p.run, p.label, pct(p.point.rate) + "%", nbytes(p.point.bytes), gflops(p.point.flops),
+              pct(p.point.accuracy), derived(p.derived_from_always)] for k, p in points])]
     if views:
         blocks += [Heading(3, "Stage-1 uncertainty"),
                    Figure(f"{slug}_uncertainty.png", plots.histograms(task, views), f"{task}: score histograms")]
@@ -170,13 +168,22 @@ def task_section(task: str, entries: dict[str, dict], views: list[TaskView], set
     return blocks
 
 
-def thin(points: list[dict]) -> list[dict]:
-    chosen = {min(range(len(points)), key=lambda i: (abs(points[i]["rate"] - r), i)) for r in RATE_ROWS}
+def reach_cells(s) -> list[str]:
+    """τ, retransmitted, bytes, GFLOPs, acc and the three savings of a cheapest point (dashes for none)."""
+    if s is None:
+        return ["–", "–%", "–", "–", "–", "–", "–", "–"]
+    p = s.point
+    return [tau(p.tau), pct(p.rate) + "%", nbytes(p.bytes), gflops(p.flops), pct(p.accuracy),
+            signed_pct(s.vs_original), signed_pct(s.vs_always), signed_pct(s.flops_vs_always)]
+
+
+def thin(points: list[Point]) -> list[Point]:
+    chosen = {min(range(len(points)), key=lambda i: (abs(points[i].rate - r), i)) for r in RATE_ROWS}
     return [points[i] for i in sorted(chosen)]
 
 
-def derived(p: dict | None) -> str:
-    return "–" if not p else f"{pct(p['accuracy'])} / {nbytes(p['bytes'])} / {gflops(p['flops'])} / {pct(p['rate'])}%"
+def derived(p: Point | None) -> str:
+    return "–" if not p else f"{pct(p.accuracy)} / {nbytes(p.bytes)} / {gflops(p.flops)} / {pct(p.rate)}%"
 
 
 def examples(view: TaskView) -> list[list[str]]:
@@ -274,5 +281,5 @@ def write(summary: Summary, out_dir) -> dict[str, Path]:
             (out_dir / b.filename).write_bytes(b.png)
     paths["markdown"].write_text(to_markdown(blocks), encoding="utf-8")
     paths["html"].write_text(to_html(blocks), encoding="utf-8")
-    paths["summary"].write_text(json.dumps(summary.data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    summary.write(paths["summary"])
     return paths
