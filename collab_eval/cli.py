@@ -36,6 +36,26 @@ def main(argv=None) -> int:
                        help="budgets as fractions of the baseline's never..always cost range (default %(default)s)")
     check.add_argument("--byte-budgets", default="", help="extra absolute budgets in mean bytes per sample, comma-separated")
     check.add_argument("--summary-out", help="also write the run's summary.json here")
+    calibrate = sub.add_parser("calibrate", help="choose the threshold τ for a loss or cost target, with a "
+                               "finite-sample guarantee, from an always run (held-out check built in)")
+    calibrate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories holding policy=always runs")
+    calibrate.add_argument("--task", required=True, help="the lmms-eval task to calibrate on")
+    goal = calibrate.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--max-loss", type=float, metavar="ε",
+                      help="accuracy lost against always at most ε (a fraction: 0.02 = 2 points); fewest retransmissions")
+    goal.add_argument("--max-bytes", type=float, metavar="B", help="mean bytes per sample at most B; most accurate τ")
+    goal.add_argument("--max-flops", type=float, metavar="F", help="mean FLOPs per sample at most F; most accurate τ")
+    calibrate.add_argument("--delta", type=float, default=0.1,
+                           help="the guarantee holds with probability at least 1 - delta (default %(default)s)")
+    held_out = calibrate.add_mutually_exclusive_group()
+    held_out.add_argument("--calib-fraction", type=float,
+                          help="calibrate on this fraction of the images, report the rest as the test part")
+    held_out.add_argument("--test", metavar="RUN_DIR", help="an always run of new samples to report the choice on")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the split and of the randomised test")
+    calibrate.add_argument("--score", choices=["max", "mean", "first"], help="score aggregate (default: the run's)")
+    calibrate.add_argument("--deterministic", action="store_true",
+                           help="the conservative non-randomised test (needs more calibration images)")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
 
     if args.command == "tasks-dir":
@@ -47,9 +67,9 @@ def main(argv=None) -> int:
     elif args.command == "build-tiny":
         from collab_eval.checkpoints import resolve
         print(resolve(args.name))
-    elif args.command in ("report", "check"):
+    elif args.command in ("report", "check", "calibrate"):
         try:
-            return run_report(args) if args.command == "report" else run_check(args)
+            return {"report": run_report, "check": run_check, "calibrate": run_calibrate}[args.command](args)
         except (FileNotFoundError, ValueError) as err:  # no runs, no records, unknown task: say so plainly
             print(f"collab-eval {args.command}: error: {err}", file=sys.stderr)
             return 2
@@ -91,6 +111,34 @@ def run_check(args) -> int:
     print(f"\n{bad} regression(s) in {len(rows)} comparisons against {args.baseline}" if bad
           else f"\nno regression in {len(rows)} comparisons against {args.baseline}")
     return 1 if bad else 0
+
+
+def run_calibrate(args) -> int:
+    import json
+    from collab_eval.analysis import calibrate
+    from collab_eval.analysis.runs import find_runs
+    from collab_eval.analysis.scoring import Scorer
+    from collab_eval.analysis.summary import include_paths
+    kind, limit = next((k, v) for k, v in (("loss", args.max_loss), ("bytes", args.max_bytes),
+                                           ("flops", args.max_flops)) if v is not None)
+    target = calibrate.Target(kind, limit, args.delta)
+    runs = [run for d in args.run_dirs for run in find_runs(d)]
+    test_runs = find_runs(args.test) if args.test else []
+    scorer = Scorer(include_paths=include_paths(runs + test_runs))
+    records = calibrate.always_records(runs, args.task, " ".join(args.run_dirs))
+    samples, names, system, score = calibrate.samples_of(records, args.task, args.score, scorer)
+    test = None
+    if args.test:
+        test_samples, test_names, test_system, _ = calibrate.samples_of(
+            calibrate.always_records(test_runs, args.task, args.test), args.task, score, scorer)
+        if test_system != system:
+            raise ValueError(f"--test {args.test} is a run of {test_system}, the calibration runs of {system}")
+        test = (test_samples, test_names)
+    result = calibrate.calibrate(samples, names, target, task=args.task, system=system, score=score,
+                                 calib_fraction=args.calib_fraction, seed=args.seed, test=test,
+                                 randomise=not args.deterministic)
+    print(json.dumps(result.to_dict(), allow_nan=False) if args.json else calibrate.table(result))
+    return 0
 
 
 def floats(text: str) -> list[float]:
