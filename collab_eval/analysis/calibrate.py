@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 from scipy import optimize, stats
@@ -124,6 +125,18 @@ def loss_p_value(n: int, n_plus: int, n_minus: int, eps: float, u: float = 1.0) 
         return 1.0
     if eps >= 1:
         return 0.0  # a mean above 1 is impossible
+    tail, grid, strict, ties = _null_tails(n, n_plus, n_minus, eps)
+    values = strict + u * ties
+    best = int(np.argmax(values))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    refined = optimize.minimize_scalar(lambda p: -sum(x * w for x, w in zip(tail(p), (1, u))), bounds=(a, b),
+                                       method="bounded", options={"xatol": 1e-10}) if b > a else None
+    return float(min(1.0, max(values[best], -refined.fun if refined is not None else 0.0)))
+
+
+@lru_cache(maxsize=4096)
+def _null_tails(n: int, n_plus: int, n_minus: int, eps: float):
+    """P(S > s) and P(S = s) on the null boundary, as a function of the nuisance p- and on a grid of it."""
     s = (n * eps - (n_plus - n_minus)) / math.sqrt(n_plus + n_minus + 1)
     k = np.arange(n + 1)
     # Given k nonzero losses of which a are +1, S > s  <=>  a < c_k (S falls as a grows).
@@ -131,23 +144,21 @@ def loss_p_value(n: int, n_plus: int, n_minus: int, eps: float, u: float = 1.0) 
     above = np.ceil(c - 1e-9) - 1  # the largest a with S > s
     at_least = np.floor(c + 1e-9)  # the largest a with S >= s
 
-    def tail(p_minus: float) -> float:
+    def tail(p_minus):
+        p_minus = np.atleast_1d(np.asarray(p_minus, dtype=float))[:, None]
         p_plus = p_minus + eps
         q = p_plus + p_minus
-        if q <= 0:  # every loss is 0: S takes its k = 0 value for sure
-            return float(above[0] >= 0) + u * float(at_least[0] >= 0 > above[0])
-        weight = stats.binom.pmf(k, n, q)
-        strict = stats.binom.cdf(above, k, p_plus / q)
-        return float(np.sum(weight * (strict + u * (stats.binom.cdf(at_least, k, p_plus / q) - strict))))
+        safe_q = np.where(q > 0, q, 1.0)
+        weight = np.where(q > 0, stats.binom.pmf(k, n, safe_q), (k == 0).astype(float))  # q = 0: no losses at all
+        r = np.where(q > 0, p_plus / safe_q, 1.0)
+        strict = stats.binom.cdf(above, k, r)
+        tie = stats.binom.cdf(at_least, k, r) - strict
+        return (weight * strict).sum(axis=1).squeeze(), (weight * tie).sum(axis=1).squeeze()
 
     lo, hi = max(0.0, -eps), (1 - eps) / 2
     grid = np.unique(np.concatenate([np.linspace(lo, hi, 201), lo + (hi - lo) * np.geomspace(1e-5, 1, 200)]))
-    values = np.array([tail(p) for p in grid])
-    best = int(np.argmax(values))
-    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    refined = optimize.minimize_scalar(lambda p: -tail(p), bounds=(a, b), method="bounded",
-                                       options={"xatol": 1e-10}) if b > a else None
-    return min(1.0, max(values[best], -refined.fun if refined is not None else 0.0))
+    strict, ties = tail(grid)
+    return tail, grid, strict, ties
 
 
 def hoeffding_bentkus_p_value(mean: float, n: int, alpha: float) -> float:
