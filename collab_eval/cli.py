@@ -23,6 +23,9 @@ def main(argv=None) -> int:
                         help="lmms-eval --output_path directories (or directories of collab records)")
     report.add_argument("--out", required=True, help="directory for report.md, report.html, summary.json, figures")
     report.add_argument("--seeds", type=int, default=20, help="seeded random draws per rate for the band (0: none)")
+    report.add_argument("--calibrate", metavar="TARGET",
+                        help="add the calibrated threshold and its held-out outcome, e.g. max-loss=0.02 "
+                             "(also max-bytes=B, max-flops=F; optional ,delta=0.1,calib-fraction=0.5,seed=0)")
     check = sub.add_parser("check", help="fail (exit 1) when accuracy against bytes/FLOPs regressed from a baseline")
     check.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or one summary.json")
     check.add_argument("--baseline", required=True, help="a summary.json written by collab-eval report")
@@ -84,7 +87,11 @@ def load_summary(run_dirs, seeds: int):
 
 def run_report(args) -> int:
     from collab_eval.analysis import report
-    paths = report.write(load_summary(args.run_dirs, args.seeds), args.out)
+    summary = load_summary(args.run_dirs, args.seeds)
+    if args.calibrate:
+        from collab_eval.analysis.calibrate import annotate
+        annotate(summary, args.calibrate)
+    paths = report.write(summary, args.out)
     for path in paths.values():
         print(path)
     return 0

@@ -256,3 +256,22 @@ def test_cli_json_table_and_errors(always_run, tmp_path, capsys):
     assert main(["calibrate", str(never), "--task", "smalldetail_read", "--max-loss", "0.03"]) == 2
     assert "policy=always" in capsys.readouterr().err
     assert main(["calibrate", str(always_run), "--task", "smalldetail_exist", "--max-loss", "0.03"]) == 2
+
+
+@pytest.mark.slow
+def test_report_shows_the_calibrated_point(always_run, tmp_path):
+    from collab_eval.cli import main
+    out = tmp_path / "report"
+    assert main(["report", str(always_run), "--out", str(out), "--seeds", "0", "--calibrate",
+                 "max-loss=0.03,seed=3"]) == 0
+    entry = json.loads((out / "summary.json").read_text())["systems"]["smalldetail-llava:png"]["tasks"]["smalldetail_read"]
+    chosen = entry["calibrated"]
+    samples, names, _ = real_samples(always_run)
+    api = cal.calibrate(samples, names, cal.Target("loss", 0.03, 0.1), calib_fraction=0.5, seed=3)
+    assert chosen["tau"] == api.tau and chosen["test"]["bytes"] == api.test.bytes
+    # The whole run's point at that τ lies on the gated curve of the same summary.
+    on_curve = [p for p in entry["curves"]["gated"] if p["tau"] == api.tau]
+    assert on_curve and on_curve[0]["bytes"] == chosen["whole_run"]["bytes"]
+    text = (out / "report.md").read_text()
+    assert "Calibrated threshold" in text and f"{api.tau:.5g}" in text
+    assert main(["report", str(always_run), "--out", str(tmp_path / "bad"), "--calibrate", "max-lose=0.03"]) == 2

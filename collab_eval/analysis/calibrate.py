@@ -374,3 +374,30 @@ def table(c: Calibration) -> str:
     lines.append("(accuracy and loss in points; bytes and FLOPs are means per sample; 'always' columns: the same "
                  "samples all retransmitted)")
     return "\n".join(lines)
+
+
+# ----- in the report -------------------------------------------------------------------
+def parse_spec(text: str) -> tuple[Target, float, int]:
+    """``max-loss=0.02[,delta=0.1][,calib-fraction=0.5][,seed=0]`` (report --calibrate)."""
+    fields = dict(part.split("=", 1) if "=" in part else (part, "") for part in text.split(",") if part.strip())
+    goals = [k for k in fields if k in TARGETS]
+    unknown = set(fields) - set(TARGETS) - {"delta", "calib-fraction", "seed"}
+    if len(goals) != 1 or unknown:
+        raise ValueError(f"--calibrate {text!r}: expected one of {sorted(TARGETS)}=VALUE, optionally with "
+                         f",delta=D,calib-fraction=F,seed=S{f' (unknown: {sorted(unknown)})' if unknown else ''}")
+    try:
+        target = Target(TARGETS[goals[0]], float(fields[goals[0]]), float(fields.get("delta", 0.1)))
+        return target, float(fields.get("calib-fraction", 0.5)), int(fields.get("seed", 0))
+    except ValueError as err:
+        raise ValueError(f"--calibrate {text!r}: {err}") from None
+
+
+def annotate(summary, spec: str) -> None:
+    """Calibrate every always run's task as ``spec`` says (on a split by image) and add the
+    result, with the chosen τ's point on the whole run, to the summary as ``calibrated``."""
+    target, fraction, seed = parse_spec(spec)
+    for view in summary.views:
+        result = calibrate(view.samples, image_names(view.records), target, task=view.task, system=view.system,
+                           score=view.records[0].get("score_name", "max"), calib_fraction=fraction, seed=seed)
+        whole = curves.threshold_point(view.samples, result.tau).to_dict()
+        summary.data["systems"][view.system]["tasks"][view.task]["calibrated"] = {**result.to_dict(), "whole_run": whole}

@@ -114,6 +114,7 @@ def task_section(task: str, entries: dict[str, dict], views: list[TaskView], set
                     Para(f"Accuracy is lmms-eval's {metric}, in percent. Bytes and FLOPs are means per sample; "
                          "FLOPs in GFLOPs.")]
     blocks.append(Figure(f"{slug}_tradeoff.png", plots.tradeoff(task, entries), f"{task}: accuracy against bytes and FLOPs"))
+    blocks += calibrated_section(entries)
     if with_curves:
         blocks += [Heading(3, "Ends, oracle and how well the score flags errors"), Table(
             ["system", "samples", "failed", "never: acc", "never: bytes", "always: acc", "always: bytes",
@@ -168,6 +169,26 @@ def task_section(task: str, entries: dict[str, dict], views: list[TaskView], set
                        Table(["doc", "question", "ground truth", "stage-1 answer", "score", "stage-2 answer",
                               "acc 1 → 2"], examples(view))]
     return blocks
+
+
+def calibrated_section(entries: dict[str, dict]) -> list:
+    """The threshold ``--calibrate`` chose on part of the images, and how it did on the rest."""
+    chosen = {k: e["calibrated"] for k, e in entries.items() if e.get("calibrated")}
+    if not chosen:
+        return []
+    c = next(iter(chosen.values()))
+    goal = f"{c['target']} {c['limit']:g}" + (" (accuracy lost against always)" if c["target"] == "max-loss" else "")
+    return [Heading(3, "Calibrated threshold (collab-eval calibrate)"),
+            Para(f"τ chosen by Learn-then-Test for {goal} with probability at least {1 - c['delta']:g}, on "
+                 f"{100 * c['calib_fraction']:g}% of the images (seed {c['seed']}), then applied to the held-out "
+                 "rest. The guarantee assumes new images are exchangeable with the calibration images. Figure: ★ the "
+                 "threshold on the whole run, ☆ its outcome on the held-out part alone."),
+            Table(["system", "τ", "guaranteed", "part", "images", "retransmitted", "acc", "always acc", "loss (points)",
+                   "bytes", "always bytes", "GFLOPs"],
+                  [[k, tau(c["tau"]), "yes" if c["feasible"] else "no: safe end", part, str(o["images"]),
+                    pct(o["retransmitted"]) + "%", pct(o["accuracy"]), pct(o["always_accuracy"]), f"{100 * o['loss']:+.1f}",
+                    nbytes(o["bytes"]), nbytes(o["always_bytes"]), gflops(o["flops"])]
+                   for k, c in chosen.items() for part, o in (("calibration", c["calib"]), ("held-out", c["test"])) if o])]
 
 
 def thin(points: list[dict]) -> list[dict]:
