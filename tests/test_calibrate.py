@@ -71,15 +71,21 @@ def test_randomised_loss_test_has_exact_size(n=30, eps=0.05):
     assert max(sizes) >= 0.95 * delta, sizes
 
 
-def test_hoeffding_bentkus_known_values():
-    # A sample mean of 0 against α: both bounds reduce to (1 - α)^n.
-    assert cal.hoeffding_bentkus_p_value(0.0, 50, 0.1) == pytest.approx(0.9 ** 50, rel=1e-9)
-    # Hoeffding's exp(-n h(a, α)) where it is the smaller one.
-    a, alpha, n = 0.3, 0.5, 40
-    h = a * math.log(a / alpha) + (1 - a) * math.log((1 - a) / (1 - alpha))
-    bentkus = math.e * stats.binom.cdf(12, n, alpha)
-    assert cal.hoeffding_bentkus_p_value(a, n, alpha) == pytest.approx(min(math.exp(-n * h), bentkus))
-    assert cal.hoeffding_bentkus_p_value(0.6, n, alpha) == 1.0
+def test_betting_p_value_known_value_validity_and_power():
+    # One value 0 against m = 0.5: the first bet is min(sqrt(2 ln 10 / 0.25), 0.75 / 0.5) = 1.5,
+    # the capital 1 + 1.5 * 0.5.
+    assert cal.betting_p_value(np.array([0.0]), 0.5, 0.1) == pytest.approx(1 / 1.75)
+    assert cal.betting_p_value(np.array([0.9, 1.0]), 0.5, 0.1) == 1.0  # above m: no evidence
+    rng = np.random.default_rng(0)
+    # Valid: values whose mean is exactly m are rejected at most δ of the time.
+    for m in (0.2, 0.5):
+        draws = [cal.betting_p_value((rng.uniform(size=75) < m).astype(float), m, 0.1) for _ in range(2000)]
+        assert np.mean(np.array(draws) <= 0.1) <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / 2000)
+    # Variance-adaptive: a mean 0.05 below m with little spread is clear evidence at n = 75,
+    # where Hoeffding's margin would be sqrt(ln 10 / 150) = 0.12.
+    x = np.clip(rng.normal(0.45, 0.03, 75), 0, 1)
+    assert cal.betting_p_value(x, 0.5, 0.1) < 0.01
+    assert cal.betting_p_value(x, 0.46, 0.1) > 0.1
 
 
 # ----- choosing τ ----------------------------------------------------------------------
