@@ -41,7 +41,7 @@ from scipy import optimize, stats
 
 from collab_eval.analysis import curves
 from collab_eval.analysis.curves import Samples
-from collab_eval.analysis.summary import IMAGE_KEYS
+from collab_eval.analysis.summary import IMAGE_KEYS, system_of, task_view
 
 TARGETS = {"max-loss": "loss", "max-bytes": "bytes", "max-flops": "flops"}
 
@@ -157,7 +157,7 @@ def _null_tails(n: int, n_plus: int, n_minus: int, eps: float):
         return (weight * strict).sum(axis=1).squeeze(), (weight * tie).sum(axis=1).squeeze()
 
     lo, hi = max(0.0, -eps), (1 - eps) / 2
-    grid = np.unique(np.concatenate([np.linspace(lo, hi, 201), lo + (hi - lo) * np.geomspace(1e-5, 1, 200)]))
+    grid = np.unique(np.concatenate([np.linspace(lo, hi, 41), lo + (hi - lo) * np.geomspace(1e-5, 1, 40)]))
     strict, ties = tail(grid)
     return tail, grid, strict, ties
 
@@ -331,7 +331,6 @@ def calibrate(samples: Samples, names: list[str], target: Target, *, task: str =
 # ----- from runs -----------------------------------------------------------------------
 def always_records(runs, task: str, where: str) -> list[dict]:
     """The records of ``task`` from the always runs among ``runs``; a clear error otherwise."""
-    from collab_eval.analysis.summary import system_of
     chosen = [run for run in runs if run.policy == "always" and task in run.tasks]
     if not chosen:
         others = sorted({f"{run.name} (policy {run.policy})" for run in runs if task in run.tasks})
@@ -350,7 +349,6 @@ def always_records(runs, task: str, where: str) -> list[dict]:
 
 def samples_of(records: list[dict], task: str, score: str | None, scorer) -> tuple[Samples, list[str], str, str]:
     """Samples with the chosen score aggregate, the image of each, the system and the aggregate."""
-    from collab_eval.analysis.summary import system_of, task_view
     checkpoint, codec = system_of(records)
     view = task_view(f"{checkpoint}:{codec}", task, records, scorer)
     score = score or records[0].get("score_name", "max")
@@ -364,8 +362,9 @@ def samples_of(records: list[dict], task: str, score: str | None, scorer) -> tup
 # ----- text ----------------------------------------------------------------------------
 def table(c: Calibration) -> str:
     t = c.target
-    limit = f"{t.limit:g}" if t.kind != "loss" else f"{t.limit:g} ({100 * t.limit:g} points of accuracy)"
-    lines = [f"{c.task} on {c.system}, gate score {c.score}: {t.name} {limit} against always, "
+    limit = {"loss": f"{t.limit:g} ({100 * t.limit:g} points of accuracy against always)",
+             "bytes": f"{t.limit:g} bytes per sample", "flops": f"{t.limit:g} FLOPs per sample"}[t.kind]
+    lines = [f"{c.task} on {c.system}, gate score {c.score}: {t.name} {limit}, "
              f"with probability >= {1 - t.delta:g} (Learn-then-Test, {c.tested} threshold(s) tested)"]
     if c.feasible:
         lines.append(f"tau = {c.tau!r} (p = {c.p_value:.3g})")
