@@ -129,7 +129,7 @@ def run_calibrate(args) -> int:
     kind, limit = next((k, v) for k, v in (("loss", args.max_loss), ("bytes", args.max_bytes),
                                            ("flops", args.max_flops)) if v is not None)
     target = calibrate.Target(kind, limit, args.delta)
-    runs = [run for d in args.run_dirs for run in find_runs(d)]
+    runs = list({run.name: run for d in args.run_dirs for run in find_runs(d)}.values())  # each run once
     test_runs = find_runs(args.test) if args.test else []
     scorer = Scorer(include_paths=include_paths(runs + test_runs))
     records = calibrate.always_records(runs, args.task, " ".join(args.run_dirs))

@@ -218,8 +218,9 @@ def test_guarantee_over_random_splits_of_a_real_run_and_a_planted_shift_breaks_i
     target = cal.Target("loss", 0.03, 0.1)
     results = [cal.calibrate(samples, names, target, calib_fraction=0.5, seed=seed) for seed in range(100)]
     exceed = sum(r.test.loss > target.limit for r in results)
-    # The test part's realised loss is itself a 75-sample estimate, so a little above δ is noise.
-    assert exceed <= 15, exceed
+    # At most δ of the splits (4 of 100 measured). The guarantee is on the expected loss; the
+    # test part's realised loss is a 75-sample estimate of it, which only adds splits above ε.
+    assert exceed <= 100 * target.delta, exceed
     mean_bytes = np.mean([r.test.bytes for r in results])
     always_bytes = np.mean([r.test.always_bytes for r in results])
     assert mean_bytes < 0.85 * always_bytes, (mean_bytes, always_bytes)
