@@ -23,6 +23,9 @@ def main(argv=None) -> int:
                         help="lmms-eval --output_path directories (or directories of collab records)")
     report.add_argument("--out", required=True, help="directory for report.md, report.html, summary.json, figures")
     report.add_argument("--seeds", type=int, default=20, help="seeded random draws per rate for the band (0: none)")
+    report.add_argument("--calibrate", metavar="TARGET",
+                        help="add the calibrated threshold and its held-out outcome, e.g. max-loss=0.02 "
+                             "(also max-bytes=B, max-flops=F; optional ,delta=0.1,calib-fraction=0.5,seed=0)")
     check = sub.add_parser("check", help="fail (exit 1) when accuracy against bytes/FLOPs regressed from a baseline; "
                                          "exit 2 when the run cannot be compared with it or an input is malformed")
     check.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or one summary.json")
@@ -44,6 +47,26 @@ def main(argv=None) -> int:
                        help="compare a run with fewer samples per task, or fewer systems/tasks, than the baseline "
                             "on what it has (otherwise: not comparable, exit 2)")
     check.add_argument("--summary-out", help="also write the run's summary.json here")
+    calibrate = sub.add_parser("calibrate", help="choose the threshold τ for a loss or cost target, with a "
+                               "finite-sample guarantee, from an always run (held-out check built in)")
+    calibrate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories holding policy=always runs")
+    calibrate.add_argument("--task", required=True, help="the lmms-eval task to calibrate on")
+    goal = calibrate.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--max-loss", type=float, metavar="ε",
+                      help="accuracy lost against always at most ε (a fraction: 0.02 = 2 points); fewest retransmissions")
+    goal.add_argument("--max-bytes", type=float, metavar="B", help="mean bytes per sample at most B; most accurate τ")
+    goal.add_argument("--max-flops", type=float, metavar="F", help="mean FLOPs per sample at most F; most accurate τ")
+    calibrate.add_argument("--delta", type=float, default=0.1,
+                           help="the guarantee holds with probability at least 1 - delta (default %(default)s)")
+    held_out = calibrate.add_mutually_exclusive_group()
+    held_out.add_argument("--calib-fraction", type=float,
+                          help="calibrate on this fraction of the images, report the rest as the test part")
+    held_out.add_argument("--test", metavar="RUN_DIR", help="an always run of new samples to report the choice on")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the split and of the randomised test")
+    calibrate.add_argument("--score", choices=["max", "mean", "first"], help="score aggregate (default: the run's)")
+    calibrate.add_argument("--deterministic", action="store_true",
+                           help="the conservative non-randomised test (needs more calibration images)")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
 
     if args.command == "tasks-dir":
@@ -55,11 +78,11 @@ def main(argv=None) -> int:
     elif args.command == "build-tiny":
         from collab_eval.checkpoints import resolve
         print(resolve(args.name))
-    elif args.command in ("report", "check"):
+    elif args.command in ("report", "check", "calibrate"):
         # Malformed or missing inputs (each message names the file) exit 2, never with a traceback:
         # exit 1 means a regression and nothing else.
         try:
-            return run_report(args) if args.command == "report" else run_check(args)
+            return {"report": run_report, "check": run_check, "calibrate": run_calibrate}[args.command](args)
         except (OSError, ValueError) as err:
             print(f"collab-eval {args.command}: error: {err}", file=sys.stderr)
             return 2
@@ -80,7 +103,11 @@ def load_summary(run_dirs, seeds: int, command: str):
 
 def run_report(args) -> int:
     from collab_eval.analysis import report
-    paths = report.write(load_summary(args.run_dirs, args.seeds, "report"), args.out)
+    summary = load_summary(args.run_dirs, args.seeds, "report")
+    if args.calibrate:
+        from collab_eval.analysis.calibrate import annotate
+        annotate(summary, args.calibrate)
+    paths = report.write(summary, args.out)
     for path in paths.values():
         print(path)
     return 0
@@ -120,6 +147,34 @@ def run_check(args) -> int:
     print(f"\n{bad} regression(s) in {len(result.rows)} comparisons against {args.baseline}" if bad
           else f"\nno regression in {len(result.rows)} comparisons against {args.baseline}")
     return 1 if bad else 0
+
+
+def run_calibrate(args) -> int:
+    import json
+    from collab_eval.analysis import calibrate
+    from collab_eval.analysis.runs import find_runs
+    from collab_eval.analysis.scoring import Scorer
+    from collab_eval.analysis.summary import include_paths
+    kind, limit = next((k, v) for k, v in (("loss", args.max_loss), ("bytes", args.max_bytes),
+                                           ("flops", args.max_flops)) if v is not None)
+    target = calibrate.Target(kind, limit, args.delta)
+    runs = list({run.name: run for d in args.run_dirs for run in find_runs(d)}.values())  # each run once
+    test_runs = find_runs(args.test) if args.test else []
+    scorer = Scorer(include_paths=include_paths(runs + test_runs))
+    records = calibrate.always_records(runs, args.task, " ".join(args.run_dirs))
+    samples, names, system, score = calibrate.samples_of(records, args.task, args.score, scorer)
+    test = None
+    if args.test:
+        test_samples, test_names, test_system, _ = calibrate.samples_of(
+            calibrate.always_records(test_runs, args.task, args.test), args.task, score, scorer)
+        if test_system != system:
+            raise ValueError(f"--test {args.test} is a run of {test_system}, the calibration runs of {system}")
+        test = (test_samples, test_names)
+    result = calibrate.calibrate(samples, names, target, task=args.task, system=system, score=score,
+                                 calib_fraction=args.calib_fraction, seed=args.seed, test=test,
+                                 randomise=not args.deterministic)
+    print(json.dumps(result.to_dict(), allow_nan=False) if args.json else calibrate.table(result))
+    return 0
 
 
 def floats(text: str) -> list[float]:

@@ -49,6 +49,8 @@ def tradeoff(task: str, systems: dict[str, dict]) -> bytes:
                     ax.plot(entry[end][cost], entry[end]["accuracy"], marker, color=colour, ms=7, mfc="white")
                     ax.annotate(end, (entry[end][cost], entry[end]["accuracy"]), textcoords="offset points",
                                 xytext=(4, -10), fontsize=7, color=colour)
+            if entry.get("calibrated"):
+                calibrated_marks(ax, entry["calibrated"], cost, colour)
             for j, p in enumerate(sorted(entry.get("points", []), key=lambda p: p[cost])):
                 ax.plot(p[cost], p["accuracy"], "X", color=colour, ms=8, mec="black", mew=0.5)
                 ax.annotate(p["label"], (p[cost], p["accuracy"]), textcoords="offset points", fontsize=7,
@@ -67,6 +69,18 @@ def tradeoff(task: str, systems: dict[str, dict]) -> bytes:
     fig.suptitle(f"{task}: accuracy against cost (markers: never/always ○□, other runs ✕; band: random draws 10–90%)",
                  fontsize=10)
     return png(fig)
+
+
+def calibrated_marks(ax, calibrated: dict, cost: str, colour: str) -> None:
+    """The calibrated τ on the whole run (★, on the curve) and its held-out outcome (☆)."""
+    whole, held_out = calibrated["whole_run"], calibrated.get("test")
+    ax.plot(whole[cost], whole["accuracy"], "*", color=colour, ms=14, mec="black", mew=0.6)
+    ax.annotate(f"calibrated τ ({calibrated['target']} {calibrated['limit']:g})", (whole[cost], whole["accuracy"]),
+                textcoords="offset points", xytext=(-8, 8), ha="right", fontsize=7, color=colour)
+    if held_out:
+        ax.plot(held_out[cost], held_out["accuracy"], "*", color=colour, ms=14, mfc="white", mec=colour, mew=1.2)
+        ax.annotate(f"held-out ({held_out['n']} samples)", (held_out[cost], held_out["accuracy"]),
+                    textcoords="offset points", xytext=(8, -12), fontsize=7, color=colour)
 
 
 def histograms(task: str, views: list[TaskView]) -> bytes:

@@ -115,6 +115,7 @@ def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskVie
     # plots reads the summary's JSON form of each task
     blocks.append(Figure(f"{slug}_tradeoff.png", plots.tradeoff(task, {k: e.to_json() for k, e in entries.items()}),
                          f"{task}: accuracy against bytes and FLOPs"))
+    blocks += calibrated_section(entries)
     if with_curves:
         blocks += [Heading(3, "Ends, oracle and how well the score flags errors"), Table(
             ["system", "samples", "failed", "never: acc", "never: bytes", "always: acc", "always: bytes",
@@ -175,6 +176,26 @@ def reach_cells(s) -> list[str]:
     p = s.point
     return [tau(p.tau), pct(p.rate) + "%", nbytes(p.bytes), gflops(p.flops), pct(p.accuracy),
             signed_pct(s.vs_original), signed_pct(s.vs_always), signed_pct(s.flops_vs_always)]
+
+
+def calibrated_section(entries: dict[str, TaskSummary]) -> list:
+    """The threshold ``--calibrate`` chose on part of the images, and how it did on the rest."""
+    chosen = {k: e.calibrated for k, e in entries.items() if e.calibrated}
+    if not chosen:
+        return []
+    c = next(iter(chosen.values()))
+    goal = f"{c['target']} {c['limit']:g}" + (" (accuracy lost against always)" if c["target"] == "max-loss" else "")
+    return [Heading(3, "Calibrated threshold (collab-eval calibrate)"),
+            Para(f"τ chosen by Learn-then-Test for {goal} with probability at least {1 - c['delta']:g}, on "
+                 f"{100 * c['calib_fraction']:g}% of the images (seed {c['seed']}), then applied to the held-out "
+                 "rest. The guarantee assumes new images are exchangeable with the calibration images. Figure: ★ the "
+                 "threshold on the whole run, ☆ its outcome on the held-out part alone."),
+            Table(["system", "τ", "guaranteed", "part", "images", "retransmitted", "acc", "always acc", "loss (points)",
+                   "bytes", "always bytes", "GFLOPs"],
+                  [[k, tau(c["tau"]), "yes" if c["feasible"] else "no: safe end", part, str(o["images"]),
+                    pct(o["retransmitted"]) + "%", pct(o["accuracy"]), pct(o["always_accuracy"]), f"{100 * o['loss']:+.1f}",
+                    nbytes(o["bytes"]), nbytes(o["always_bytes"]), gflops(o["flops"])]
+                   for k, c in chosen.items() for part, o in (("calibration", c["calib"]), ("held-out", c["test"])) if o])]
 
 
 def thin(points: list[Point]) -> list[Point]:

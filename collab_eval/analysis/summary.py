@@ -201,10 +201,12 @@ class TaskSummary:
     metric: str
     from_always: FromAlways | None = None  # None when the system has no always run of this task
     points: list[RunPoint] = field(default_factory=list)
+    calibrated: dict | None = None  # collab-eval report --calibrate: calibrate.CalibrationResult's JSON form
 
     def to_json(self) -> dict:
         return {"metric": self.metric, **(self.from_always.to_json() if self.from_always else {}),
-                "points": [p.to_json() for p in self.points]}
+                "points": [p.to_json() for p in self.points],
+                **({"calibrated": self.calibrated} if self.calibrated else {})}
 
     @classmethod
     def from_json(cls, d, where: str) -> "TaskSummary":
@@ -212,7 +214,8 @@ class TaskSummary:
         has_curves = any(key in d for key in ("curves", "never", "always", "n"))
         return cls(text(d, "metric", where), FromAlways.from_json(d, where) if has_curves else None,
                    [RunPoint.from_json(p, f"{where}.points[{i}]")
-                    for i, p in enumerate(array(d.get("points", []), f"{where}.points"))])
+                    for i, p in enumerate(array(d.get("points", []), f"{where}.points"))],
+                   obj(d["calibrated"], f"{where}.calibrated") if "calibrated" in d else None)
 
 
 @dataclass
