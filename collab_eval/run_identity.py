@@ -5,7 +5,7 @@ resumed. Its id cannot collide: UTC time to the microsecond plus a random suffix
 rank 0 and shared with every rank. In ``records_dir`` a run is:
 
 - ``<run_id>.rank<k>.jsonl``: the records each rank wrote (every session appends);
-- ``<run_id>.run.jsonl``: its journal, one JSON line per event, appended: ``start`` (rank 0,
+- ``<run_id>.run.ndjson``: its journal, one JSON line per event, appended: ``start`` (rank 0,
   at every session: settings, world size) and ``finish`` (each rank, when lmms-eval's
   requests are all answered). A run is finished when every rank of its last session finished.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from collab_eval.records import json_number
 
-JOURNAL_SUFFIX = ".run.jsonl"
+JOURNAL_SUFFIX = ".run.ndjson"  # JSON lines, named so that globs for record files (*.jsonl) skip it
 
 
 def new_run_id(adapter: str) -> str:
