@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from PIL import UnidentifiedImageError
+
+from collab_eval.edge import BadImage
+
 FLOP_PARTS = ("vision", "projector", "prefill", "decode", "generic", "stage2")
 STAGE1_PARTS = ("vision", "projector", "prefill", "decode")
 
@@ -97,8 +101,9 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 def failure_reason(err: BaseException) -> str:
     """A failed sample's ``error``: plain and the same from run to run (no object addresses).
     The edge's BadImage already says what is wrong with the image in words."""
-    from collab_eval.edge import BadImage  # edge imports this module
     text = _ADDRESS.sub("", str(err))
+    if isinstance(err, UnidentifiedImageError):
+        return f"not an image: {text}"
     return text if isinstance(err, BadImage) else f"{type(err).__name__}: {text}"
 
 

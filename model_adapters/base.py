@@ -246,7 +246,7 @@ class CollabModel(lmms):
                                      sample_key=f"{task}/{doc_id}", cache_scope=task, generic_maps=self.generic_maps)
             record = SampleRecord(**vars(outcome), **header)
         except Exception as err:  # one bad sample fails itself, never the run
-            record = SampleRecord(**header, error=failure_reason(err))
+            record = SampleRecord(**header, error=media_problem(docs, doc_id) or failure_reason(err))
             logger.warning(f"{self.model_id}: {task} doc {doc_id} failed: {record.error}")
         record.seconds["total"] = round(time.perf_counter() - started, 6)
         return record
@@ -368,6 +368,24 @@ def without_media(docs):
         return docs
     media = {name for name, feature in docs.features.items() if isinstance(feature, (datasets.Image, datasets.Audio))}
     return docs.select_columns([name for name in docs.column_names if name not in media])
+
+
+def media_problem(docs, doc_id) -> str | None:
+    """Why the row's image cannot be used, in the edge's words, read from its undecoded bytes:
+    a broken image fails already when datasets decodes the row, with PIL's message (which
+    names an in-memory object, not the problem). None when every image of the row is fine."""
+    if not isinstance(docs, datasets.Dataset):
+        return None
+    from collab_eval.edge import BadImage, sanitize
+    for name, feature in docs.features.items():
+        if isinstance(feature, datasets.Image):
+            raw = docs.cast_column(name, datasets.Image(decode=False))[doc_id][name]
+            try:
+                if raw is not None:
+                    sanitize(raw)
+            except BadImage as err:
+                return str(err)
+    return None
 
 
 def cut_at_stop(text: str, until: tuple[str, ...]) -> str:
