@@ -183,3 +183,33 @@ def test_an_infinite_threshold_runs_as_never(tmp_path):
     assert len(recs) == 5 and not any(r["retransmitted"] for r in recs)
     assert {r["policy_args"]["threshold"] for r in recs} == {"inf"}
     assert results_json(out)["results"]["smalldetail_read"]["retransmitted,none"] == 0.0
+
+
+def file_size_limit(nbytes):
+    """In the child: writes past ``nbytes`` fail with EFBIG, as on a full disk."""
+    def apply():
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, resource.RLIM_INFINITY))
+    return apply
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path):
+    records_dir = tmp_path / "records"
+    cmd = [LMMS_EVAL, "--model", "collab_llava", "--model_args", f"{ARGS},records_dir={records_dir}",
+           "--tasks", "smalldetail_read", "--include_path", str(REPO / "tasks"), "--output_path", str(tmp_path / "full"),
+           "--limit", "20", "--verbosity", "DEBUG"]
+    full = subprocess.run(cmd, capture_output=True, text=True, timeout=900, preexec_fn=file_size_limit(20_000))
+    (path,) = records_dir.glob("*.rank0.jsonl")
+    assert full.returncode == 1  # the CLI's failure exit under --verbosity DEBUG
+    assert f"cannot write records to {path}: File too large. The run stops here" in full.stdout + full.stderr
+    assert not (tmp_path / "full").exists()  # no results from a run that stopped
+    stopped_at = len(records(records_dir))  # every line complete: records() parses each
+    assert 1 <= stopped_at < 20 and path.read_bytes().endswith(b"\n")
+
+    proc = run_lmms_eval("collab_llava", f"{ARGS},records_dir={records_dir},resume=true", "smalldetail_read",
+                         tmp_path / "resumed", extra=("--limit", "20"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(r["doc_id"] for r in records(records_dir)) == list(range(20))
+    assert len(run_ids_of(records_dir)) == 1
