@@ -8,7 +8,6 @@ is allowed.
 from __future__ import annotations
 
 import math
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -81,7 +80,7 @@ def local_path_exists(name: str, value: str) -> str:
     no hub id has) must exist; the hub's own error for it ("Repo id must be in the form ...")
     would not say what is wrong."""
     text = str(value)
-    looks_local = text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+    looks_local = text.startswith(("/", "./", "../", "~")) or text.count("/") > 1
     if looks_local and not Path(text).expanduser().exists():
         raise ModelArgError(f"{name}={text}: no such local directory (a hub id has the form 'namespace/name')")
     return text
