@@ -6,13 +6,14 @@ counted are the payload's length and a lossy codec changes what the server sees.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in original pixels
 
@@ -80,11 +81,11 @@ def strict_decoding():
 def sanitize(image) -> Image.Image:
     """Turn whatever the dataset gave (a PIL image, encoded bytes, a datasets
     ``{"bytes", "path"}`` dict or a file path) into an upright 8-bit RGB image,
-    or raise BadImage saying why not."""
+    or raise BadImage saying why not, in words that are the same from run to run."""
     image = _open(image)
     width, height = image.size
     if width < 1 or height < 1:
-        raise BadImage(f"image has zero size {image.size}")
+        raise BadImage(f"image has zero size ({width}x{height})")
     if width * height > MAX_PIXELS:
         raise BadImage(f"image of {width}x{height} pixels exceeds the {MAX_PIXELS} pixel limit (decompression bomb?)")
     try:
@@ -93,7 +94,7 @@ def sanitize(image) -> Image.Image:
             image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # truncated, corrupt, too large
-        raise BadImage(f"image cannot be decoded: {err}") from err
+        raise BadImage(f"image cannot be decoded: {_plain(err)}") from err
 
 
 def _open(image) -> Image.Image:
@@ -103,12 +104,22 @@ def _open(image) -> Image.Image:
         image = image.get("bytes") if image.get("bytes") is not None else (image.get("path") or b"")
     if isinstance(image, (bytes, bytearray, str)):
         if not image:
-            raise BadImage("image is empty (zero bytes)")
+            raise BadImage("image is empty (0 bytes)")
+        source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image
         try:  # opening reads the header only: the size check comes before any decoding
-            return Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image)
+            return Image.open(source)
+        except UnidentifiedImageError:
+            what = f"{len(image)} bytes starting {bytes(image[:16])!r}" if isinstance(image, (bytes, bytearray)) else image
+            raise BadImage(f"not an image: no image format recognised in {what}") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise BadImage(f"image cannot be opened: {err}") from err
+            raise BadImage(f"image cannot be opened: {_plain(err)}") from err
     raise BadImage(f"expected an image (PIL image, bytes, or path), got {type(image).__name__}")
+
+
+def _plain(err: Exception) -> str:
+    """PIL's message without object addresses (``<_io.BytesIO object at 0x7f...>``), which
+    differ between identical runs."""
+    return re.sub(r"<([\w.]+) object at 0x[0-9a-fA-F]+>", r"<\1>", str(err))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

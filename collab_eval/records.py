@@ -4,9 +4,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from PIL import UnidentifiedImageError
+
+from collab_eval.edge import BadImage
 
 FLOP_PARTS = ("vision", "projector", "prefill", "decode", "generic", "stage2")
 STAGE1_PARTS = ("vision", "projector", "prefill", "decode")
@@ -41,6 +46,7 @@ class Outcome:
 @dataclass(kw_only=True)
 class SampleRecord(Outcome):
     """One sample as written to the records file: who asked and how, and the outcome."""
+    run_id: str = ""  # the run (all ranks, all resumed sessions) this record belongs to
     task: str
     doc_id: int
     question: str  # the prompt text lmms-eval built for the sample
@@ -55,11 +61,27 @@ class SampleRecord(Outcome):
 
     def to_json(self) -> str:
         data = asdict(self)
+        # threshold=inf / -inf are valid settings (never / always); JSON has no infinity.
+        data["policy_args"] = {k: json_number(v) for k, v in data["policy_args"].items()}
         header = {name: data[name] for name in HEADER_FIELDS}  # who asked first, for a reader's eye
         return json.dumps({**header, **data}, default=_jsonable, allow_nan=False)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SampleRecord":
+        """A record read back from a records file (fields unknown to this version ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
-HEADER_FIELDS = ("task", "doc_id", "question", "model", "codec", "policy", "policy_args", "rank")
+
+HEADER_FIELDS = ("run_id", "task", "doc_id", "question", "model", "codec", "policy", "policy_args", "rank")
+OUTCOME_FIELDS = frozenset(f.name for f in fields(Outcome))
+
+
+def json_number(x):
+    """A float as JSON can hold it: infinities as the strings "inf" / "-inf" (float() reads them back)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
 
 
 def _jsonable(value: Any):
@@ -73,19 +95,86 @@ def finite(x: float) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def failure_reason(err: BaseException) -> str:
+    """A failed sample's ``error``: plain and the same from run to run (no object addresses).
+    The edge's BadImage already says what is wrong with the image in words."""
+    text = _ADDRESS.sub("", str(err))
+    if isinstance(err, UnidentifiedImageError):
+        return f"not an image: {text}"
+    return text if isinstance(err, BadImage) else f"{type(err).__name__}: {text}"
+
+
+def record_path(directory: str | os.PathLike, run_id: str, rank: int) -> Path:
+    return Path(directory) / f"{run_id}.rank{rank}.jsonl"
+
+
+class RecordWriteError(RuntimeError):
+    """Records cannot be written (disk full, file system gone): the run must stop."""
+
+
 class RecordWriter:
-    """One JSON-lines file per process, each record flushed to disk as it is written,
-    so a crash loses no finished sample."""
+    """One JSON-lines file per process, each record on disk (fsync) before the next sample
+    starts, so a crash loses no finished sample. Appends: a resumed run continues its files."""
 
-    def __init__(self, directory: str | os.PathLike, run_name: str, rank: int):
-        self.path = Path(directory) / f"{run_name}.rank{rank}.jsonl"
+    def __init__(self, directory: str | os.PathLike, run_id: str, rank: int):
+        self.path = record_path(directory, run_id, rank)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def write(self, record: SampleRecord) -> None:
-        self._file.write(record.to_json() + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+    def write(self, record: SampleRecord) -> SampleRecord:
+        """Write one record and return it as written: a record that cannot be serialised
+        (a document value JSON cannot hold) is written as that sample's failure instead.
+        An I/O failure removes the partial line and raises RecordWriteError."""
+        line, record = serialise(record)
+        data = memoryview((line + "\n").encode("utf-8"))
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+            os.fsync(self._fd)
+        except OSError as err:
+            try:  # leave no partial line behind (truncating frees space, so it works on a full disk)
+                os.ftruncate(self._fd, end)
+            except OSError:
+                pass
+            raise RecordWriteError(
+                f"cannot write records to {self.path}: {err.strerror or err}. The run stops here; every "
+                "record written before is intact, and the same command with resume=true continues from them."
+            ) from err
+        return record
+
+
+def serialise(record: SampleRecord) -> tuple[str, SampleRecord]:
+    """The record's JSON line, or, if some value cannot be written, the line of a failed
+    record for the same sample saying which."""
+    try:
+        return record.to_json(), record
+    except (TypeError, ValueError, OverflowError) as err:
+        failed = unserialisable(record, err)
+        try:
+            return failed.to_json(), failed
+        except (TypeError, ValueError, OverflowError):
+            failed.doc = {}
+            return failed.to_json(), failed
+
+
+def unserialisable(record: SampleRecord, err: Exception) -> SampleRecord:
+    doc, dropped = {}, []
+    for key, value in record.doc.items():
+        try:
+            json.dumps({key: value}, default=_jsonable, allow_nan=False)
+            doc[key] = value
+        except (TypeError, ValueError, OverflowError):
+            dropped.append(key)
+    what = (f"document field(s) {dropped} hold values JSON cannot represent" if dropped
+            else _ADDRESS.sub("", str(err)))
+    reason = f"record cannot be written as JSON: {what}"
+    header = {f.name: getattr(record, f.name) for f in fields(SampleRecord) if f.name not in OUTCOME_FIELDS}
+    return SampleRecord(**{**header, "doc": doc, "error": f"{record.error}; {reason}" if record.error else reason},
+                        seconds=record.seconds)
 
 
 # ----- reading (report, check, resume) -----------------------------------------------------

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -25,10 +26,14 @@ from tqdm import tqdm
 
 from collab_eval import cost_handoff
 from collab_eval import flops as F
+from collab_eval import model_args as A
+from collab_eval import resume as resume_from
 from collab_eval.edge import Box, Codec, strict_decoding
 from collab_eval.pipeline import Answer, GenericMaps, Limits, Settings, run_sample
-from collab_eval.policy import Policy
-from collab_eval.records import RecordWriter, SampleRecord
+from collab_eval.policy import POLICIES, Policy
+from collab_eval.records import RecordWriteError, RecordWriter, SampleRecord, failure_reason
+from collab_eval.resume import Answered
+from collab_eval.run_identity import RunPlan, append_event, plan_run, settings_fingerprint
 from collab_eval.uncertainty import AGGREGATES
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -36,14 +41,16 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "b
 
 @dataclass
 class CostCounts(TokenCounts):
-    """Token counts plus this sample's costs, so they appear in --log_samples output."""
+    """Token counts plus this sample's costs and run, so they appear in --log_samples output
+    (``run_id`` ties lmms-eval's samples log to the records)."""
     bytes_total: int | None = None
     flops_total: int | None = None
     retransmitted: bool | None = None
+    run_id: str | None = None
 
     def to_dict(self):
-        return {**super().to_dict(), "bytes_total": self.bytes_total,
-                "flops_total": self.flops_total, "retransmitted": self.retransmitted}
+        return {**super().to_dict(), "bytes_total": self.bytes_total, "flops_total": self.flops_total,
+                "retransmitted": self.retransmitted, "run_id": self.run_id}
 
 
 class CollabModel(lmms):
@@ -65,57 +72,109 @@ class CollabModel(lmms):
         seed: int = 0,
         records_dir: str = "collab_records",
         max_new_tokens: int = 32,
+        resume: bool = False,
+        run_id: str | None = None,
         device: str | None = None,
         device_map: str | None = None,
         dtype: str = "auto",
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
+        family_settings: dict | None = None,  # a family's own args, parsed by its __init__ (not a model arg)
         **unknown,
     ):
         super().__init__()
-        if unknown:
-            raise ValueError(f"{self.model_id}: unknown model arg(s) {sorted(unknown)}; allowed: {sorted(self.allowed_args())}")
-        if score not in AGGREGATES:
-            raise ValueError(f"{self.model_id}: score must be one of {AGGREGATES}, got {score!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"{self.model_id}: dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-        if int(max_new_tokens) < 1:
-            raise ValueError(f"{self.model_id}: max_new_tokens must be >= 1, got {max_new_tokens}")
+        # Every argument is checked before anything loads; a message names the arg, its value
+        # and what is allowed.
+        with self.checking_args():
+            if unknown:
+                raise A.ModelArgError(f"unknown model arg(s) {sorted(unknown)}; allowed: {sorted(self.allowed_args())}")
+            score = A.one_of("score", score, AGGREGATES)
+            dtype = A.one_of("dtype", dtype, tuple(DTYPES))
+            self.max_new_tokens = A.integer("max_new_tokens", max_new_tokens, minimum=1)
+            layer = A.optional_integer("layer", layer, minimum=0)
+            policy_ = Policy(A.one_of("policy", policy, POLICIES),
+                             A.number("threshold", threshold, infinite_ok=True,
+                                      what="a number of nats (inf: never retransmit, -inf: always)"),
+                             A.number("rate", rate, what="a number in [0, 1]"), A.integer("seed", seed))
+            codec_ = Codec.parse(str(codec))
+            resume = A.boolean("resume", resume)
+            run_id = A.run_id("run_id", run_id)
+            self.pretrained = A.local_path_exists("pretrained", resolve_pretrained(str(pretrained)))
+            records_dir = A.writable_directory("records_dir", records_dir)
         if str(batch_size) not in ("1", "auto"):
             logger.warning(f"{self.model_id}: samples run one at a time (two-stage pipeline); batch_size={batch_size} ignored")
-        try:
-            policy_ = Policy(str(policy), float(threshold), float(rate), int(seed))
-            codec_ = Codec.parse(str(codec))
-        except ValueError as err:
-            raise ValueError(f"{self.model_id}: {err}") from None
         self.settings = Settings(policy_, codec_, aggregation=score)
-        self.max_new_tokens = int(max_new_tokens)
+        run_settings = {
+            "adapter": self.model_id, "model": checkpoint_identity(self.pretrained), "policy": policy_.name,
+            **policy_.args(), "codec": str(codec_), "score": score, "layer": layer,
+            "max_new_tokens": self.max_new_tokens, "dtype": dtype, **(family_settings or {}),
+        }
 
         self.accelerator = Accelerator()
         self._rank, self._world_size, self._local_rank = process_layout(self.accelerator)
         self._device = self._pick_device(device)
-        self.pretrained = resolve_pretrained(str(pretrained))
+        # Which run this is: rank 0 decides (a new id, or the run to continue), every rank follows.
+        plan = self._from_rank0(lambda: plan_run(records_dir, self.model_id, run_settings, run_id=run_id, resume=resume))
+        for note in plan.notes if self._rank == 0 else ():
+            logger.warning(f"{self.model_id}: {note}")
+
         self.model, self.processor = self.load(self.pretrained, DTYPES[dtype], device_map)
         n_layers = self.language_config().num_hidden_layers
-        self.layer = int(layer) if layer is not None else n_layers * self.vicrop_layer[0] // self.vicrop_layer[1]
+        self.layer = layer if layer is not None else n_layers * self.vicrop_layer[0] // self.vicrop_layer[1]
         if not 0 <= self.layer < n_layers:
             raise ValueError(f"{self.model_id}: layer must be in 0..{n_layers - 1}, got {layer}")
 
         self.generic_maps = GenericMaps()
         self._plain_docs = {}
-        run_name = [f"{self.model_id}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"]
-        if self._world_size > 1:  # every rank writes under rank 0's run name
-            torch.distributed.broadcast_object_list(run_name, src=0)
-        run_name = run_name[0]
-        self.records = RecordWriter(records_dir, run_name, self._rank)
-        logger.info(f"{self.model_id}: records -> {self.records.path}")
+        self.run_id, self._session, self._records_dir = plan.run_id, plan.session, records_dir
+        # Rank 0 tidies a resumed run's files before any rank reads or appends to them.
+        self._from_rank0(lambda: self._start_session(plan, run_settings))
+        self.answered = resume_from.answered(records_dir, self.run_id) if plan.resumed else {}
+        self.records = RecordWriter(records_dir, self.run_id, self._rank)
+        logger.info(f"{self.model_id}: run {self.run_id}{' (resumed)' if plan.resumed else ''}, records -> {self.records.path}")
+
+    @contextmanager
+    def checking_args(self):
+        """Argument errors say which adapter refused them (families use it for their own args)."""
+        try:
+            yield
+        except ValueError as err:
+            raise A.ModelArgError(f"{self.model_id}: {err}") from None
+
+    def _from_rank0(self, decide):
+        """Run ``decide`` on rank 0 and give its result, or the reason it failed, to every rank
+        (an exception on rank 0 alone would leave the others waiting forever)."""
+        box = [None]
+        if self._rank == 0:
+            try:
+                box[0] = decide()
+            except Exception as err:  # noqa: BLE001  -- sent to every rank, raised there
+                box[0] = RunPlan(error=str(err))
+        if self._world_size > 1:
+            torch.distributed.broadcast_object_list(box, src=0)
+        if isinstance(box[0], RunPlan) and box[0].error:
+            raise ValueError(f"{self.model_id}: {box[0].error}")
+        return box[0]
+
+    def _start_session(self, plan, run_settings):
+        if plan.resumed:
+            dropped = resume_from.tidy(self._records_dir, plan.run_id)
+            recorded = len(resume_from.answered(self._records_dir, plan.run_id))
+            logger.info(f"{self.model_id}: resuming run {plan.run_id}: {recorded} samples already recorded are not run "
+                        f"again (lmms-eval gets their recorded answers); dropped from its files: {dropped['failed']} "
+                        f"failed record(s), run again now, {dropped['partial']} partial line(s)")
+        append_event(self._records_dir, plan.run_id, {
+            "event": "start", "session": plan.session, "world_size": self._world_size,
+            "resumed": plan.resumed, "settings": settings_fingerprint(run_settings)})
+        return plan
 
     # ----- lmms-eval interface -------------------------------------------------
     @classmethod
     def allowed_args(cls):
         import inspect
         return sorted({p for klass in cls.__mro__ if issubclass(klass, CollabModel)
-                       for p in inspect.signature(klass.__init__).parameters if p not in ("self", "unknown", "kwargs")})
+                       for p in inspect.signature(klass.__init__).parameters
+                       if p not in ("self", "unknown", "kwargs", "family_settings")})
 
     @property
     def device(self):
@@ -137,28 +196,40 @@ class CollabModel(lmms):
 
     def generate_until(self, requests) -> list[GenerationResult]:
         results = []
-        sent, retransmitted = 0, 0
+        sent, retransmitted, run_now = 0, 0, 0
         pbar = tqdm(total=len(requests), disable=self.rank != 0, desc=self.model_id)
         for request in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            record = self.run_one(context, gen_kwargs, doc_to_visual, doc_id, task, split)
-            self.records.write(record)
-            cost_handoff.remember(task, record.doc, record)
-            results.append(GenerationResult(record.answer, CostCounts(
-                output_tokens=len(record.min_entropy), bytes_total=record.bytes_total,
-                flops_total=record.flops_total, retransmitted=record.retransmitted)))
-            sent += record.bytes_total
-            retransmitted += record.retransmitted
+            key = (task, int(doc_id))
+            done = self.answered.get(key)
+            if done is None:  # not yet answered in this run (a resumed run's recorded samples and
+                # lmms-eval's padding repeats of a rank's last request are)
+                record = self.run_one(context, gen_kwargs, doc_to_visual, doc_id, task, split)
+                try:
+                    record = self.records.write(record)
+                except RecordWriteError as err:
+                    logger.error(f"{self.model_id}: {err}")
+                    raise
+                done = self.answered[key] = Answered.of(record)
+                run_now += 1
+            cost_handoff.remember(task, done.doc, done)
+            results.append(GenerationResult(done.answer, CostCounts(
+                output_tokens=done.output_tokens, bytes_total=done.bytes_total, flops_total=done.flops_total,
+                retransmitted=done.retransmitted, run_id=self.run_id)))
+            sent += done.bytes_total
+            retransmitted += done.retransmitted
             pbar.update(1)
             pbar.set_postfix(retx=f"{retransmitted / len(results):.2f}", bytes=f"{sent / len(results):.0f}")
         pbar.close()
+        append_event(self._records_dir, self.run_id, {"event": "finish", "session": self._session, "rank": self._rank,
+                                                      "requests": len(requests), "run_now": run_now})
         return results
 
     def run_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
         docs = self.task_dict[task][split]
         if (task, split) not in self._plain_docs:
             self._plain_docs[(task, split)] = without_media(docs)
-        header = dict(task=task, doc_id=doc_id, question=context, model=self.pretrained,
+        header = dict(run_id=self.run_id, task=task, doc_id=doc_id, question=context, model=self.pretrained,
                       codec=str(self.settings.codec), policy=self.settings.policy.name,
                       policy_args=self.settings.policy.args(), rank=self._rank,
                       score_name=self.settings.aggregation,
@@ -175,7 +246,7 @@ class CollabModel(lmms):
                                      sample_key=f"{task}/{doc_id}", cache_scope=task, generic_maps=self.generic_maps)
             record = SampleRecord(**vars(outcome), **header)
         except Exception as err:  # one bad sample fails itself, never the run
-            record = SampleRecord(**header, error=f"{type(err).__name__}: {err}")
+            record = SampleRecord(**header, error=media_problem(docs, doc_id) or failure_reason(err))
             logger.warning(f"{self.model_id}: {task} doc {doc_id} failed: {record.error}")
         record.seconds["total"] = round(time.perf_counter() - started, 6)
         return record
@@ -299,12 +370,37 @@ def without_media(docs):
     return docs.select_columns([name for name in docs.column_names if name not in media])
 
 
+def media_problem(docs, doc_id) -> str | None:
+    """Why the row's image cannot be used, in the edge's words, read from its undecoded bytes:
+    a broken image fails already when datasets decodes the row, with PIL's message (which
+    names an in-memory object, not the problem). None when every image of the row is fine."""
+    if not isinstance(docs, datasets.Dataset):
+        return None
+    from collab_eval.edge import BadImage, sanitize
+    for name, feature in docs.features.items():
+        if isinstance(feature, datasets.Image):
+            raw = docs.cast_column(name, datasets.Image(decode=False))[doc_id][name]
+            try:
+                if raw is not None:
+                    sanitize(raw)
+            except BadImage as err:
+                return str(err)
+    return None
+
+
 def cut_at_stop(text: str, until: tuple[str, ...]) -> str:
     """lmms-eval's stop strings end the answer, as every built-in adapter does."""
     for stop in until:
         if stop:
             text = text.split(stop)[0]
     return text.strip()
+
+
+def checkpoint_identity(pretrained: str) -> str:
+    """The checkpoint as a run's settings name it: a local one by its absolute path (the
+    same from any working directory), a hub one by its id."""
+    path = Path(pretrained).expanduser()
+    return str(path.resolve()) if path.exists() else pretrained
 
 
 def resolve_pretrained(name: str) -> str:

@@ -18,6 +18,7 @@ from transformers import InstructBlipForConditionalGeneration
 
 from collab_eval import flops as F
 from collab_eval.edge import Box
+from collab_eval.model_args import optional_integer
 from model_adapters.base import CollabModel
 
 
@@ -30,11 +31,13 @@ class CollabInstructBlip(CollabModel):
     vicrop_qformer_layer = (2, 6)
 
     def __init__(self, pretrained: str = "Salesforce/instructblip-vicuna-7b", qformer_layer: int | None = None, **kwargs):
-        super().__init__(pretrained=pretrained, **kwargs)
+        with self.checking_args():  # before the model loads, like the shared args
+            qformer_layer = optional_integer("qformer_layer", qformer_layer, minimum=0)
+        super().__init__(pretrained=pretrained, family_settings={"qformer_layer": qformer_layer}, **kwargs)
         qc = self.model.config.qformer_config
         n_cross = len(range(0, qc.num_hidden_layers, qc.cross_attention_frequency))
         num, den = self.vicrop_qformer_layer
-        self.qformer_layer = int(qformer_layer) if qformer_layer is not None else n_cross * num // den
+        self.qformer_layer = qformer_layer if qformer_layer is not None else n_cross * num // den
         if not 0 <= self.qformer_layer < n_cross:
             raise ValueError(f"{self.model_id}: qformer_layer indexes the Q-Former's {n_cross} cross-attention "
                              f"layers: must be in 0..{n_cross - 1}, got {qformer_layer}")

@@ -17,6 +17,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from collab_eval import flops as F
 from collab_eval.edge import Box
+from collab_eval.model_args import integer
 from model_adapters.base import CollabModel
 
 # LLaVA-1.5's 336 x 336 input area: 12 x 12 = 144 language tokens for a square image.
@@ -32,11 +33,15 @@ class CollabQwen2VL(CollabModel):
 
     def __init__(self, pretrained: str = "Qwen/Qwen2-VL-7B-Instruct", max_pixels: int = DEFAULT_MAX_PIXELS,
                  min_pixels: int = DEFAULT_MIN_PIXELS, **kwargs):
-        super().__init__(pretrained=pretrained, **kwargs)
+        with self.checking_args():  # before the model loads, like the shared args
+            max_pixels = integer("max_pixels", max_pixels, minimum=1)
+            min_pixels = integer("min_pixels", min_pixels, minimum=1)
+        super().__init__(pretrained=pretrained, family_settings={"max_pixels": max_pixels, "min_pixels": min_pixels},
+                         **kwargs)
         ip = self.processor.image_processor
         self.merge = ip.merge_size
         self.factor = ip.patch_size * ip.merge_size
-        self.max_pixels, self.min_pixels = int(max_pixels), int(min_pixels)
+        self.max_pixels, self.min_pixels = max_pixels, min_pixels
         if not self.factor ** 2 <= self.min_pixels <= self.max_pixels:
             raise ValueError(f"{self.model_id}: need {self.factor ** 2} <= min_pixels <= max_pixels, "
                              f"got min_pixels={min_pixels}, max_pixels={max_pixels}")

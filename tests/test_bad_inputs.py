@@ -72,8 +72,8 @@ def test_exif_orientation_is_applied():
 
 
 @pytest.mark.parametrize("payload, message", [
-    (b"", "empty"),
-    (b"not an image at all", "cannot be opened"),
+    (b"", r"^image is empty \(0 bytes\)$"),
+    (b"not an image at all", r"^not an image: no image format recognised in 19 bytes starting b'not an image at '$"),
     (png_bytes(Image.new("RGB", (64, 64), "red"))[:60], "cannot be decoded"),
     (bomb_png(), "decompression bomb|exceeds"),
 ])
@@ -149,6 +149,8 @@ def test_bad_images_fail_only_their_own_samples(tmp_path, tiny_llava_path):
         else:
             assert record["error"] is None, (name, record["error"])
             assert record["retransmitted"] and record["bytes_local"] > 0 and record["roi"] is not None
+    assert by_name["zero_bytes"]["error"] == "image is empty (0 bytes)"
+    assert all("0x" not in r["error"] for r in by_name.values() if r["error"])  # no object addresses
     assert "cannot" in by_name["truncated"]["error"] or "truncated" in by_name["truncated"]["error"]
     assert "exceeds" in by_name["bomb"]["error"] or "bomb" in by_name["bomb"]["error"].lower()
     assert by_name["exif_rotated"]["image_size"] == [20, 40]
