@@ -13,7 +13,8 @@ import pytest
 
 from collab_eval import resume
 from collab_eval.run_identity import append_event, new_run_id, plan_run, settings_fingerprint
-from tests.helpers import LMMS_EVAL, REPO, records, results_json, run_lmms_eval, samples
+from collab_eval.shipped import TASKS_DIR
+from tests.helpers import LMMS_EVAL, records, results_json, run_lmms_eval, samples
 
 SETTINGS = {"adapter": "collab_llava", "model": "/ckpt", "policy": "always", "threshold": 1.0, "rate": 0.5,
             "seed": 0, "codec": "png", "score": "max", "layer": None, "max_new_tokens": 32, "dtype": "auto"}
@@ -108,7 +109,7 @@ def uninterrupted(tmp_path_factory):
 def test_a_run_killed_halfway_resumes_into_one_run_with_the_same_results(tmp_path, uninterrupted):
     records_dir = tmp_path / "records"
     cmd = [LMMS_EVAL, "--model", "collab_llava", "--model_args", f"{ARGS},records_dir={records_dir}",
-           "--tasks", "smalldetail_read", "--include_path", str(REPO / "tasks"), "--output_path", str(tmp_path / "killed"),
+           "--tasks", "smalldetail_read", "--include_path", str(TASKS_DIR), "--output_path", str(tmp_path / "killed"),
            "--log_samples", "--limit", "60", "--verbosity", "DEBUG"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
@@ -198,7 +199,7 @@ def file_size_limit(nbytes):
 def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path):
     records_dir = tmp_path / "records"
     cmd = [LMMS_EVAL, "--model", "collab_llava", "--model_args", f"{ARGS},records_dir={records_dir}",
-           "--tasks", "smalldetail_read", "--include_path", str(REPO / "tasks"), "--output_path", str(tmp_path / "full"),
+           "--tasks", "smalldetail_read", "--include_path", str(TASKS_DIR), "--output_path", str(tmp_path / "full"),
            "--limit", "20", "--verbosity", "DEBUG"]
     full = subprocess.run(cmd, capture_output=True, text=True, timeout=900, preexec_fn=file_size_limit(20_000))
     (path,) = records_dir.glob("*.rank0.jsonl")

@@ -34,7 +34,7 @@ from lmms_eval.utils import simple_parse_args_string
 from collab_eval.records import RecordFile, read_record_file
 
 RECORD_FILE = re.compile(r"^(?P<run>.+)\.rank(?P<rank>\d+)\.jsonl$")
-RUN_TIME = re.compile(r"(\d{8}T\d{6})$")
+RUN_TIME = re.compile(r"(\d{8}T\d{6})(?:\.\d+Z-[0-9a-f]+)?$")  # <adapter>-<UTC time>[.µsZ-<random>]
 # The policy arguments that change what each policy does (score: the aggregation the gate used).
 POLICY_PARAMETERS = {"threshold": ("threshold",), "random": ("rate", "seed"), "always": (), "never": (), "tiles": ()}
 
@@ -120,10 +120,24 @@ def config_of(results: dict) -> dict:
     return results.get("config") or {}
 
 
-def results_run_id(results: dict) -> str | None:
-    """The run id results.json was tied to its records with (in its model_args), if any."""
+def results_run_id(results: dict, results_file: Path) -> str | None:
+    """The run id that ties results.json to its records: the ``run_id`` model arg when the
+    user gave one, else the one the adapter put in every logged sample's token_counts
+    (``--log_samples`` writes ``<date>_samples_<task>.jsonl`` beside ``<date>_results.json``)."""
     run_id = parse_model_args(config_of(results).get("model_args", "")).get("run_id")
-    return None if run_id in (None, "") else str(run_id)
+    if run_id not in (None, ""):
+        return str(run_id)
+    prefix = results_file.name.removesuffix("results.json")
+    for samples in sorted(results_file.parent.glob(f"{prefix}samples_*.jsonl")):
+        with open(samples, encoding="utf-8") as f:
+            try:
+                counts = json.loads(f.readline()).get("token_counts") or [{}]
+            except (ValueError, AttributeError):
+                continue  # unreadable log: fall back to matching by policy, tasks and time
+        run_id = counts[0].get("run_id") if isinstance(counts, list) and counts and isinstance(counts[0], dict) else None
+        if run_id:
+            return str(run_id)
+    return None
 
 
 def expected_counts(results: dict) -> dict[str, int]:
@@ -246,7 +260,7 @@ def records_dir_files(results: dict, run_dir: Path) -> list[Path]:
 
 def pick_run(candidates: dict[tuple, Run], results: dict, results_file: Path) -> tuple:
     """The key of the run whose records belong to this results.json."""
-    run_id = results_run_id(results)
+    run_id = results_run_id(results, results_file)
     if run_id is not None:
         if ("id", run_id) not in candidates:
             raise FileNotFoundError(f"{results_file}: no records of its run_id {run_id} (looked in the records_dir of "
