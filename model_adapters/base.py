@@ -19,16 +19,16 @@ import torch
 from accelerate import Accelerator
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
-from lmms_eval.utils import is_multimodal_content
+from datasets.features.features import require_decoding
 from loguru import logger
 from tqdm import tqdm
 
 from collab_eval import cost_handoff
 from collab_eval import flops as F
 from collab_eval.edge import Box, Codec, strict_decoding
-from collab_eval.pipeline import Answer, GenericMaps, Limits, Settings, run_sample
+from collab_eval.pipeline import Answer, GenericMaps, Limits, Settings, images_in, run_sample
 from collab_eval.policy import Policy
-from collab_eval.records import RecordWriter, SampleRecord
+from collab_eval.records import RecordWriter, SampleRecord, strip_media
 from collab_eval.uncertainty import AGGREGATES
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -162,16 +162,13 @@ class CollabModel(lmms):
                       codec=str(self.settings.codec), policy=self.settings.policy.name,
                       policy_args=self.settings.policy.args(), rank=self._rank,
                       score_name=self.settings.aggregation,
-                      doc={k: v for k, v in self._plain_docs[(task, split)][doc_id].items()
-                           if not is_multimodal_content(v)})
+                      doc=strip_media(self._plain_docs[(task, split)][doc_id]))
         limits = Limits.from_gen_kwargs(gen_kwargs, cap=self.max_new_tokens)
         started = time.perf_counter()
         try:
             with strict_decoding():  # decoding the row's image may fail: it is this sample's failure
-                visuals = doc_to_visual(docs[doc_id])
-                if not visuals:
-                    raise ValueError("the sample has no image")
-                outcome = run_sample(self, visuals[0], context, settings=self.settings, limits=limits,
+                images = images_in(doc_to_visual(docs[doc_id]))
+                outcome = run_sample(self, images, context, settings=self.settings, limits=limits,
                                      sample_key=f"{task}/{doc_id}", cache_scope=task, generic_maps=self.generic_maps)
             record = SampleRecord(**vars(outcome), **header)
         except Exception as err:  # one bad sample fails itself, never the run
@@ -193,15 +190,15 @@ class CollabModel(lmms):
         new_tokens = new_tokens[: len(out.logits)]
         text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
         logits = torch.stack([step[0] for step in out.logits])
-        attention = self.image_attention(out.attentions[0], inputs) if with_attention else None
+        attentions = self.image_attentions(out.attentions[0], inputs, len(images)) if with_attention else None
         return Answer(cut_at_stop(text, limits.until), logits,
-                      self.flops(inputs, generated=len(out.logits)), attention)
+                      self.flops(inputs, generated=len(out.logits)), attentions)
 
     @torch.inference_mode()
     def attention(self, image, prompt):
         inputs = self.inputs([image], prompt)
         out = self.forward(inputs, output_attentions=True, logits_to_keep=1)
-        return self.image_attention(out.attentions, inputs), self.flops(inputs, generated=1, decode=False)
+        return self.image_attentions(out.attentions, inputs, 1)[0], self.flops(inputs, generated=1, decode=False)
 
     def generate(self, inputs, **kwargs):
         """The model's own generate; a family whose generate hides what its map needs overrides it."""
@@ -211,12 +208,13 @@ class CollabModel(lmms):
         """One forward pass; its ``attentions`` are the language model's, one tensor per layer."""
         return self.model(**inputs, **kwargs)
 
-    def image_attention(self, layer_attentions, inputs) -> np.ndarray:
-        """Head-averaged attention of the last prompt token to the first image's tokens,
-        at the configured layer, as that image's patch grid."""
+    def image_attentions(self, layer_attentions, inputs, n_images: int) -> list[np.ndarray]:
+        """Head-averaged attention of the last prompt token to each image's tokens, at the
+        configured layer, as each image's patch grid (one softmax row: the grids' sums say
+        how the attention splits between the images)."""
         row = layer_attentions[self.layer][0, :, -1, :].float().mean(dim=0)
-        positions = self.image_token_positions(inputs, image_index=0)
-        return self.patch_grid(row[positions].cpu().numpy(), inputs)
+        return [self.patch_grid(row[self.image_token_positions(inputs, image_index=i)].cpu().numpy(), inputs, image_index=i)
+                for i in range(n_images)]
 
     # ----- loading -------------------------------------------------------------
     def _pick_device(self, device):
@@ -258,7 +256,8 @@ class CollabModel(lmms):
     def image_token_positions(self, inputs, image_index: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def patch_grid(self, row: np.ndarray, inputs) -> np.ndarray:
+    def patch_grid(self, row: np.ndarray, inputs, image_index: int) -> np.ndarray:
+        """``row``: the attention to image ``image_index``'s tokens, as that image's grid."""
         raise NotImplementedError
 
     def frame(self, region: Box):
@@ -292,10 +291,12 @@ def process_layout(accelerator) -> tuple[int, int, int]:
 
 
 def without_media(docs):
-    """The documents' plain columns, readable without decoding media (which may be broken)."""
+    """The documents' plain columns, readable without decoding media (which may be broken):
+    every column whose feature needs decoding at any depth (an image, a list of images, a
+    struct holding audio) goes."""
     if not isinstance(docs, datasets.Dataset):
         return docs
-    media = {name for name, feature in docs.features.items() if isinstance(feature, (datasets.Image, datasets.Audio))}
+    media = {name for name, feature in docs.features.items() if require_decoding(feature)}
     return docs.select_columns([name for name in docs.column_names if name not in media])
 
 

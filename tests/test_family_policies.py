@@ -41,7 +41,7 @@ def adapter(request, tmp_path_factory):
 
 def run(adapter, policy: str, image, key: str, threshold: float = 1.0) -> Outcome:
     settings = Settings(Policy(policy, threshold=threshold, rate=0.5, seed=1), Codec.parse("png"))
-    return run_sample(adapter, image, QUESTION, settings=settings, limits=Limits(max_new_tokens=3),
+    return run_sample(adapter, [image], QUESTION, settings=settings, limits=Limits(max_new_tokens=3),
                       sample_key=key, cache_scope="t", generic_maps=GenericMaps())
 
 
