@@ -136,14 +136,16 @@ class CollabModel(lmms):
         raise NotImplementedError(f"{self.model_id} does not support multi-round generation")
 
     def generate_until(self, requests) -> list[GenerationResult]:
-        results = []
+        results, answered = [], []
         sent, retransmitted = 0, 0
+        started = time.perf_counter()
         pbar = tqdm(total=len(requests), disable=self.rank != 0, desc=self.model_id)
         for request in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             record = self.run_one(context, gen_kwargs, doc_to_visual, doc_id, task, split)
             self.records.write(record)
-            cost_handoff.remember(task, record.doc, record)
+            answered.append(cost_handoff.sample_key(task, split, doc_id))
+            cost_handoff.remember(answered[-1], cost_handoff.SampleCosts.of(record))
             results.append(GenerationResult(record.answer, CostCounts(
                 output_tokens=len(record.min_entropy), bytes_total=record.bytes_total,
                 flops_total=record.flops_total, retransmitted=record.retransmitted)))
@@ -152,6 +154,8 @@ class CollabModel(lmms):
             pbar.update(1)
             pbar.set_postfix(retx=f"{retransmitted / len(results):.2f}", bytes=f"{sent / len(results):.0f}")
         pbar.close()
+        cost_handoff.publish(answered, self.world_size, self.rank, time.perf_counter() - started,
+                             sum(r.token_counts.output_tokens or 0 for r in results))
         return results
 
     def run_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
