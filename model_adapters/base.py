@@ -172,7 +172,7 @@ class CollabModel(lmms):
         try:
             with strict_decoding():  # decoding the row's image may fail: it is this sample's failure
                 images = images_in(doc_to_visual(docs[doc_id]))
-                outcome = run_sample(self, images, context, settings=self.settings, limits=limits,
+                outcome = run_sample(self, images, self.without_image_placeholders(context), settings=self.settings, limits=limits,
                                      sample_key=f"{task}/{doc_id}", cache_scope=task, generic_maps=self.generic_maps)
             record = SampleRecord(**vars(outcome), **header)
         except Exception as err:  # one bad sample fails itself, never the run
@@ -180,6 +180,15 @@ class CollabModel(lmms):
             logger.warning(f"{self.model_id}: {task} doc {doc_id} failed: {record.error}")
         record.seconds["total"] = round(time.perf_counter() - started, 6)
         return record
+
+    def without_image_placeholders(self, context: str) -> str:
+        """The prompt without image placeholders: lmms-eval's generic ``<image>`` (some
+        tasks, MUIRBench's questions among them, write one per image into the text) and the
+        processor's own image token. The adapter puts every image ahead of the text itself;
+        a placeholder left in would ask the processor for one image too many."""
+        for token in {"<image>", getattr(self.processor, "image_token", None)} - {None, ""}:
+            context = context.replace(token, "")
+        return context
 
     # ----- Server interface used by the pipeline -------------------------------
     @torch.inference_mode()
