@@ -70,3 +70,20 @@ def test_every_image_sent_and_the_crop_from_the_one_attended(adapter):
                           with_attention=False)
     assert out.flops["stage2"] == sum(four.flops.values())
     assert out.bytes_total == out.bytes_global + out.bytes_request + out.bytes_local
+
+
+def test_instructblip_maps_each_image_through_its_own_cross_attention(adapter):
+    """Image i's 32 query slots read image i's patches: its map goes through image i's
+    Q-Former cross-attention (planted: image 0's queries all look at the first patch,
+    image 1's at the last)."""
+    import torch
+    if not hasattr(adapter, "qformer_layer"):
+        pytest.skip("InstructBLIP only")
+    patches = adapter.grid[0] * adapter.grid[1]
+    cross = torch.zeros(2, 1, adapter.queries, 1 + patches)
+    cross[0, :, :, 1] = 1.0
+    cross[1, :, :, -1] = 1.0
+    inputs = {"cross_attentions": (cross,) * (adapter.qformer_layer + 1)}
+    row = np.full(adapter.queries, 1.0 / adapter.queries, dtype=np.float32)
+    first, second = (adapter.patch_grid(row, inputs, image_index=i) for i in (0, 1))
+    assert first.flat[0] == pytest.approx(1.0) and second.flat[-1] == pytest.approx(1.0)
