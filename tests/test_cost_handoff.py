@@ -133,3 +133,18 @@ def test_images_in_flattens_lists_and_refuses_what_is_not_an_image():
         images_in(["/data/clip.mp4"])
     with pytest.raises(ValueError, match="audio is out of scope"):
         images_in([{"array": np.zeros(10), "sampling_rate": 16000}])
+
+
+@pytest.mark.slow  # indexes every lmms-eval task twice: 30-90 s on a shared CPU
+def test_costed_tasks_cover_a_group_and_include_the_original(tmp_path):
+    """`collab-eval costed-tasks --tasks textvqa,pope`: lmms-eval's textvqa group becomes a
+    group of costed tasks, each YAML including lmms-eval's own YAML of its task."""
+    import yaml
+
+    from collab_eval.cli import main
+    assert main(["costed-tasks", "--tasks", "textvqa,pope", "--out", str(tmp_path)]) == 0
+    group = yaml.safe_load((tmp_path / "collab_textvqa.yaml").read_text())
+    assert group == {"group": "collab_textvqa", "task": ["collab_textvqa_val", "collab_textvqa_test"]}
+    text = (tmp_path / "collab_pope.yaml").read_text()
+    assert "task: collab_pope\n" in text and text.split("include: ")[1].split("\n")[0].endswith("tasks/pope/pope.yaml")
+    assert main(["costed-tasks", "--tasks", "no_such_task", "--out", str(tmp_path)]) == 2
