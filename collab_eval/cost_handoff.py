@@ -53,12 +53,10 @@ def remember(key: str, costs: SampleCosts) -> None:
 
 def lookup(doc: dict) -> dict[str, float]:
     """Costs of the sample ``doc`` is (by its stamped key); NaN when no collab adapter
-    answered it in this process (another model ran the costed task)."""
-    key = doc.get(KEY_COLUMN)
-    if key is None:
-        raise KeyError(f"document has no {KEY_COLUMN!r} column: it did not come through a costed task's process_docs")
+    answered it in this process (another model ran the costed task, or a stored document
+    is rescored after the run, as the report does)."""
     with _lock:
-        costs = _costs.get(key)
+        costs = _costs.get(doc.get(KEY_COLUMN))
     return costs.metrics() if costs else dict.fromkeys(COST_METRICS, math.nan)
 
 

@@ -3,6 +3,7 @@ each writing its own record file; together they hold every sample exactly once."
 import sys
 from pathlib import Path
 
+from collab_eval.cost_handoff import cost_means
 from collab_eval.records import read_records
 from tests.helpers import results_json, run_lmms_eval
 
@@ -25,8 +26,11 @@ def test_two_processes_shard_the_samples_and_write_one_record_file_each(tmp_path
     keys = [(r["task"], r["doc_id"]) for recs in per_rank for r in recs]
     assert sorted(keys) == sorted({(t, i) for t in ("collab_textvqa_mini", "collab_pope_mini") for i in range(16)})
 
-    results = results_json(out)["results"]
+    run = results_json(out)
+    results, pooled = run["results"], cost_means(run)  # pooled: rank 0 logs both ranks' samples
     for task in ("collab_textvqa_mini", "collab_pope_mini"):
         recs = [r for recs in per_rank for r in recs if r["task"] == task]
         assert results[task]["bytes_total,none"] == sum(r["bytes_total"] for r in recs) / 16
         assert results[task]["flops_total,none"] == sum(r["flops_total"] for r in recs) / 16
+        assert pooled[task]["samples"] == 16
+        assert pooled[task]["bytes_total"] == results[task]["bytes_total,none"]
