@@ -3,7 +3,7 @@
 It owns everything that is not family-specific: arguments, devices and ranks, the
 request loop, records, progress, generation with logits and attentions, FLOP
 bookkeeping. A family subclass supplies only: the model class, the prompt for one or
-two images, where the first image's tokens sit, how an attention row becomes a patch
+several images, where each image's tokens sit, how an attention row becomes a patch
 grid, the encoder's framing of a region, and FLOPs from its config.
 """
 from __future__ import annotations
@@ -172,8 +172,9 @@ class CollabModel(lmms):
         try:
             with strict_decoding():  # decoding the row's image may fail: it is this sample's failure
                 images = images_in(doc_to_visual(docs[doc_id]))
-                outcome = run_sample(self, images, self.without_image_placeholders(context), settings=self.settings, limits=limits,
-                                     sample_key=f"{task}/{doc_id}", cache_scope=task, generic_maps=self.generic_maps)
+                outcome = run_sample(self, images, self.without_image_placeholders(context), settings=self.settings,
+                                     limits=limits, sample_key=f"{task}/{doc_id}", cache_scope=task,
+                                     generic_maps=self.generic_maps)
             record = SampleRecord(**vars(outcome), **header)
         except Exception as err:  # one bad sample fails itself, never the run
             record = SampleRecord(**header, error=f"{type(err).__name__}: {err}")
