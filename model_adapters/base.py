@@ -187,7 +187,8 @@ class CollabModel(lmms):
         tasks, MUIRBench's questions among them, write one per image into the text) and the
         processor's own image token. The adapter puts every image ahead of the text itself;
         a placeholder left in would ask the processor for one image too many."""
-        for token in {"<image>", getattr(self.processor, "image_token", None)} - {None, ""}:
+        own = getattr(self.processor, "image_token", None)  # a str, or a tokenizers AddedToken (InstructBLIP)
+        for token in {"<image>", str(own) if own is not None else ""} - {""}:
             context = context.replace(token, "")
         return context
 

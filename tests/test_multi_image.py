@@ -87,3 +87,10 @@ def test_instructblip_maps_each_image_through_its_own_cross_attention(adapter):
     row = np.full(adapter.queries, 1.0 / adapter.queries, dtype=np.float32)
     first, second = (adapter.patch_grid(row, inputs, image_index=i) for i in (0, 1))
     assert first.flat[0] == pytest.approx(1.0) and second.flat[-1] == pytest.approx(1.0)
+
+
+def test_image_placeholders_in_the_prompt_are_removed(adapter):
+    """A task that writes "<image>" into its text (MUIRBench) or the processor's own image
+    token: the adapter places the images itself, so the text keeps neither."""
+    own = str(adapter.processor.image_token)
+    assert adapter.without_image_placeholders(f"Which one? <image> <image>{own} A. x") == "Which one?   A. x"
