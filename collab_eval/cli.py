@@ -14,6 +14,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="collab-eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("tasks-dir", help="print the directory to pass to lmms-eval's --include_path")
+    costed = sub.add_parser("costed-tasks", help="write costed variants (collab_<task>) of lmms-eval tasks or groups, "
+                            "for --include_path: the task's own metrics plus bytes_total, flops_total, retransmitted")
+    costed.add_argument("--tasks", required=True, help="lmms-eval task, group or tag names, comma-separated")
+    costed.add_argument("--out", required=True, help="directory to write the YAMLs into (then pass it to --include_path)")
+    costed.add_argument("--include_path", help="a directory of further task YAMLs to look the names up in")
     task_data = sub.add_parser("build-task-data", help="regenerate the local TextVQA/POPE-schema task data in tasks/data")
     task_data.add_argument("--out", default=str(TASK_DATA_DIR))
     build = sub.add_parser("build-tiny", help="build (or find) a tiny checkpoint and print its path")
@@ -71,6 +76,14 @@ def main(argv=None) -> int:
 
     if args.command == "tasks-dir":
         print(TASKS_DIR)
+    elif args.command == "costed-tasks":
+        from collab_eval.task_functions import write_costed_tasks
+        try:
+            names = write_costed_tasks([t for t in args.tasks.split(",") if t.strip()], args.out, args.include_path)
+        except ValueError as err:
+            print(f"collab-eval costed-tasks: error: {err}", file=sys.stderr)
+            return 2
+        print(f"--tasks {','.join(names)} --include_path {Path(args.out).resolve()}")
     elif args.command == "build-task-data":
         from collab_eval.lab.task_data import write_all
         for path in write_all(args.out):

@@ -28,7 +28,7 @@ class Answer:
     text: str
     logits: "torch.Tensor"  # (steps, vocab) raw logits of the generated tokens  # noqa: F821
     flops: dict[str, int]  # vision, projector, prefill, decode
-    attention: np.ndarray | None = None  # last prompt token -> first image's patch grid
+    attentions: list[np.ndarray] | None = None  # last prompt token -> each image's patch grid, in image order
 
 
 class Server(Protocol):
@@ -87,28 +87,54 @@ class GenericMaps:
         return grid, flops, False
 
 
-def run_sample(server: Server, image, question: str, *, settings: Settings, limits: Limits,
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".wmv", ".m4v", ".mpeg", ".mpg")
+
+
+def images_in(visuals) -> list:
+    """The images among what a task's ``doc_to_visual`` gave, in order (lists flattened).
+    Video and audio are out of scope: they, and a document with no image, fail the sample
+    with a message saying so."""
+    found = []
+    for item in visuals if isinstance(visuals, (list, tuple)) else [visuals]:
+        if isinstance(item, (list, tuple)):
+            found.extend(images_in(item))
+        elif isinstance(item, dict) and "array" in item:
+            raise ValueError("the task gives audio: collab adapters evaluate image tasks only (audio is out of scope)")
+        elif isinstance(item, str) and item.lower().endswith(VIDEO_SUFFIXES):
+            raise ValueError(f"the task gives a video ({item}): collab adapters evaluate image tasks only (video is out of scope)")
+        elif item is not None:
+            found.append(item)
+    if not found:
+        raise ValueError("the document's visuals hold no image (doc_to_visual gave "
+                         f"{type(visuals).__name__} {visuals!r:.80})")
+    return found
+
+
+def run_sample(server: Server, images: list, question: str, *, settings: Settings, limits: Limits,
                sample_key: str, cache_scope: str, generic_maps: GenericMaps) -> Outcome:
-    """Run the pipeline on one sample. ``sample_key`` fixes the random policy's draw,
-    ``cache_scope`` the generic maps this sample may reuse. Raises on bad input; the
-    caller turns that into a failed sample."""
+    """Run the pipeline on one sample with one or more images. ``sample_key`` fixes the
+    random policy's draw, ``cache_scope`` the generic maps this sample may reuse. Raises on
+    bad input; the caller turns that into a failed sample."""
     out = Outcome()
     clock = Stopwatch()
-    original = sanitize(image)
-    width, height = original.size
-    out.image_size = [width, height]
+    originals = [sanitize(image) for image in images]
 
-    # Edge -> server: the global image.
-    region, size = server.frame((0.0, 0.0, float(width), float(height)))
-    sent = transmit(original, region, size, settings.codec)
-    out.global_region = [round(v, 3) for v in region]
-    out.bytes_global = sent.nbytes
-    out.image_key = image_key(sent.image)
-    out.bytes_original = encoded_size(original, settings.codec)
+    # Edge -> server: every global image the task gives, each framed as the encoder sees it.
+    sent, regions = [], []
+    for original in originals:
+        region, size = server.frame((0.0, 0.0, float(original.width), float(original.height)))
+        sent.append(transmit(original, region, size, settings.codec))
+        regions.append(region)
+    out.image_sizes = [list(original.size) for original in originals]
+    out.bytes_global_images = [image.nbytes for image in sent]
+    out.bytes_global = sum(out.bytes_global_images)
+    out.bytes_original = sum(encoded_size(original, settings.codec) for original in originals)
+    keys = [image_key(image.image) for image in sent]
+    out.image_size, out.global_region, out.image_key = out.image_sizes[0], [round(v, 3) for v in regions[0]], keys[0]
     clock.lap("edge_global")
 
     # Stage 1.
-    stage1 = server.answer([sent.image], question, limits, with_attention=settings.policy.locates)
+    stage1 = server.answer([image.image for image in sent], question, limits, with_attention=settings.policy.locates)
     uncertainty = token_uncertainties(stage1.logits)
     score = uncertainty.score(settings.aggregation)
     out.answer_stage1 = out.answer = stage1.text
@@ -121,25 +147,30 @@ def run_sample(server: Server, image, question: str, *, settings: Settings, limi
 
     out.retransmitted = settings.policy.retransmit(score, sample_key)
     if out.retransmitted:
-        if settings.policy.name == "tiles":  # no request: the edge always sends the 2x2 tiles
-            crops = quadrants(width, height)
+        if settings.policy.name == "tiles":  # no request: the edge always sends each image's 2x2 tiles
+            crops = [(i, tile) for i, original in enumerate(originals) for tile in quadrants(*original.size)]
         else:
-            # Server: where to look.
-            generic, generic_flops, out.generic_cached = generic_maps.get(server, sent.image, (cache_scope, out.image_key))
+            # Server: where to look. The question's attention is one softmax row over every
+            # image's tokens: the image holding most of it is the one the question is about.
+            look = int(np.argmax([float(np.nansum(grid)) for grid in stage1.attentions]))
+            original = originals[look]
+            generic, generic_flops, out.generic_cached = generic_maps.get(server, sent[look].image, (cache_scope, keys[look]))
             out.flops["generic"] = sum(generic_flops.values())
-            roi = find_roi(relative_attention(stage1.attention, generic), region, (width, height), server.input_side)
-            out.roi = list(roi)
+            roi = find_roi(relative_attention(stage1.attentions[look], generic), regions[look], original.size,
+                           server.input_side)
+            out.roi, out.roi_image = list(roi), look
+            out.image_size, out.global_region, out.image_key = out.image_sizes[look], [round(v, 3) for v in regions[look]], keys[look]
             out.bytes_request = len(encode_request(roi))
-            crops = [roi]
+            crops = [(look, roi)]
             clock.lap("roi")
 
-        # Edge -> server: the crop(s), each at the encoder's input size.
-        local = [transmit(original, *server.frame(crop), settings.codec) for crop in crops]
+        # Edge -> server: the crop(s), each from its own image, at the encoder's input size.
+        local = [transmit(originals[i], *server.frame(crop), settings.codec) for i, crop in crops]
         out.bytes_local = sum(sent_crop.nbytes for sent_crop in local)
         clock.lap("edge_local")
 
-        stage2 = server.answer([sent.image, *(sent_crop.image for sent_crop in local)], question, limits,
-                               with_attention=False)
+        stage2 = server.answer([*(image.image for image in sent), *(sent_crop.image for sent_crop in local)],
+                               question, limits, with_attention=False)
         out.answer_stage2 = out.answer = stage2.text
         out.flops["stage2"] = sum(stage2.flops.values())
         clock.lap("stage2")

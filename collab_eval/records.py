@@ -29,16 +29,19 @@ class Outcome:
     min_entropy: list[float] = field(default_factory=list)
     shannon_entropy: list[float] = field(default_factory=list)
     roi: list[int] | None = None
-    global_region: list[float] | None = None
-    image_size: list[int] | None = None
+    roi_image: int | None = None  # which of the document's images the RoI was cropped from (0-based)
+    global_region: list[float] | None = None  # of the RoI's image (the first image without a RoI)
+    image_size: list[int] | None = None  # of the RoI's image (the first image without a RoI)
+    image_sizes: list[list[int]] = field(default_factory=list)  # every image the task gave, in order
     bytes_original: int = 0
-    bytes_global: int = 0
+    bytes_global: int = 0  # every global image together
+    bytes_global_images: list[int] = field(default_factory=list)  # each global image's payload
     bytes_request: int = 0
     bytes_local: int = 0
     bytes_total: int = 0
     flops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FLOP_PARTS, 0))
     flops_total: int = 0
-    image_key: str | None = None
+    image_key: str | None = None  # of the RoI's image (the first image without a RoI)
     generic_cached: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -88,6 +91,27 @@ def _jsonable(value: Any):
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def strip_media(value: Any) -> Any:
+    """``value`` without media at any depth: images, raw bytes, encoded-media dicts
+    (``{"bytes", "path"}``) and audio dicts (``{"array", ...}``) go; lists and dicts keep
+    everything else. A record holds ground truth, never pixels."""
+    if isinstance(value, dict):
+        if ("bytes" in value and "path" in value) or "array" in value:
+            return None
+        return {k: v for k, v in ((k, strip_media(v)) for k, v in value.items()) if v is not None or value[k] is None}
+    if isinstance(value, (list, tuple)):
+        items = [strip_media(v) for v in value]
+        return [v for v, original in zip(items, value) if v is not None or original is None]
+    if isinstance(value, (bytes, bytearray, memoryview)) or _is_media(value):
+        return None
+    return value
+
+
+def _is_media(value: Any) -> bool:
+    from PIL import Image
+    return isinstance(value, Image.Image) or (hasattr(value, "ndim") and getattr(value, "ndim", 0) >= 2)
 
 
 def finite(x: float) -> float | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 SampleKey = tuple[str, int]  # (task, doc_id): lmms-eval evaluates one split per task
@@ -26,13 +26,12 @@ class Answered:
     bytes_total: int
     flops_total: int
     retransmitted: bool
-    doc: dict = field(default_factory=dict)  # for the cost hand-off's key
 
     @classmethod
     def of(cls, record) -> "Answered":
         get = record.get if isinstance(record, dict) else lambda name, default=None: getattr(record, name, default)
         return cls(get("answer", ""), len(get("min_entropy") or []), get("bytes_total", 0), get("flops_total", 0),
-                   bool(get("retransmitted", False)), get("doc") or {})
+                   bool(get("retransmitted", False)))
 
 
 def run_files(directory: Path, run_id: str) -> list[Path]:

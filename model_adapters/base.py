@@ -3,7 +3,7 @@
 It owns everything that is not family-specific: arguments, devices and ranks, the
 request loop, records, progress, generation with logits and attentions, FLOP
 bookkeeping. A family subclass supplies only: the model class, the prompt for one or
-two images, where the first image's tokens sit, how an attention row becomes a patch
+several images, where each image's tokens sit, how an attention row becomes a patch
 grid, the encoder's framing of a region, and FLOPs from its config.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
-from lmms_eval.utils import is_multimodal_content
+from datasets.features.features import require_decoding
 from loguru import logger
 from tqdm import tqdm
 
@@ -29,9 +29,9 @@ from collab_eval import flops as F
 from collab_eval import model_args as A
 from collab_eval import resume as resume_from
 from collab_eval.edge import Box, Codec, strict_decoding
-from collab_eval.pipeline import Answer, GenericMaps, Limits, Settings, run_sample
+from collab_eval.pipeline import Answer, GenericMaps, Limits, Settings, images_in, run_sample
 from collab_eval.policy import POLICIES, Policy
-from collab_eval.records import RecordWriteError, RecordWriter, SampleRecord, failure_reason
+from collab_eval.records import RecordWriteError, RecordWriter, SampleRecord, failure_reason, strip_media
 from collab_eval.resume import Answered
 from collab_eval.run_identity import RunPlan, append_event, plan_run, settings_fingerprint
 from collab_eval.uncertainty import AGGREGATES
@@ -195,13 +195,13 @@ class CollabModel(lmms):
         raise NotImplementedError(f"{self.model_id} does not support multi-round generation")
 
     def generate_until(self, requests) -> list[GenerationResult]:
-        results = []
+        results, answered = [], []
         sent, retransmitted, run_now = 0, 0, 0
+        started = time.perf_counter()
         pbar = tqdm(total=len(requests), disable=self.rank != 0, desc=self.model_id)
         for request in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            key = (task, int(doc_id))
-            done = self.answered.get(key)
+            done = self.answered.get((task, int(doc_id)))
             if done is None:  # not yet answered in this run (a resumed run's recorded samples and
                 # lmms-eval's padding repeats of a rank's last request are)
                 record = self.run_one(context, gen_kwargs, doc_to_visual, doc_id, task, split)
@@ -210,9 +210,10 @@ class CollabModel(lmms):
                 except RecordWriteError as err:
                     logger.error(f"{self.model_id}: {err}")
                     raise
-                done = self.answered[key] = Answered.of(record)
+                done = self.answered[(task, int(doc_id))] = Answered.of(record)
                 run_now += 1
-            cost_handoff.remember(task, done.doc, done)
+            answered.append(cost_handoff.sample_key(task, split, doc_id))
+            cost_handoff.remember(answered[-1], cost_handoff.SampleCosts.of(task, done))
             results.append(GenerationResult(done.answer, CostCounts(
                 output_tokens=done.output_tokens, bytes_total=done.bytes_total, flops_total=done.flops_total,
                 retransmitted=done.retransmitted, run_id=self.run_id)))
@@ -223,6 +224,8 @@ class CollabModel(lmms):
         pbar.close()
         append_event(self._records_dir, self.run_id, {"event": "finish", "session": self._session, "rank": self._rank,
                                                       "requests": len(requests), "run_now": run_now})
+        cost_handoff.publish(answered, self.world_size, self.rank, time.perf_counter() - started,
+                             sum(r.token_counts.output_tokens or 0 for r in results))
         return results
 
     def run_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
@@ -233,23 +236,31 @@ class CollabModel(lmms):
                       codec=str(self.settings.codec), policy=self.settings.policy.name,
                       policy_args=self.settings.policy.args(), rank=self._rank,
                       score_name=self.settings.aggregation,
-                      doc={k: v for k, v in self._plain_docs[(task, split)][doc_id].items()
-                           if not is_multimodal_content(v)})
+                      doc=strip_media(self._plain_docs[(task, split)][doc_id]))
         limits = Limits.from_gen_kwargs(gen_kwargs, cap=self.max_new_tokens)
         started = time.perf_counter()
         try:
             with strict_decoding():  # decoding the row's image may fail: it is this sample's failure
-                visuals = doc_to_visual(docs[doc_id])
-                if not visuals:
-                    raise ValueError("the sample has no image")
-                outcome = run_sample(self, visuals[0], context, settings=self.settings, limits=limits,
-                                     sample_key=f"{task}/{doc_id}", cache_scope=task, generic_maps=self.generic_maps)
+                images = images_in(doc_to_visual(docs[doc_id]))
+                outcome = run_sample(self, images, self.without_image_placeholders(context), settings=self.settings,
+                                     limits=limits, sample_key=f"{task}/{doc_id}", cache_scope=task,
+                                     generic_maps=self.generic_maps)
             record = SampleRecord(**vars(outcome), **header)
         except Exception as err:  # one bad sample fails itself, never the run
             record = SampleRecord(**header, error=media_problem(docs, doc_id) or failure_reason(err))
             logger.warning(f"{self.model_id}: {task} doc {doc_id} failed: {record.error}")
         record.seconds["total"] = round(time.perf_counter() - started, 6)
         return record
+
+    def without_image_placeholders(self, context: str) -> str:
+        """The prompt without image placeholders: lmms-eval's generic ``<image>`` (some
+        tasks, MUIRBench's questions among them, write one per image into the text) and the
+        processor's own image token. The adapter puts every image ahead of the text itself;
+        a placeholder left in would ask the processor for one image too many."""
+        own = getattr(self.processor, "image_token", None)  # a str, or a tokenizers AddedToken (InstructBLIP)
+        for token in {"<image>", str(own) if own is not None else ""} - {""}:
+            context = context.replace(token, "")
+        return context
 
     # ----- Server interface used by the pipeline -------------------------------
     @torch.inference_mode()
@@ -264,15 +275,15 @@ class CollabModel(lmms):
         new_tokens = new_tokens[: len(out.logits)]
         text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
         logits = torch.stack([step[0] for step in out.logits])
-        attention = self.image_attention(out.attentions[0], inputs) if with_attention else None
+        attentions = self.image_attentions(out.attentions[0], inputs, len(images)) if with_attention else None
         return Answer(cut_at_stop(text, limits.until), logits,
-                      self.flops(inputs, generated=len(out.logits)), attention)
+                      self.flops(inputs, generated=len(out.logits)), attentions)
 
     @torch.inference_mode()
     def attention(self, image, prompt):
         inputs = self.inputs([image], prompt)
         out = self.forward(inputs, output_attentions=True, logits_to_keep=1)
-        return self.image_attention(out.attentions, inputs), self.flops(inputs, generated=1, decode=False)
+        return self.image_attentions(out.attentions, inputs, 1)[0], self.flops(inputs, generated=1, decode=False)
 
     def generate(self, inputs, **kwargs):
         """The model's own generate; a family whose generate hides what its map needs overrides it."""
@@ -282,12 +293,13 @@ class CollabModel(lmms):
         """One forward pass; its ``attentions`` are the language model's, one tensor per layer."""
         return self.model(**inputs, **kwargs)
 
-    def image_attention(self, layer_attentions, inputs) -> np.ndarray:
-        """Head-averaged attention of the last prompt token to the first image's tokens,
-        at the configured layer, as that image's patch grid."""
+    def image_attentions(self, layer_attentions, inputs, n_images: int) -> list[np.ndarray]:
+        """Head-averaged attention of the last prompt token to each image's tokens, at the
+        configured layer, as each image's patch grid (one softmax row: the grids' sums say
+        how the attention splits between the images)."""
         row = layer_attentions[self.layer][0, :, -1, :].float().mean(dim=0)
-        positions = self.image_token_positions(inputs, image_index=0)
-        return self.patch_grid(row[positions].cpu().numpy(), inputs)
+        return [self.patch_grid(row[self.image_token_positions(inputs, image_index=i)].cpu().numpy(), inputs, image_index=i)
+                for i in range(n_images)]
 
     # ----- loading -------------------------------------------------------------
     def _pick_device(self, device):
@@ -329,7 +341,8 @@ class CollabModel(lmms):
     def image_token_positions(self, inputs, image_index: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def patch_grid(self, row: np.ndarray, inputs) -> np.ndarray:
+    def patch_grid(self, row: np.ndarray, inputs, image_index: int) -> np.ndarray:
+        """``row``: the attention to image ``image_index``'s tokens, as that image's grid."""
         raise NotImplementedError
 
     def frame(self, region: Box):
@@ -363,10 +376,12 @@ def process_layout(accelerator) -> tuple[int, int, int]:
 
 
 def without_media(docs):
-    """The documents' plain columns, readable without decoding media (which may be broken)."""
+    """The documents' plain columns, readable without decoding media (which may be broken):
+    every column whose feature needs decoding at any depth (an image, a list of images, a
+    struct holding audio) goes."""
     if not isinstance(docs, datasets.Dataset):
         return docs
-    media = {name for name, feature in docs.features.items() if isinstance(feature, (datasets.Image, datasets.Audio))}
+    media = {name for name, feature in docs.features.items() if require_decoding(feature)}
     return docs.select_columns([name for name in docs.column_names if name not in media])
 
 

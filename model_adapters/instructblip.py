@@ -7,9 +7,10 @@ not return that cross-attention, so the adapter runs the vision encoder and the 
 itself (the Q-Former with attentions) and generates with the language model from the
 resulting embeddings, as the model's generate does.
 
-Two images (stage 2): two sets of 32 query tokens ahead of the text, global first. The
-released model was trained with one image only, so two images are outside its training
-distribution; transformers is used as released (no patching).
+Several images (a multi-image task, stage 2): one set of 32 query tokens per image ahead
+of the text, in image order (globals, then the crop). The released model was trained with
+one image only, so several images are outside its training distribution; transformers is
+used as released (no patching).
 """
 from __future__ import annotations
 
@@ -100,11 +101,11 @@ class CollabInstructBlip(CollabModel):
         positions = (inputs["input_ids"][0] == self.model.config.image_token_id).nonzero().flatten()
         return positions[image_index * self.queries:(image_index + 1) * self.queries]
 
-    def patch_grid(self, row, inputs):
-        """``row``: attention to the first image's 32 query slots. Each slot's share goes
-        to the patches in proportion to that query's cross-attention (head-averaged, at
-        ``qformer_layer``; the CLS position is dropped)."""
-        cross = inputs["cross_attentions"][self.qformer_layer][0].float().mean(dim=0)[:, 1:].cpu().numpy()
+    def patch_grid(self, row, inputs, image_index):
+        """``row``: attention to image ``image_index``'s 32 query slots. Each slot's share
+        goes to that image's patches in proportion to the query's cross-attention
+        (head-averaged, at ``qformer_layer``; the CLS position is dropped)."""
+        cross = inputs["cross_attentions"][self.qformer_layer][image_index].float().mean(dim=0)[:, 1:].cpu().numpy()
         return (row @ cross).reshape(self.grid)
 
     def frame(self, region: Box):

@@ -33,8 +33,8 @@ class CollabLlava(CollabModel):
         per_image = self.grid[0] * self.grid[1]
         return positions[image_index * per_image:(image_index + 1) * per_image]
 
-    def patch_grid(self, row, inputs):
-        return row.reshape(self.grid)
+    def patch_grid(self, row, inputs, image_index):
+        return row.reshape(self.grid)  # every image is centre-cropped to the same grid
 
     def frame(self, region: Box):
         return llava_frame(region, self.crop, self.shortest_edge)

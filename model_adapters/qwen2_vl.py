@@ -69,8 +69,8 @@ class CollabQwen2VL(CollabModel):
         start = sum(counts[:image_index])
         return positions[start:start + counts[image_index]]
 
-    def patch_grid(self, row, inputs):
-        _, h, w = inputs["image_grid_thw"][0].tolist()
+    def patch_grid(self, row, inputs, image_index):
+        _, h, w = inputs["image_grid_thw"][image_index].tolist()
         return row.reshape(h // self.merge, w // self.merge)
 
     def frame(self, region: Box):

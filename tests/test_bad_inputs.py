@@ -11,6 +11,7 @@ from PIL import Image
 
 from collab_eval.edge import BadImage, sanitize
 from collab_eval.shipped import TASKS_DIR
+from collab_eval.task_functions import write_costed
 from tests.helpers import check_run, evaluate
 
 
@@ -125,12 +126,13 @@ def test_bad_images_fail_only_their_own_samples(tmp_path, tiny_llava_path):
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     Dataset.from_list(rows, features=FEATURES).to_parquet(tasks / "bad.parquet")
-    (tasks / "collab_bad_images.yaml").write_text(
-        "task: collab_bad_images\n"
+    (tasks / "bad_images.yaml").write_text(
+        "task: bad_images\n"
         f"include: {TASKS_DIR / '_textvqa_template_yaml'}\n"
         "dataset_path: parquet\n"
         "dataset_kwargs:\n  data_files:\n    validation: bad.parquet\n"
         "test_split: validation\n")
+    write_costed(tasks / "bad_images.yaml", "collab_bad_images", tasks)
     out = tmp_path / "out"
     run = evaluate("collab_llava", f"pretrained={tiny_llava_path},policy=always,records_dir={out / 'records'}",
                    "collab_bad_images", out, include_path=tasks)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from collab_eval.cost_handoff import cost_means
 from collab_eval.records import read_records
 from tests.helpers import check_run, evaluate
 
@@ -32,3 +33,11 @@ def test_two_processes_shard_the_samples_and_write_one_record_file_each(tmp_path
     assert [{r["rank"] for r in recs} for recs in per_rank] == [{0}, {1}]
     keys = [(r["task"], r["doc_id"]) for recs in per_rank for r in recs]
     assert sorted(keys) == sorted({(t, i) for t in TASKS for i in range(LIMIT)})
+
+    results, pooled = run.results["results"], cost_means(run.results)  # pooled: rank 0 logs both ranks' samples
+    for task in TASKS:
+        recs = [r for recs in per_rank for r in recs if r["task"] == task]
+        assert results[task]["bytes_total,none"] == sum(r["bytes_total"] for r in recs) / LIMIT
+        assert results[task]["flops_total,none"] == sum(r["flops_total"] for r in recs) / LIMIT
+        assert pooled[task]["samples"] == LIMIT
+        assert pooled[task]["bytes_total"] == results[task]["bytes_total,none"]

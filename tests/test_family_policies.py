@@ -45,7 +45,7 @@ def settings(policy: str, threshold: float = 1.0) -> Settings:
 
 
 def run(adapter, policy: str, image, key: str, threshold: float = 1.0) -> Outcome:
-    return run_sample(adapter, image, QUESTION, settings=settings(policy, threshold), limits=Limits(max_new_tokens=3),
+    return run_sample(adapter, [image], QUESTION, settings=settings(policy, threshold), limits=Limits(max_new_tokens=3),
                       sample_key=key, cache_scope="t", generic_maps=GenericMaps())
 
 

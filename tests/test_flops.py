@@ -134,7 +134,7 @@ def test_stage1_answer_parts(family):
     answer, measured, forwards = counted(family, lambda: family[0].answer([WIDE], QUESTION, LIMITS, with_attention=True))
     assert forwards == len(answer.logits) >= 2  # one forward per generated token; decode is exercised
     assert all(measured[part] > 0 for part in ("vision", "projector", "prefill", "decode"))
-    assert answer.attention is not None and answer.attention.size > 1
+    assert answer.attentions is not None and answer.attentions[0].size > 1
     assert_agree(answer.flops, measured)
 
 

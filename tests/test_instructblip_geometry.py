@@ -70,7 +70,7 @@ def test_planted_spot_maps_back_to_its_original_pixels(blip, size, spot):
     cross = torch.zeros(1, 2, blip.queries, 1 + blip.grid[0] * blip.grid[1])
     cross[..., key] = 1.0
     inputs = {"cross_attentions": (cross,) * (blip.qformer_layer + 1)}
-    grid = blip.patch_grid(np.full(blip.queries, 1.0 / blip.queries, dtype=np.float32), inputs)
+    grid = blip.patch_grid(np.full(blip.queries, 1.0 / blip.queries, dtype=np.float32), inputs, image_index=0)
     assert grid.shape == blip.grid
     assert np.unravel_index(np.argmax(grid), grid.shape) == (row, col)
 
@@ -91,7 +91,7 @@ def test_map_weights_patches_by_each_querys_share(blip):
     cross[0, :, 7, 1 + 2 * blip.grid[1] + 9] = 1.0  # query 7 -> patch (2, 9)
     row = np.zeros(blip.queries, dtype=np.float32)
     row[3], row[7] = 0.2, 0.6
-    grid = blip.patch_grid(row, {"cross_attentions": (cross,) * (blip.qformer_layer + 1)})
+    grid = blip.patch_grid(row, {"cross_attentions": (cross,) * (blip.qformer_layer + 1)}, image_index=0)
     assert grid[2, 9] == pytest.approx(0.6) and grid[0, 5] == pytest.approx(0.2) and grid.sum() == pytest.approx(0.8)
 
 
@@ -122,7 +122,7 @@ def test_answer_holds_only_generated_tokens(blip):
     answer = blip.answer([image], QUESTION, Limits(max_new_tokens=3), with_attention=True)
     generated = out.sequences[0, prompt:]
     assert answer.text == blip.processor.tokenizer.decode(generated, skip_special_tokens=True).strip()
-    assert answer.attention.shape == blip.grid
+    assert answer.attentions[0].shape == blip.grid
 
 
 def test_layers_are_model_args_scaled_from_vicrop(blip, tiny_instructblip_path, tmp_path):

@@ -16,7 +16,7 @@ def llava(tiny_llava_path, tmp_path_factory):
 
 
 def run(model, image, question, key, settings, cache):
-    return run_sample(model, image, question, settings=settings, limits=Limits(max_new_tokens=1),
+    return run_sample(model, [image], question, settings=settings, limits=Limits(max_new_tokens=1),
                       sample_key=key, cache_scope="t", generic_maps=cache)
 
 

@@ -32,7 +32,7 @@ def hot_cell(qwen, image):
     token per merge x merge consecutive rows (the processor's own patch layout)."""
     inputs = qwen.processor.image_processor(image, return_tensors="pt")
     per_token = inputs["pixel_values"].reshape(-1, qwen.merge ** 2 * inputs["pixel_values"].shape[1]).mean(dim=1)
-    grid = qwen.patch_grid(per_token.numpy(), inputs)
+    grid = qwen.patch_grid(per_token.numpy(), inputs, image_index=0)
     return np.unravel_index(np.argmax(grid), grid.shape), grid.shape, inputs["image_grid_thw"][0].tolist()
 
 
@@ -112,8 +112,8 @@ def test_attention_grid_is_the_first_images_merged_grid(qwen):
     answer = qwen.answer([image, Image.new("RGB", (336, 336))], "is there a red square ?", Limits(max_new_tokens=2),
                          with_attention=True)
     _, h, w = qwen.processor.image_processor(image, return_tensors="pt")["image_grid_thw"][0].tolist()
-    assert answer.attention.shape == (h // qwen.merge, w // qwen.merge)
-    assert np.isfinite(answer.attention).all() and answer.attention.sum() > 0
+    assert answer.attentions[0].shape == (h // qwen.merge, w // qwen.merge)
+    assert np.isfinite(answer.attentions[0]).all() and answer.attentions[0].sum() > 0
 
 
 def test_pixel_budget_is_a_model_arg_and_is_checked(qwen, tiny_qwen2_vl_path, tmp_path):
