@@ -90,8 +90,9 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
                 systems[name]["tasks"][task] = task_summary(view, run, scorer.metric(task).metric, seeds)
         else:
             for task, records in sorted(by_task.items()):
+                point = run_point(run, task, records, scorer)  # first: it tells which metric the documents use
                 entry = system["tasks"].setdefault(task, {"metric": scorer.metric(task).metric, "points": []})
-                entry.setdefault("points", []).append(run_point(run, task, records, scorer))
+                entry.setdefault("points", []).append(point)
     for view in views:
         for entry in systems[view.system]["tasks"][view.task]["points"]:
             derived = derive(view, entry)
