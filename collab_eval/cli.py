@@ -64,9 +64,11 @@ def load_summary(run_dirs, seeds: int):
 
 def run_report(args) -> int:
     from collab_eval.analysis import report
-    paths = report.write(load_summary(args.run_dirs, args.seeds), args.out)
+    summary = load_summary(args.run_dirs, args.seeds)
+    paths = report.write(summary, args.out)
     for path in paths.values():
         print(path)
+    print("\n" + report.headline(summary.data))
     return 0
 
 
