@@ -61,7 +61,11 @@ def xy(points: list[dict], cost: str, scale: float = 1.0):
 
 
 def tradeoff(task: str, systems: dict[str, dict]) -> bytes:
-    """Accuracy against mean bytes (left) and mean FLOPs (right) for one task, every system."""
+    return png(tradeoff_figure(task, systems))
+
+
+def tradeoff_figure(task: str, systems: dict[str, dict]) -> Figure:
+    """Accuracy against mean bytes (left) and mean GFLOPs (right) for one task, every system."""
     fig = Figure(figsize=(12, 5.4), layout="constrained")
     axes = fig.subplots(1, 2)
     colour_of = colours(systems)
@@ -118,7 +122,7 @@ def tradeoff(task: str, systems: dict[str, dict]) -> bytes:
         fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(f"{task}: accuracy against cost (markers: never/always ○□, other runs ✕; band: random draws 10–90%)",
                  fontsize=10)
-    return png(fig)
+    return fig
 
 
 def histograms(task: str, views: list[TaskView]) -> bytes:
