@@ -57,9 +57,18 @@ def main(argv=None) -> int:
 
 
 def load_summary(run_dirs, seeds: int):
+    import gc
+
     from collab_eval.analysis.runs import find_runs
     from collab_eval.analysis.summary import summarise
-    return summarise([run for d in run_dirs for run in find_runs(d)], seeds=seeds)
+    # Records parse into millions of small objects and no cycles: the collector rescanning them
+    # as they are read took ~60% of the reading time at 9,000 samples per task.
+    gc.disable()
+    try:
+        runs = [run for d in run_dirs for run in find_runs(d)]
+    finally:
+        gc.enable()
+    return summarise(runs, seeds=seeds)
 
 
 def run_report(args) -> int:

@@ -8,6 +8,7 @@ record reaches the page as markup.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import math
@@ -323,5 +324,37 @@ def write(summary: Summary, out_dir) -> dict[str, Path]:
             (out_dir / b.filename).write_bytes(b.png)
     paths["markdown"].write_text(to_markdown(blocks), encoding="utf-8")
     paths["html"].write_text(to_html(blocks), encoding="utf-8")
-    paths["summary"].write_text(json.dumps(summary.data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    paths["summary"].write_text(json_text(summary.data) + "\n", encoding="utf-8")
     return paths
+
+
+SCALARS = (str, int, float, bool, type(None))
+
+
+@functools.lru_cache(maxsize=None)
+def flat_encoder(level: int) -> json.JSONEncoder:
+    """The C encoder writing a dict or list of plain values whose items sit at ``level + 1``."""
+    return json.JSONEncoder(separators=(",\n" + " " * (level + 1), ": "), allow_nan=False)
+
+
+def json_text(value, level: int = 0) -> str:
+    """``json.dumps(value, indent=1, allow_nan=False)``, character for character, in a fraction
+    of the time on a summary of thousands of points: json.dumps with an indent runs the json
+    module's pure-Python encoder on every value, while here each dict or list of plain values
+    (a point) is one call of its C encoder, its separators carrying the newline and indent."""
+    pad = "\n" + " " * (level + 1)
+    if isinstance(value, (dict, list)) and value:
+        items = value.values() if isinstance(value, dict) else value
+        keys_plain = not isinstance(value, dict) or all(isinstance(k, str) for k in value)
+        if keys_plain and all(isinstance(v, SCALARS) for v in items):
+            flat = flat_encoder(level).encode(value)
+            return flat[0] + pad + flat[1:-1] + "\n" + " " * level + flat[-1]
+        if isinstance(value, dict) and keys_plain:
+            body = ("," + pad).join(f"{json.dumps(k)}: {json_text(v, level + 1)}" for k, v in value.items())
+            return "{" + pad + body + "\n" + " " * level + "}"
+        if isinstance(value, list):
+            return "[" + pad + ("," + pad).join(json_text(v, level + 1) for v in value) + "\n" + " " * level + "]"
+    # Anything else (scalars, empty containers, non-string keys): the json module itself, its
+    # lines indented as deep as this value sits.
+    return json.dumps(value, indent=1, allow_nan=False).replace("\n", "\n" + " " * level)
+

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -183,7 +184,6 @@ class Scorer:
     def __init__(self, include_paths=()):
         self.include_paths = [str(p) for p in dict.fromkeys([TASKS_DIR, *map(Path, include_paths)]) if Path(p).is_dir()]
         self._metrics: dict[str, TaskMetric] = {}
-        self._managers: list = []
 
     def metric(self, task: str) -> TaskMetric:
         if task not in self._metrics:
@@ -194,15 +194,26 @@ class Scorer:
         return self.metric(task).accuracy(doc, answer)
 
     def _config(self, task: str) -> dict:
-        from lmms_eval.tasks import TaskManager
-        from lmms_eval.utils import load_yaml_config
+        return task_config(task, tuple(self.include_paths))
 
-        # The project's tasks first (indexing them is fast); lmms-eval's own only if needed.
-        for include_defaults in (False, True):
-            if len(self._managers) <= include_defaults:
-                self._managers.append(TaskManager(verbosity="WARNING", include_path=self.include_paths or None,
-                                                  include_defaults=include_defaults))
-            entry = self._managers[include_defaults].task_index.get(task)
-            if entry and entry.get("yaml_path", -1) != -1:
-                return load_yaml_config(entry["yaml_path"], mode="full")
-        raise ValueError(f"task {task!r} is not an lmms-eval task here (include paths: {self.include_paths})")
+
+@functools.lru_cache(maxsize=None)
+def task_config(task: str, include_paths: tuple[str, ...]) -> dict:
+    """The task's YAML config, loaded once per process (a report and a check in one process,
+    or every Scorer of a test session, share it)."""
+    from lmms_eval.utils import load_yaml_config
+
+    # The project's tasks first (indexing them is fast); lmms-eval's own only if needed.
+    for include_defaults in (False, True):
+        entry = task_index(include_paths, include_defaults).get(task)
+        if entry and entry.get("yaml_path", -1) != -1:
+            return load_yaml_config(entry["yaml_path"], mode="full")
+    raise ValueError(f"task {task!r} is not an lmms-eval task here (include paths: {list(include_paths)})")
+
+
+@functools.lru_cache(maxsize=None)
+def task_index(include_paths: tuple[str, ...], include_defaults: bool) -> dict:
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager(verbosity="WARNING", include_path=list(include_paths) or None,
+                       include_defaults=include_defaults).task_index

@@ -9,10 +9,10 @@ answers, costs and score while the random baseline hashes distinct keys and the 
 threshold per sample, as in a real run) and written as one run in a temporary directory. For each size
 it times, in this process, the best of ``--repeats``:
 
-- report: reading the records, building the summary (20 random seeds, as the CLI) and writing
-  report.md, report.html, summary.json and the figures;
-- check: reading the records, building the summary as check does (no random band) and
-  comparing it with that size's own report summary as the baseline.
+- report: what ``collab-eval report`` does: reading the records, building the summary (20
+  random seeds) and writing report.md, report.html, summary.json and the figures;
+- check: what ``collab-eval check`` does: reading the records, building the summary (no random
+  band) and comparing it with that size's own report summary as the baseline.
 
 Imports and task loading (lmms-eval's TaskManager finding each task's YAML) happen before the
 clock starts. Times are CPU seconds of this process (one thread: set OMP_NUM_THREADS=1), so a
@@ -61,26 +61,20 @@ def timed(fn):
 
 
 def measure(run_dir: Path, out_dir: Path, repeats: int) -> dict[str, tuple[float, float]]:
+    """Best (CPU, wall) seconds of what ``collab-eval report`` and ``check`` do after imports."""
     from collab_eval.analysis import check, report
     from collab_eval.analysis.runs import find_runs
     from collab_eval.analysis.scoring import Scorer
-    from collab_eval.analysis.summary import summarise
+    from collab_eval.cli import load_summary
 
-    def warm_scorer(tasks) -> Scorer:  # task loading: outside the clock
-        scorer = Scorer()
-        for task in tasks:
-            scorer.metric(task)
-        return scorer
-
-    tasks = find_runs(run_dir)[0].tasks
+    for task in find_runs(run_dir)[0].tasks:  # task loading, outside the clock (cached per process)
+        Scorer().metric(task)
     best: dict[str, tuple[float, float]] = {}
     for _ in range(repeats):
-        scorer = warm_scorer(tasks)
-        _, cpu, wall = timed(lambda: report.write(summarise(find_runs(run_dir), scorer=scorer), out_dir))
+        _, cpu, wall = timed(lambda: report.write(load_summary([run_dir], seeds=20), out_dir))
         best["report"] = min(best.get("report", (cpu, wall)), (cpu, wall))
         baseline = json.loads((out_dir / "summary.json").read_text())
-        scorer = warm_scorer(tasks)
-        _, cpu, wall = timed(lambda: check.compare(summarise(find_runs(run_dir), scorer=scorer, seeds=0).data, baseline))
+        _, cpu, wall = timed(lambda: check.compare(load_summary([run_dir], seeds=0).data, baseline))
         best["check"] = min(best.get("check", (cpu, wall)), (cpu, wall))
     return best
 
