@@ -65,16 +65,24 @@ def measure(run_dir: Path, out_dir: Path, repeats: int) -> dict[str, tuple[float
     from collab_eval.analysis import check, report
     from collab_eval.analysis.runs import find_runs
     from collab_eval.analysis.scoring import Scorer
-    from collab_eval.cli import load_summary
+    from collab_eval.cli import summary_of
 
     for task in find_runs(run_dir)[0].tasks:  # task loading, outside the clock (cached per process)
         Scorer().metric(task)
     best: dict[str, tuple[float, float]] = {}
     for _ in range(repeats):
-        _, cpu, wall = timed(lambda: report.write(load_summary([run_dir], seeds=20), out_dir))
+        def report_run():
+            with summary_of([run_dir], seeds=20) as summary:
+                report.write(summary, out_dir)
+
+        def check_run():
+            with summary_of([run_dir], seeds=0) as summary:
+                check.compare(summary.data, baseline)
+
+        _, cpu, wall = timed(report_run)
         best["report"] = min(best.get("report", (cpu, wall)), (cpu, wall))
         baseline = json.loads((out_dir / "summary.json").read_text())
-        _, cpu, wall = timed(lambda: check.compare(load_summary([run_dir], seeds=0).data, baseline))
+        _, cpu, wall = timed(check_run)
         best["check"] = min(best.get("check", (cpu, wall)), (cpu, wall))
     return best
 
