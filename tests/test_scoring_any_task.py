@@ -74,6 +74,14 @@ def test_a_scorer_without_the_tasks_metric_says_so():
         dict_metric.accuracy({}, "x")
 
 
+def test_a_corpus_level_metric_stops_with_its_name():
+    from collab_eval.analysis.scoring import metric_from_config
+    metric = metric_from_config("corpus_task", {"output_type": "generate_until", "doc_to_target": "answer",
+                                                "metric_list": [{"metric": "bleu", "higher_is_better": True}]})
+    with pytest.raises(ValueError, match="task 'corpus_task': metric 'bleu' has no per-sample score"):
+        metric.accuracy({"answer": "a cat"}, "a cat")
+
+
 def test_each_document_and_answer_pair_is_scored_once(scorer):
     calls = []
     real = scorer.metric(DOCVQA).results
