@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 
@@ -251,8 +252,8 @@ class Envelope:
     with a running maximum of accuracy, so each budget is one binary search."""
 
     def __init__(self, points, cost: str = "bytes"):
-        costs = np.array([getattr(p, cost) for p in points], dtype=float)
-        accuracy = np.array([p.accuracy for p in points], dtype=float)
+        costs = np.array(list(map(attrgetter(cost), points)), dtype=float)
+        accuracy = np.array(list(map(attrgetter("accuracy"), points)), dtype=float)
         order = np.argsort(costs, kind="stable")
         self.costs = costs[order]
         self.best = np.maximum.accumulate(accuracy[order]) if len(order) else accuracy
@@ -273,7 +274,8 @@ def mean_accuracy(points, lo: float, hi: float, cost: str = "bytes") -> float:
     if hi <= lo:
         return best_within(points, lo, cost)
     envelope = Envelope(points, cost)
-    steps = sorted({lo, hi, *(getattr(p, cost) for p in points if lo < getattr(p, cost) < hi)})
+    costs = envelope.costs
+    steps = sorted({lo, hi, *costs[(costs > lo) & (costs < hi)].tolist()})
     best = envelope.best_within_each(steps[:-1])
     area = sum(acc * (b - a) for acc, a, b in zip(best, steps, steps[1:]))
     return area / (hi - lo)

@@ -103,6 +103,7 @@ class TaskMetric:
     answer_filter: Callable | None = None  # the task's first filter pipeline, on one answer
     used: dict[str, int] = field(default_factory=dict)  # metric -> samples it scored, as they come
     cache: dict = field(default_factory=dict, repr=False)
+    doc_keys: dict = field(default_factory=dict, repr=False)
 
     @property
     def metric(self) -> str:
@@ -112,12 +113,21 @@ class TaskMetric:
         return " / ".join(used or self.metrics[:1])
 
     def accuracy(self, doc: dict, answer: str | None) -> float:
-        key = (repr(doc), answer)  # the same document read twice has the same repr (a differing one only misses)
+        key = (self.doc_key(doc), answer)
         if key not in self.cache:
             self.cache[key] = self.score(doc, answer)
         metric, value = self.cache[key]
         self.used[metric] = self.used.get(metric, 0) + 1
         return value
+
+    def doc_key(self, doc: dict) -> str:
+        """The document as text: the same document read twice has the same repr (one whose keys
+        come in another order only misses the cache). Kept per document object (stage 1 and
+        stage 2 share one), the object held so that its id is not reused."""
+        held = self.doc_keys.get(id(doc))
+        if held is None or held[0] is not doc:
+            held = self.doc_keys[id(doc)] = (doc, repr(doc))
+        return held[1]
 
     def score(self, doc: dict, answer: str | None) -> tuple[str, float]:
         response = self.answer_filter(doc, answer or "") if self.answer_filter else (answer or "")
