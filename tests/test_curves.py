@@ -156,3 +156,64 @@ def test_point_json_round_trip_keeps_infinite_thresholds():
         d = p.to_dict()
         assert all(not isinstance(v, float) or math.isfinite(v) for v in d.values())
         assert Point.from_dict(d) == p
+
+
+def random_case(n: int, seed: int) -> Samples:
+    """Accuracies that are not sums of powers of two (TextVQA's tenths and thirds), tied scores,
+    empty answers and shared cache groups: where a shortcut in the sums would show."""
+    rng = np.random.default_rng(seed)
+    levels = np.array([0.0, 0.1, 0.3, 1 / 3, 0.6, 2 / 3, 0.9, 1.0])
+    score = rng.choice([0.5, 1.0, 1.7, 2.25, 3.0, None], size=n).tolist()
+    score = [s if s is None or rng.random() < 0.5 else s + rng.random() for s in score]
+    group = rng.integers(0, max(1, n // 3), size=n)
+    return Samples.build(acc1=rng.choice(levels, size=n), acc2=rng.choice(levels, size=n), score=score,
+                         bytes1=rng.integers(100, 200, size=n), bytes2=rng.integers(200, 900, size=n),
+                         flops1=rng.integers(10, 20, size=n), flops2=rng.integers(20, 90, size=n),
+                         group=group, generic=rng.integers(5, 50, size=group.max() + 1),
+                         keys=[f"t/{i}" for i in range(n)])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_linear_time_curves_equal_each_point_computed_directly(seed):
+    s = random_case(300, seed)
+    gated = curves.threshold_curve(s)
+    assert len(gated) > 100
+    for p in gated:  # exactly equal, number for number, to the gate applied at its tau
+        assert curves.threshold_point(s, p.tau) == p
+    order = np.flatnonzero(curves.oracle_mask(s))
+    oracle = curves.oracle_curve(s)
+    assert oracle[-1] == curves.point(s, curves.oracle_mask(s))
+    assert len(oracle) == len(order) + 1 and all(p.tau is None for p in oracle)
+
+
+def test_accuracy_sums_are_exact_before_rounding():
+    # 0.1 ten times is 0.9999999999999999 summed left to right; exactly 1.0.
+    s = Samples.build(acc1=[0.0] * 10, acc2=[0.1] * 10, score=list(range(10)), bytes1=[1] * 10, bytes2=[2] * 10,
+                      flops1=[1] * 10, flops2=[1] * 10)
+    assert curves.threshold_curve(s)[-1].accuracy == 0.1 == curves.always(s).accuracy
+
+
+def naive_best_within(points, budget, cost="bytes"):
+    within = [p.accuracy for p in points if getattr(p, cost) <= budget * (1 + 1e-12)]
+    return max(within) if within else 0.0
+
+
+def test_budget_envelope_equals_the_definition_on_many_points():
+    points = curves.threshold_curve(random_case(400, 7)) + curves.oracle_curve(random_case(400, 8))
+    for cost in ("bytes", "flops"):
+        values = sorted({getattr(p, cost) for p in points})
+        budgets = [values[0] - 1, *values, *(v * (1 + 1e-13) for v in values[::7]), values[-1] + 1]
+        envelope = curves.Envelope(points, cost)
+        assert [envelope.best_within(b) for b in budgets] == [naive_best_within(points, b, cost) for b in budgets]
+        lo, hi = values[3], values[-5]
+        steps = sorted({lo, hi, *(v for v in values if lo < v < hi)})
+        naive = sum(naive_best_within(points, a, cost) * (b - a) for a, b in zip(steps, steps[1:])) / (hi - lo)
+        assert curves.mean_accuracy(points, lo, hi, cost) == naive
+
+
+def test_random_band_draws_each_seed_once_and_equal_single_draws():
+    s = random_case(200, 3)
+    band = curves.random_band(s, rates=(0.0, 0.3, 1.0), seeds=range(5))
+    for row in band:
+        acc = [curves.random_draw(s, row["rate"], seed).accuracy for seed in range(5)]
+        assert (row["lo"], row["hi"]) == (float(np.quantile(acc, 0.1)), float(np.quantile(acc, 0.9)))

@@ -180,3 +180,20 @@ def test_a_results_json_finds_its_own_records_in_a_shared_records_dir(tmp_path):
                    "resolved_cli_args": {"timezone": "Asia/Singapore"}}}))
     (run,) = find_runs(tmp_path / "out")
     assert run.name == "collab_llava-20260101T000005" and run.policy == "always" and run.adapter == "collab_llava"
+
+
+def test_report_prints_the_headline_per_task(baseline_dir, tmp_path, capsys):
+    assert cli.main(["report", str(baseline_dir), "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    paths, headline = out.split("\n\n", 1)
+    assert paths.splitlines()[-1].endswith("summary.json")
+    rows = {line.split()[0]: line.split("  ") for line in headline.splitlines()[2:]}
+    pope = [cell.strip() for cell in rows[POPE] if cell.strip()]
+    # The hand case: never 25% at 100 B, always 50% at 300 B; 99% of always first reached at tau = 2.0
+    # with one sample of four retransmitted, 175 B: 41.7% fewer bytes and 50% fewer FLOPs than always,
+    # 82.5% fewer bytes than the original image.
+    assert pope == [POPE, "pope_accuracy", "hand-llava:png", "4", "25.0% / 100", "50.0% / 300",
+                    "τ=2 / 25.0% / 50.0% / 175", "+41.7%", "+50.0%", "+82.5%"]
+    assert "gate reaching 99% of always" in headline.splitlines()[0]
+    assert TEXTVQA in rows
+    assert "## Headline" in (tmp_path / "report" / "report.md").read_text()

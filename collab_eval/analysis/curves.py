@@ -12,12 +12,13 @@ outcome of any gate (a set of samples to retransmit) follows without running a m
 """
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 
-from collab_eval.policy import uniform
 
 RATES = tuple(i / 20 for i in range(21))  # the grid the random baseline is tabulated on
 
@@ -68,7 +69,7 @@ class Point:
     tau: float | None = None  # threshold, for points of the gated curve
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {"accuracy": self.accuracy, "bytes": self.bytes, "flops": self.flops, "rate": self.rate, "tau": self.tau}
         if d["tau"] is None:
             del d["tau"]
         elif math.isinf(d["tau"]):  # JSON has no infinity
@@ -87,10 +88,15 @@ def point(s: Samples, retransmit: np.ndarray, tau: float | None = None) -> Point
     retransmit = np.asarray(retransmit, dtype=bool)
     if s.n == 0:
         return Point(math.nan, math.nan, math.nan, math.nan, tau)
-    accuracy = np.where(retransmit, s.acc2, s.acc1).sum() / s.n
     nbytes = int(np.where(retransmit, s.bytes2, s.bytes1).sum())
     flops = int(np.where(retransmit, s.flops2, s.flops1).sum()) + int(s.generic[np.unique(s.group[retransmit])].sum())
-    return Point(float(accuracy), nbytes / s.n, flops / s.n, float(retransmit.sum()) / s.n, tau)
+    return Point(accuracy(s, retransmit), nbytes / s.n, flops / s.n, float(retransmit.sum()) / s.n, tau)
+
+
+def accuracy(s: Samples, retransmit: np.ndarray) -> float:
+    """Mean accuracy when exactly the ``retransmit`` samples are retransmitted. The sum is
+    exact before its one rounding, so it does not depend on the order of the samples."""
+    return math.fsum(np.where(retransmit, s.acc2, s.acc1).tolist()) / s.n
 
 
 def never(s: Samples) -> Point:
@@ -112,16 +118,49 @@ def threshold_curve(s: Samples) -> list[Point]:
     values = s.score[order]
     # Samples enter in order of descending score; a tie enters together. After the
     # samples before ``end`` have entered, the threshold is the next score value.
-    ends = [i + 1 for i in range(s.n) if i + 1 == s.n or values[i + 1] != values[i]]
-    taus = [float(values[end]) if end < s.n else -math.inf for end in ends]
-    return [point_after(s, order, 0, float(values[0]))] + [
-        point_after(s, order, end, tau) for end, tau in zip(ends, taus)]
+    ends = np.flatnonzero(np.append(values[1:] != values[:-1], True)) + 1
+    taus = [float(values[end]) if end < s.n else -math.inf for end in ends.tolist()]
+    return prefix_points(s, order, [0, *ends.tolist()], [float(values[0]), *taus])
 
 
 def point_after(s: Samples, order: np.ndarray, count: int, tau: float) -> Point:
     mask = np.zeros(s.n, dtype=bool)
     mask[order[:count]] = True
     return point(s, mask, tau)
+
+
+def prefix_points(s: Samples, order: np.ndarray, counts, taus) -> list[Point]:
+    """``point_after(s, order, count, tau)`` for every (count, tau), in time linear in the
+    samples: each point retransmits a prefix of ``order``, so its sums are running sums
+    along it. Equal to ``point`` number for number: integer sums are exact either way, and
+    accuracy sums are exact before the one rounding (math.fsum's, in ``point``)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    nbytes = int(s.bytes1.sum()) + np.concatenate([[0], np.cumsum((s.bytes2 - s.bytes1)[order])])[counts]
+    # The generic pass of a cache group is paid from the first of its samples in the order on.
+    first = np.zeros(len(order), dtype=np.int64)
+    groups, at = np.unique(s.group[order], return_index=True)
+    first[at] = s.generic[groups]
+    flops = (int(s.flops1.sum()) + np.concatenate([[0], np.cumsum((s.flops2 - s.flops1)[order] + first)]))[counts]
+    accuracy = exact_prefix_sums(s.acc1, s.acc2, order, counts)
+    n = s.n
+    return [Point(a / n, int(b) / n, int(f) / n, int(c) / n, t)
+            for a, b, f, c, t in zip(accuracy, nbytes.tolist(), flops.tolist(), counts.tolist(), taus)]
+
+
+def exact_prefix_sums(before: np.ndarray, after: np.ndarray, order: np.ndarray, counts) -> list[float]:
+    """sum(after[order[:k]]) + sum(before[order[k:]]) for each k in ``counts``, each rounded
+    once from the exact value (as math.fsum): floats are integer multiples of a power of two,
+    so the running sums are done on those integers."""
+    values = np.concatenate([before, after]).tolist()
+    scale = max((v.as_integer_ratio()[1] for v in values), default=1)  # powers of two: the largest divides by all
+    as_int = [v.as_integer_ratio() for v in values]
+    as_int = [num * (scale // den) for num, den in as_int]
+    n = len(before)
+    steps = [as_int[n + i] - as_int[i] for i in order.tolist()]
+    running = [sum(as_int[:n])]
+    for step in steps:
+        running.append(running[-1] + step)
+    return [running[k] / scale for k in np.asarray(counts).tolist()]
 
 
 def threshold_point(s: Samples, tau: float) -> Point:
@@ -145,16 +184,26 @@ def random_expected(s: Samples, rate: float) -> Point:
 def random_draw(s: Samples, rate: float, seed: int) -> Point:
     """What a ``random`` run at ``rate`` with ``seed`` retransmits: the same hash of
     (seed, task/doc_id) as collab_eval.policy, so the draw matches a real run exactly."""
-    mask = np.array([uniform(key, seed) < rate for key in s.keys], dtype=bool)
-    return point(s, mask)
+    return point(s, draws(s, seed) < rate)
+
+
+def draws(s: Samples, seed: int) -> np.ndarray:
+    """Each sample's draw under ``seed``: ``collab_eval.policy.uniform(key, seed)`` for every
+    key (the definition, which the tests hold this to), hashed in one pass: the first 8 bytes
+    of each sha256 digest read as big-endian integers, divided by 2**64."""
+    prefix = f"{seed}:".encode()
+    digests = b"".join([hashlib.sha256(prefix + key.encode()).digest()[:8] for key in s.keys])
+    return np.frombuffer(digests, dtype=">u8").astype(float) / 2**64
 
 
 def random_band(s: Samples, rates=RATES, seeds=range(20), quantiles=(0.1, 0.9)) -> list[dict]:
     """Spread of accuracy over seeded draws at each rate (quantiles over seeds), placed at
-    the rate's expected bytes and FLOPs."""
+    the rate's expected bytes and FLOPs. A sample's draw does not depend on the rate: each
+    seed is hashed once for every rate."""
+    per_seed = [draws(s, seed) for seed in seeds]
     band = []
     for rate in rates:
-        acc = np.array([random_draw(s, rate, seed).accuracy for seed in seeds])
+        acc = np.array([accuracy(s, u < rate) for u in per_seed])
         expected = random_expected(s, rate)  # placed at the expected cost of the rate
         band.append({"rate": rate, "bytes": expected.bytes, "flops": expected.flops,
                      "lo": float(np.quantile(acc, quantiles[0])), "hi": float(np.quantile(acc, quantiles[1])),
@@ -174,7 +223,7 @@ def oracle_curve(s: Samples) -> list[Point]:
     gain = (s.acc2 - s.acc1)[gainers]
     extra = np.maximum(s.bytes2 - s.bytes1, 0)[gainers].astype(float)
     order = gainers[np.lexsort((extra, -gain / np.maximum(extra, 1e-9)))]
-    return [point_after(s, order, count, None) for count in range(len(order) + 1)]
+    return prefix_points(s, order, range(len(order) + 1), [None] * (len(order) + 1))
 
 
 def auroc(score, error) -> float | None:
@@ -195,8 +244,28 @@ def auroc(score, error) -> float | None:
 def best_within(points, budget: float, cost: str = "bytes") -> float:
     """Highest accuracy among operating points whose mean cost is within ``budget``;
     0.0 when no point is that cheap (the system cannot run on that budget)."""
-    within = [p.accuracy for p in points if getattr(p, cost) <= budget * (1 + 1e-12)]
-    return max(within) if within else 0.0
+    return Envelope(points, cost).best_within(budget)
+
+
+class Envelope:
+    """The best accuracy within each budget, for many budgets: the points sorted by cost
+    with a running maximum of accuracy, so each budget is one binary search."""
+
+    def __init__(self, points, cost: str = "bytes"):
+        costs = np.array(list(map(attrgetter(cost), points)), dtype=float)
+        accuracy = np.array(list(map(attrgetter("accuracy"), points)), dtype=float)
+        order = np.argsort(costs, kind="stable")
+        self.costs = costs[order]
+        self.best = np.maximum.accumulate(accuracy[order]) if len(order) else accuracy
+
+    def best_within(self, budget: float) -> float:
+        return self.best_within_each([budget])[0]
+
+    def best_within_each(self, budgets) -> list[float]:
+        limits = np.array([b * (1 + 1e-12) for b in budgets], dtype=float)
+        within = np.searchsorted(self.costs, limits, side="right")
+        best = np.concatenate([[0.0], self.best])[within]  # none within: 0.0
+        return best.tolist()
 
 
 def mean_accuracy(points, lo: float, hi: float, cost: str = "bytes") -> float:
@@ -204,8 +273,11 @@ def mean_accuracy(points, lo: float, hi: float, cost: str = "bytes") -> float:
     by the width: the mean accuracy a user gets over that range of budgets."""
     if hi <= lo:
         return best_within(points, lo, cost)
-    steps = sorted({lo, hi, *(getattr(p, cost) for p in points if lo < getattr(p, cost) < hi)})
-    area = sum(best_within(points, a, cost) * (b - a) for a, b in zip(steps, steps[1:]))
+    envelope = Envelope(points, cost)
+    costs = envelope.costs
+    steps = sorted({lo, hi, *costs[(costs > lo) & (costs < hi)].tolist()})
+    best = envelope.best_within_each(steps[:-1])
+    area = sum(acc * (b - a) for acc, a, b in zip(best, steps, steps[1:]))
     return area / (hi - lo)
 
 

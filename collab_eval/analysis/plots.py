@@ -1,16 +1,22 @@
 """The report's figures, as PNG bytes (matplotlib's Agg canvas; no pyplot, no display)."""
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from collab_eval.analysis.summary import CORRECT, TaskView
 
-COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
-COSTS = (("bytes", "mean bytes sent per sample"), ("flops", "mean FLOPs per sample"))
+# tab10: distinct colours; a system's is picked by a hash of its name (see colours()).
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+COSTS = (("bytes", "mean bytes sent per sample", 1.0), ("flops", "mean GFLOPs per sample", 1e-9))  # as the tables
+LOG_SPAN = 4.0  # a cost axis whose largest value is this many times its smallest is drawn on a log scale
+MIN_SPAN = 0.10  # the accuracy axis spans at least 10 points, so one sample never looks like a cliff
+MARKERS_UP_TO = 200  # a curve with more points is drawn as a line only
 
 
 def png(fig: Figure) -> bytes:
@@ -20,66 +26,116 @@ def png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def xy(points: list[dict], cost: str):
-    return [p[cost] for p in points], [p["accuracy"] for p in points]
+def colours(names) -> dict[str, str]:
+    """Each system's colour, from its name: the same in every report that shows it. Names are
+    taken in sorted order; one whose colour an earlier name already holds takes the next free."""
+    chosen: dict[str, str] = {}
+    for name in sorted(names):
+        start = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % len(PALETTE)
+        free = [PALETTE[(start + i) % len(PALETTE)] for i in range(len(PALETTE))
+                if PALETTE[(start + i) % len(PALETTE)] not in chosen.values()]
+        chosen[name] = free[0] if free else PALETTE[start]
+    return chosen
+
+
+def accuracy_limits(values, min_span: float = MIN_SPAN) -> tuple[float, float]:
+    """The accuracy axis: the data's range widened to at least ``min_span`` around its middle,
+    kept inside [0, 1], plus a margin."""
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if hi - lo < min_span:
+        middle = (lo + hi) / 2
+        lo, hi = middle - min_span / 2, middle + min_span / 2
+        lo, hi = (0.0, min_span) if lo < 0 else (1 - min_span, 1.0) if hi > 1 else (lo, hi)
+    margin = 0.05 * (hi - lo)
+    return max(lo - margin, -0.02), min(hi + margin, 1.02)
+
+
+def log_scale(values) -> bool:
+    """Log when the costs span a wide range (systems of very different size on one axis)."""
+    positive = [v for v in values if v > 0]
+    return len(positive) == len(values) and bool(positive) and max(positive) >= LOG_SPAN * min(positive)
+
+
+def xy(points: list[dict], cost: str, scale: float = 1.0):
+    return [p[cost] * scale for p in points], [p["accuracy"] for p in points]
 
 
 def tradeoff(task: str, systems: dict[str, dict]) -> bytes:
-    """Accuracy against mean bytes (left) and mean FLOPs (right) for one task, every system."""
+    return png(tradeoff_figure(task, systems))
+
+
+def tradeoff_figure(task: str, systems: dict[str, dict]) -> Figure:
+    """Accuracy against mean bytes (left) and mean GFLOPs (right) for one task, every system."""
     fig = Figure(figsize=(12, 5.4), layout="constrained")
     axes = fig.subplots(1, 2)
-    for (cost, label), ax in zip(COSTS, axes):
-        for i, (name, entry) in enumerate(sorted(systems.items())):
-            colour = COLOURS[i % len(COLOURS)]
+    colour_of = colours(systems)
+    for (cost, label, scale), ax in zip(COSTS, axes):
+        xs, ys = [], []  # everything drawn, for the axes' ranges
+
+        def draw(points, *args, **kw):
+            x, y = xy(points, cost, scale)
+            xs.extend(x)
+            ys.extend(y)
+            return ax.plot(x, y, *args, **kw)
+
+        for name, entry in sorted(systems.items()):
+            colour = colour_of[name]
             c = entry.get("curves")
             if c:
-                ax.plot(*xy(c["gated"], cost), "-", color=colour, lw=1.8, marker=".", ms=3,
-                        label=f"{name}: entropy gate ({entry['score_name']})")
+                gated = c["gated"]
+                draw(gated, "-", color=colour, lw=1.8, marker="." if len(gated) <= MARKERS_UP_TO else None, ms=3,
+                     label=f"{name}: entropy gate ({entry['score_name']})")
                 for agg, points in c.get("gated_other_scores", {}).items():
-                    ax.plot(*xy(points, cost), "-", color=colour, lw=0.8, alpha=0.35, label=f"{name}: gate ({agg})")
-                ax.plot(*xy(c["random"], cost), "--", color=colour, lw=1, label=f"{name}: random (expected)")
+                    draw(points, "-", color=colour, lw=0.8, alpha=0.35, label=f"{name}: gate ({agg})")
+                draw(c["random"], "--", color=colour, lw=1, label=f"{name}: random (expected)")
                 if c.get("random_band"):
                     band = c["random_band"]
-                    ax.fill_between([b[cost] for b in band], [b["lo"] for b in band], [b["hi"] for b in band],
+                    ax.fill_between([b[cost] * scale for b in band], [b["lo"] for b in band], [b["hi"] for b in band],
                                     color=colour, alpha=0.12, lw=0)
+                    ys.extend([b["lo"] for b in band] + [b["hi"] for b in band])
                 # Beyond its last point the oracle keeps its accuracy: an upper bound for larger budgets.
                 oracle = c["oracle"] + [{**c["oracle"][-1], cost: max(entry["always"][cost], c["oracle"][-1][cost])}]
-                ax.plot(*xy(oracle, cost), ":", color=colour, lw=1.2, label=f"{name}: oracle")
+                draw(oracle, ":", color=colour, lw=1.2, label=f"{name}: oracle")
                 for end, marker in (("never", "o"), ("always", "s")):
-                    ax.plot(entry[end][cost], entry[end]["accuracy"], marker, color=colour, ms=7, mfc="white")
-                    ax.annotate(end, (entry[end][cost], entry[end]["accuracy"]), textcoords="offset points",
-                                xytext=(4, -10), fontsize=7, color=colour)
+                    at = (entry[end][cost] * scale, entry[end]["accuracy"])
+                    draw([entry[end]], marker, color=colour, ms=7, mfc="white")
+                    ax.annotate(end, at, textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour)
             if entry.get("calibrated"):
-                calibrated_marks(ax, entry["calibrated"], cost, colour)
+                calibrated_marks(draw, ax, entry["calibrated"], cost, scale, colour)
             for j, p in enumerate(sorted(entry.get("points", []), key=lambda p: p[cost])):
-                ax.plot(p[cost], p["accuracy"], "X", color=colour, ms=8, mec="black", mew=0.5)
-                ax.annotate(p["label"], (p[cost], p["accuracy"]), textcoords="offset points", fontsize=7,
+                draw([p], "X", color=colour, ms=8, mec="black", mew=0.5)
+                ax.annotate(p["label"], (p[cost] * scale, p["accuracy"]), textcoords="offset points", fontsize=7,
                             xytext=(5, 5 + 11 * (j % 4)), color=colour,  # staggered: points often share a height
                             arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.5})
-        low, high = ax.get_ylim()
-        ax.set_ylim(max(low, -0.02), min(high, 1.02))
+        ax.set_ylim(*accuracy_limits(ys))
+        ax.yaxis.set_major_formatter(ticker.PercentFormatter(xmax=1, decimals=0))
+        if log_scale(xs):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            label += " (log scale)"
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _, cost=cost: f"{v:,.0f}" if cost == "bytes"
+                                                          else f"{v:,.4g}"))
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
-        if cost == "flops":
-            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(f"{task}: accuracy against cost (markers: never/always ○□, other runs ✕; band: random draws 10–90%)",
                  fontsize=10)
-    return png(fig)
+    return fig
 
 
-def calibrated_marks(ax, calibrated: dict, cost: str, colour: str) -> None:
+def calibrated_marks(draw, ax, calibrated: dict, cost: str, scale: float, colour: str) -> None:
     """The calibrated τ on the whole run (★, on the curve) and its held-out outcome (☆)."""
     whole, held_out = calibrated["whole_run"], calibrated.get("test")
-    ax.plot(whole[cost], whole["accuracy"], "*", color=colour, ms=14, mec="black", mew=0.6)
-    ax.annotate(f"calibrated τ ({calibrated['target']} {calibrated['limit']:g})", (whole[cost], whole["accuracy"]),
+    draw([whole], "*", color=colour, ms=14, mec="black", mew=0.6)
+    ax.annotate(f"calibrated τ ({calibrated['target']} {calibrated['limit']:g})", (whole[cost] * scale, whole["accuracy"]),
                 textcoords="offset points", xytext=(-8, 8), ha="right", fontsize=7, color=colour)
     if held_out:
-        ax.plot(held_out[cost], held_out["accuracy"], "*", color=colour, ms=14, mfc="white", mec=colour, mew=1.2)
-        ax.annotate(f"held-out ({held_out['n']} samples)", (held_out[cost], held_out["accuracy"]),
+        draw([held_out], "*", color=colour, ms=14, mfc="white", mec=colour, mew=1.2)
+        ax.annotate(f"held-out ({held_out['n']} samples)", (held_out[cost] * scale, held_out["accuracy"]),
                     textcoords="offset points", xytext=(8, -12), fontsize=7, color=colour)
 
 

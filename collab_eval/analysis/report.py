@@ -91,8 +91,54 @@ INTRO = (
     "A curve above and to the left of another is better: more accuracy for fewer bytes.")
 
 
+HEADLINE = ["task", "metric", "system", "samples", "never: acc / bytes", "always: acc / bytes",
+            "gate reaching the target: τ / retransmitted / acc / bytes", "bytes saved vs always",
+            "FLOPs saved vs always", "bytes saved vs original image"]
+
+
+def headline_rows(data: dict) -> list[list[str]]:
+    """Per task and system: never, always, and the cheapest entropy-gate point that reaches the
+    target fraction of always's accuracy, with what it saves."""
+    rows = []
+    tasks = sorted({t for s in data["systems"].values() for t in s["tasks"]})
+    for task in tasks:
+        for system, entry in sorted(data["systems"].items()):
+            e = entry["tasks"].get(task)
+            if e is None:
+                continue
+            if "curves" not in e:
+                rows.append([task, e["metric"], system, "–", "no always run: no curves"] + ["–"] * 5)
+                continue
+            never, always, gate = e["never"], e["always"], e["reach_target"]["gated"]
+            rows.append([task, e["metric"], system, str(e["n"]),
+                         f"{pct(never['accuracy'])}% / {nbytes(never['bytes'])}",
+                         f"{pct(always['accuracy'])}% / {nbytes(always['bytes'])}"]
+                        + ([f"τ={tau(gate.get('tau'))} / {pct(gate['rate'])}% / {pct(gate['accuracy'])}% / "
+                            f"{nbytes(gate['bytes'])}", signed_pct(gate["saving_vs_always"]),
+                            signed_pct(gate["flops_saving_vs_always"]), signed_pct(gate["saving_vs_original"])]
+                           if gate else ["none reaches it", "–", "–", "–"]))
+    return rows
+
+
+def headline(summary: Summary) -> str:
+    """The headline as a plain-text table, for the terminal."""
+    data = summary.to_json()
+    target = f"{100 * data['settings']['target_fraction']:g}% of always"
+    headers = [h.replace("the target", target) for h in HEADLINE]
+    rows = headline_rows(data)
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line("-" * w for w in widths), *map(line, rows)])
+
+
 def document(summary: Summary) -> list:
+    data = summary.to_json()  # the headline reads the summary as summary.json has it
     blocks: list = [Heading(1, "collab-eval report"), Para(INTRO)]
+    target = f"{100 * data['settings']['target_fraction']:g}% of always"
+    blocks += [Heading(2, "Headline"),
+               Table([h.replace("the target", target) for h in HEADLINE], headline_rows(data)),
+               Para(f"Bytes are mean bytes per sample. The gate point is the cheapest entropy-gate threshold whose "
+                    f"accuracy reaches {target}-retransmit accuracy; savings are relative (+30% means 30% fewer).")]
     blocks += [Heading(2, "Runs"), Table(
         ["run", "lmms-eval model", "system", "policy", "tasks", "samples", "failed samples"],
         [[r.name, r.adapter, r.system, r.label, ", ".join(r.tasks), str(r.samples), str(r.errors)]
@@ -110,8 +156,13 @@ def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskVie
     with_curves = {k: e.from_always for k, e in entries.items() if e.from_always}
     metric = next(iter(entries.values())).metric
     blocks: list = [Heading(2, f"Task {task}"),
-                    Para(f"Accuracy is lmms-eval's {metric}, in percent. Bytes and FLOPs are means per sample; "
-                         "FLOPs in GFLOPs.")]
+                    Para(f"Accuracy is lmms-eval's {metric}, in percent: per sample, the task's own "
+                         "process_results on the answer (the entry named score where that metric is a dict; where "
+                         "documents return different metrics, each document's own), or for a task without one, the "
+                         "metric's registered lmms-eval function on the document's target. Bytes and FLOPs are "
+                         "means per sample; FLOPs in GFLOPs. Figures: a cost axis spanning a factor of "
+                         f"{plots.LOG_SPAN:g} or more is logarithmic; the accuracy axis spans at least "
+                         f"{100 * plots.MIN_SPAN:g} points; each system keeps its colour across reports.")]
     # plots reads the summary's JSON form of each task
     blocks.append(Figure(f"{slug}_tradeoff.png", plots.tradeoff(task, {k: e.to_json() for k, e in entries.items()}),
                          f"{task}: accuracy against bytes and FLOPs"))
@@ -304,3 +355,4 @@ def write(summary: Summary, out_dir) -> dict[str, Path]:
     paths["html"].write_text(to_html(blocks), encoding="utf-8")
     summary.write(paths["summary"])
     return paths
+
