@@ -51,6 +51,22 @@ def generation(prompt: int, generated: int, vocab: int, **decoder) -> tuple[int,
     return prefill, decode
 
 
+def map_pass(prompt: int, layer: int, *, hidden: int, heads: int, kv_heads: int, head_dim: int, layers: int,
+             **decoder) -> int:
+    """A prefill that stops inside decoder layer ``layer`` once the last query's attention
+    row is known (a map-only pass): the layers before it in full, then that layer's
+    query/key/value projections and one row of scores; no LM head."""
+    before = decoder_tokens(prompt, prompt, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                            layers=layer, **decoder)
+    projections = linear(prompt, hidden, heads * head_dim) + 2 * linear(prompt, hidden, kv_heads * head_dim)
+    return before + projections + score_row(prompt, heads, head_dim)
+
+
+def score_row(keys: int, heads: int, head_dim: int) -> int:
+    """One query's attention scores over ``keys``, every head: what a map probe adds."""
+    return 2 * keys * heads * head_dim
+
+
 def qformer(queries: int, text: int, image_tokens: int, *, hidden: int, intermediate: int, heads: int,
             encoder_hidden: int, layers: int, cross_attention_frequency: int) -> int:
     """A BLIP-2/InstructBLIP Q-Former over one image: ``queries`` learned query tokens and

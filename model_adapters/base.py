@@ -30,6 +30,7 @@ from collab_eval.pipeline import Answer, GenericMaps, Limits, Settings, run_samp
 from collab_eval.policy import Policy
 from collab_eval.records import RecordWriter, SampleRecord
 from collab_eval.uncertainty import AGGREGATES
+from model_adapters.attention_capture import KERNEL, Probe, probing
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -183,40 +184,55 @@ class CollabModel(lmms):
     # ----- Server interface used by the pipeline -------------------------------
     @torch.inference_mode()
     def answer(self, images, question, limits: Limits, with_attention) -> Answer:
-        inputs = self.inputs(images, question)
-        out = self.generate(
-            inputs, max_new_tokens=limits.max_new_tokens, do_sample=False, num_beams=1,
-            output_logits=True, output_attentions=with_attention, return_dict_in_generate=True,
-        )
+        probes = self.attention_probes(stop=False) if with_attention else {}
+        with probing(probes):  # the probes fill during the prefill (their module's first call)
+            inputs = self.inputs(images, question)
+            out = self.generate(inputs, max_new_tokens=limits.max_new_tokens, do_sample=False, num_beams=1,
+                                output_logits=True, return_dict_in_generate=True)
         prompt_len = inputs["input_ids"].shape[1]
         new_tokens = out.sequences[0, prompt_len:] if out.sequences.shape[1] > prompt_len else out.sequences[0, :0]
         new_tokens = new_tokens[: len(out.logits)]
         text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
         logits = torch.stack([step[0] for step in out.logits])
-        attention = self.image_attention(out.attentions[0], inputs) if with_attention else None
+        attention = self.image_attention(probes, inputs) if with_attention else None
         return Answer(cut_at_stop(text, limits.until), logits,
-                      self.flops(inputs, generated=len(out.logits)), attention)
+                      self.flops(inputs, generated=len(out.logits), probed=with_attention), attention)
 
     @torch.inference_mode()
     def attention(self, image, prompt):
-        inputs = self.inputs([image], prompt)
-        out = self.forward(inputs, output_attentions=True, logits_to_keep=1)
-        return self.image_attention(out.attentions, inputs), self.flops(inputs, generated=1, decode=False)
+        """The map of ``prompt`` alone: the pass stops inside the map layer, once its row is known."""
+        probes = self.attention_probes(stop=True)
+        with probing(probes):
+            inputs = self.inputs([image], prompt)
+            self.forward(inputs, logits_to_keep=1)
+        return self.image_attention(probes, inputs), self.flops(inputs, generated=1, decode=False, stop_at=self.layer)
 
     def generate(self, inputs, **kwargs):
         """The model's own generate; a family whose generate hides what its map needs overrides it."""
         return self.model.generate(**inputs, **kwargs)
 
     def forward(self, inputs, **kwargs):
-        """One forward pass; its ``attentions`` are the language model's, one tensor per layer."""
+        """One forward pass of the model."""
         return self.model(**inputs, **kwargs)
 
-    def image_attention(self, layer_attentions, inputs) -> np.ndarray:
+    def attention_probes(self, stop: bool) -> dict[torch.nn.Module, Probe]:
+        """What a map reads: the last prompt token's row at the configured decoder layer
+        (``stop``: nothing after it is computed). Families add their own (InstructBLIP's Q-Former)."""
+        return {self.model.get_decoder().layers[self.layer].self_attn: Probe(last_only=True, stop=stop)}
+
+    def image_attention(self, probes, inputs) -> np.ndarray:
         """Head-averaged attention of the last prompt token to the first image's tokens,
         at the configured layer, as that image's patch grid."""
-        row = layer_attentions[self.layer][0, :, -1, :].float().mean(dim=0)
+        row = self.lm_probe(probes).weights[0, -1]
         positions = self.image_token_positions(inputs, image_index=0)
-        return self.patch_grid(row[positions].cpu().numpy(), inputs)
+        return self.patch_grid(row[positions].cpu().numpy(), inputs, probes)
+
+    def lm_probe(self, probes) -> Probe:
+        probe = probes[self.model.get_decoder().layers[self.layer].self_attn]
+        if probe.weights is None:
+            raise RuntimeError(f"{self.model_id}: the attention probe at layer {self.layer} was never called "
+                               f"(the model's attention kernel is {self.model.config._attn_implementation!r}, not {KERNEL!r})")
+        return probe
 
     # ----- loading -------------------------------------------------------------
     def _pick_device(self, device):
@@ -233,9 +249,9 @@ class CollabModel(lmms):
         from transformers import AutoProcessor
         if dtype == "auto" and self._device.type == "cpu":
             dtype = torch.float32  # half precision is slow or unsupported on CPUs
-        # Eager attention: the only kernel that returns attention weights.
+        # SDPA everywhere; the map's rows come from probes on the layers read (attention_capture).
         model = self.model_class.from_pretrained(pretrained, dtype=dtype, device_map=device_map or None,
-                                                 attn_implementation="eager")
+                                                 attn_implementation=KERNEL)
         if not device_map:
             model.to(self._device)
         return model.eval(), AutoProcessor.from_pretrained(pretrained)
@@ -258,7 +274,8 @@ class CollabModel(lmms):
     def image_token_positions(self, inputs, image_index: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def patch_grid(self, row: np.ndarray, inputs) -> np.ndarray:
+    def patch_grid(self, row: np.ndarray, inputs, probes=None) -> np.ndarray:
+        """``row``: attention to the first image's tokens; ``probes``: what attention_probes captured."""
         raise NotImplementedError
 
     def frame(self, region: Box):
@@ -269,15 +286,22 @@ class CollabModel(lmms):
         raise NotImplementedError
 
     # ----- derived from the hooks above ----------------------------------------
-    def flops(self, inputs, generated: int, decode: bool = True) -> dict[str, int]:
+    def flops(self, inputs, generated: int, decode: bool = True, stop_at: int | None = None,
+              probed: bool = False) -> dict[str, int]:
         """FLOPs of one pass over ``inputs`` generating ``generated`` tokens (``decode=False``:
-        one forward pass producing only the last position's logits)."""
+        one forward pass producing only the last position's logits; ``stop_at``: a map-only
+        pass that ends inside that decoder layer, once its attention row is known;
+        ``probed``: the map layer's attention row was computed besides)."""
         tc = self.language_config()
-        prefill, decode_flops = F.generation(
-            inputs["input_ids"].shape[1], generated if decode else 1, tc.vocab_size,
-            hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
-            kv_heads=tc.num_key_value_heads, head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
-            layers=tc.num_hidden_layers)
+        decoder = dict(hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
+                       kv_heads=tc.num_key_value_heads, layers=tc.num_hidden_layers,
+                       head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads)
+        prompt = inputs["input_ids"].shape[1]
+        if stop_at is not None:
+            return {**self.encoder_flops(inputs), "prefill": F.map_pass(prompt, stop_at, **decoder), "decode": 0}
+        prefill, decode_flops = F.generation(prompt, generated if decode else 1, tc.vocab_size, **decoder)
+        if probed:
+            prefill += F.score_row(prompt, decoder["heads"], decoder["head_dim"])
         return {**self.encoder_flops(inputs), "prefill": prefill, "decode": decode_flops}
 
 

@@ -4,8 +4,8 @@ The language model sees 32 query tokens per image, not patches. The patch map is
 language model's attention to the 32 query slots pushed through the Q-Former's
 cross-attention to the vision encoder's patches. The model's own forward and generate do
 not return that cross-attention, so the adapter runs the vision encoder and the Q-Former
-itself (the Q-Former with attentions) and generates with the language model from the
-resulting embeddings, as the model's generate does.
+itself (one cross-attention layer probed, see attention_capture) and generates with the
+language model from the resulting embeddings, as the model's generate does.
 
 Two images (stage 2): two sets of 32 query tokens ahead of the text, global first. The
 released model was trained with one image only, so two images are outside its training
@@ -18,6 +18,7 @@ from transformers import InstructBlipForConditionalGeneration
 
 from collab_eval import flops as F
 from collab_eval.edge import Box
+from model_adapters.attention_capture import Probe
 from model_adapters.base import CollabModel
 
 
@@ -60,16 +61,15 @@ class CollabInstructBlip(CollabModel):
             for key in ("qformer_input_ids", "qformer_attention_mask"):
                 inputs[key] = inputs[key].repeat(len(images), 1)
         inputs = self.to_device(inputs)
-        features, inputs["cross_attentions"] = self.image_features(inputs)
+        features = self.image_features(inputs)
         embeds = self.model.get_input_embeddings()(inputs["input_ids"])
         slots = self.model.get_placeholder_mask(inputs["input_ids"], inputs_embeds=embeds)
         inputs["inputs_embeds"] = embeds.masked_scatter(slots, features.to(embeds.dtype))
         return inputs
 
     def image_features(self, inputs):
-        """Vision encoder, Q-Former (with its cross-attentions) and projection, as the
-        model's get_image_features runs them: (images, 32, hidden) and, per cross-attention
-        layer, (images, heads, 32, 1 + patches)."""
+        """Vision encoder, Q-Former and projection, as the model's get_image_features runs
+        them: (images, 32, hidden)."""
         model = self.model
         image_embeds = model.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
         query_tokens = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
@@ -79,9 +79,8 @@ class CollabInstructBlip(CollabModel):
             attention_mask=torch.cat([query_mask, inputs["qformer_attention_mask"]], dim=1),
             query_embeds=query_tokens, encoder_hidden_states=image_embeds,
             encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device),
-            output_attentions=True,
         )
-        return model.language_projection(out.last_hidden_state[:, :self.queries]), out.cross_attentions
+        return model.language_projection(out.last_hidden_state[:, :self.queries])
 
     def generate(self, inputs, **kwargs):
         # Given input_ids beside the embeddings, generate returns the prompt too: the base
@@ -97,12 +96,24 @@ class CollabInstructBlip(CollabModel):
         positions = (inputs["input_ids"][0] == self.model.config.image_token_id).nonzero().flatten()
         return positions[image_index * self.queries:(image_index + 1) * self.queries]
 
-    def patch_grid(self, row, inputs):
-        """``row``: attention to the first image's 32 query slots. Each slot's share goes
-        to the patches in proportion to that query's cross-attention (head-averaged, at
-        ``qformer_layer``; the CLS position is dropped)."""
-        cross = inputs["cross_attentions"][self.qformer_layer][0].float().mean(dim=0)[:, 1:].cpu().numpy()
-        return (row @ cross).reshape(self.grid)
+    def attention_probes(self, stop):
+        """Besides the language model's row: the 32 queries' cross-attention to the
+        patches at ``qformer_layer``."""
+        return {**super().attention_probes(stop), self.cross_attention_module(): Probe(last_only=False)}
+
+    def cross_attention_module(self):
+        qformer = self.model.qformer
+        return qformer.encoder.layer[self.qformer_layer * qformer.config.cross_attention_frequency].crossattention.attention
+
+    def patch_grid(self, row, inputs, probes=None):
+        return self.query_patch_map(row, probes[self.cross_attention_module()].weights[0])
+
+    def query_patch_map(self, row, cross):
+        """``row``: attention to the first image's 32 query slots; ``cross``: the queries'
+        head-averaged cross-attention at ``qformer_layer``, (32, 1 + patches). Each slot's
+        share goes to the patches in proportion to its query's cross-attention (the CLS
+        position is dropped)."""
+        return (row @ cross[:, 1:].float().cpu().numpy()).reshape(self.grid)
 
     def frame(self, region: Box):
         """The processor squashes any image to ``size`` without keeping the aspect ratio:

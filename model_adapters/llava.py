@@ -33,7 +33,7 @@ class CollabLlava(CollabModel):
         per_image = self.grid[0] * self.grid[1]
         return positions[image_index * per_image:(image_index + 1) * per_image]
 
-    def patch_grid(self, row, inputs):
+    def patch_grid(self, row, inputs, probes=None):
         return row.reshape(self.grid)
 
     def frame(self, region: Box):

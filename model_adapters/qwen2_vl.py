@@ -64,7 +64,7 @@ class CollabQwen2VL(CollabModel):
         start = sum(counts[:image_index])
         return positions[start:start + counts[image_index]]
 
-    def patch_grid(self, row, inputs):
+    def patch_grid(self, row, inputs, probes=None):
         _, h, w = inputs["image_grid_thw"][0].tolist()
         return row.reshape(h // self.merge, w // self.merge)
 
