@@ -87,8 +87,22 @@ class GenericMaps:
         return grid, flops, False
 
 
+@dataclass
+class OriginalSizes:
+    """``bytes_original`` depends only on the original's pixels and the codec: each distinct
+    original is encoded once per scope (the task), not once per question about it."""
+    sizes: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def get(self, original: Image.Image, codec: Codec, scope: str) -> int:
+        key = (scope, image_key(original), str(codec))  # hashing the pixels: ~1% of a PNG encode
+        if key not in self.sizes:
+            self.sizes[key] = encoded_size(original, codec)
+        return self.sizes[key]
+
+
 def run_sample(server: Server, image, question: str, *, settings: Settings, limits: Limits,
-               sample_key: str, cache_scope: str, generic_maps: GenericMaps) -> Outcome:
+               sample_key: str, cache_scope: str, generic_maps: GenericMaps,
+               original_sizes: OriginalSizes | None = None) -> Outcome:
     """Run the pipeline on one sample. ``sample_key`` fixes the random policy's draw,
     ``cache_scope`` the generic maps this sample may reuse. Raises on bad input; the
     caller turns that into a failed sample."""
@@ -104,7 +118,7 @@ def run_sample(server: Server, image, question: str, *, settings: Settings, limi
     out.global_region = [round(v, 3) for v in region]
     out.bytes_global = sent.nbytes
     out.image_key = image_key(sent.image)
-    out.bytes_original = encoded_size(original, settings.codec)
+    out.bytes_original = (original_sizes or OriginalSizes()).get(original, settings.codec, cache_scope)
     clock.lap("edge_global")
 
     # Stage 1.

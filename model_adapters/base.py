@@ -26,7 +26,7 @@ from tqdm import tqdm
 from collab_eval import cost_handoff
 from collab_eval import flops as F
 from collab_eval.edge import Box, Codec, strict_decoding
-from collab_eval.pipeline import Answer, GenericMaps, Limits, Settings, run_sample
+from collab_eval.pipeline import Answer, GenericMaps, Limits, OriginalSizes, Settings, run_sample
 from collab_eval.policy import Policy
 from collab_eval.records import RecordWriter, SampleRecord
 from collab_eval.uncertainty import AGGREGATES
@@ -69,6 +69,7 @@ class CollabModel(lmms):
         device: str | None = None,
         device_map: str | None = None,
         dtype: str = "auto",
+        threads: int = 1,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
         **unknown,
@@ -95,6 +96,7 @@ class CollabModel(lmms):
         self.accelerator = Accelerator()
         self._rank, self._world_size, self._local_rank = process_layout(self.accelerator)
         self._device = self._pick_device(device)
+        self.use_threads(int(threads))
         self.pretrained = resolve_pretrained(str(pretrained))
         self.model, self.processor = self.load(self.pretrained, DTYPES[dtype], device_map)
         n_layers = self.language_config().num_hidden_layers
@@ -103,6 +105,7 @@ class CollabModel(lmms):
             raise ValueError(f"{self.model_id}: layer must be in 0..{n_layers - 1}, got {layer}")
 
         self.generic_maps = GenericMaps()
+        self.original_sizes = OriginalSizes()
         self._plain_docs = {}
         run_name = [f"{self.model_id}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"]
         if self._world_size > 1:  # every rank writes under rank 0's run name
@@ -173,7 +176,8 @@ class CollabModel(lmms):
                 if not visuals:
                     raise ValueError("the sample has no image")
                 outcome = run_sample(self, visuals[0], context, settings=self.settings, limits=limits,
-                                     sample_key=f"{task}/{doc_id}", cache_scope=task, generic_maps=self.generic_maps)
+                                     sample_key=f"{task}/{doc_id}", cache_scope=task, generic_maps=self.generic_maps,
+                                     original_sizes=self.original_sizes)
             record = SampleRecord(**vars(outcome), **header)
         except Exception as err:  # one bad sample fails itself, never the run
             record = SampleRecord(**header, error=f"{type(err).__name__}: {err}")
@@ -244,6 +248,16 @@ class CollabModel(lmms):
         if device.type == "cuda" and self.world_size > 1:
             device = torch.device(f"cuda:{self._local_rank}")
         return device
+
+    def use_threads(self, threads: int) -> None:
+        """CPU threads for torch (process-wide). One by default: several threads on a
+        machine whose cores are busy slow every sample down many times over (the README's
+        main job: 19 s at one thread, 9-11 min at torch's default of two on a shared 2-core
+        machine), while on idle cores they gain at most their number. 0 keeps torch's own."""
+        if threads < 0:
+            raise ValueError(f"{self.model_id}: threads must be >= 0 (0: torch's default), got {threads}")
+        if threads and self._device.type == "cpu":
+            torch.set_num_threads(threads)
 
     def load(self, pretrained, dtype, device_map):
         from transformers import AutoProcessor
