@@ -29,6 +29,7 @@ class Answer:
     logits: "torch.Tensor"  # (steps, vocab) raw logits of the generated tokens  # noqa: F821
     flops: dict[str, int]  # vision, projector, prefill, decode
     attention: np.ndarray | None = None  # last prompt token -> first image's patch grid
+    prefix: object | None = None  # the prompt's start up to the first image, cached for later passes (opaque)
 
 
 class Server(Protocol):
@@ -39,9 +40,11 @@ class Server(Protocol):
         """The part of ``region`` (original pixels) the encoder will see, and the (w, h)
         the edge should resample it to."""
 
-    def answer(self, images: list[Image.Image], question: str, limits: "Limits", with_attention: bool) -> Answer: ...
+    def answer(self, images: list[Image.Image], question: str, limits: "Limits", with_attention: bool,
+               prefix: object | None = None, keep_prefix: bool = False) -> Answer:
+        """``prefix``: an earlier answer's, reused where the prompts share it; ``keep_prefix``: return this one's."""
 
-    def attention(self, image: Image.Image, prompt: str) -> tuple[np.ndarray, dict[str, int]]:
+    def attention(self, image: Image.Image, prompt: str, prefix: object | None = None) -> tuple[np.ndarray, dict[str, int]]:
         """Patch-grid attention of the last token of ``prompt`` (one prefill), and its FLOPs."""
 
 
@@ -79,10 +82,11 @@ class GenericMaps:
     scope (the task), so that each task's costs stand alone whatever else ran in the process."""
     maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
-    def get(self, server: Server, image: Image.Image, key: tuple[str, str]) -> tuple[np.ndarray, dict[str, int], bool]:
+    def get(self, server: Server, image: Image.Image, key: tuple[str, str],
+            prefix: object | None = None) -> tuple[np.ndarray, dict[str, int], bool]:
         if key in self.maps:
             return self.maps[key], {}, True
-        grid, flops = server.attention(image, GENERIC_PROMPT)
+        grid, flops = server.attention(image, GENERIC_PROMPT, prefix=prefix)
         self.maps[key] = grid
         return grid, flops, False
 
@@ -122,7 +126,8 @@ def run_sample(server: Server, image, question: str, *, settings: Settings, limi
     clock.lap("edge_global")
 
     # Stage 1.
-    stage1 = server.answer([sent.image], question, limits, with_attention=settings.policy.locates)
+    stage1 = server.answer([sent.image], question, limits, with_attention=settings.policy.locates,
+                           keep_prefix=settings.policy.name != "never")
     uncertainty = token_uncertainties(stage1.logits)
     score = uncertainty.score(settings.aggregation)
     out.answer_stage1 = out.answer = stage1.text
@@ -139,7 +144,8 @@ def run_sample(server: Server, image, question: str, *, settings: Settings, limi
             crops = quadrants(width, height)
         else:
             # Server: where to look.
-            generic, generic_flops, out.generic_cached = generic_maps.get(server, sent.image, (cache_scope, out.image_key))
+            generic, generic_flops, out.generic_cached = generic_maps.get(server, sent.image, (cache_scope, out.image_key),
+                                                                          prefix=stage1.prefix)
             out.flops["generic"] = sum(generic_flops.values())
             roi = find_roi(relative_attention(stage1.attention, generic), region, (width, height), server.input_side)
             out.roi = list(roi)
@@ -153,7 +159,7 @@ def run_sample(server: Server, image, question: str, *, settings: Settings, limi
         clock.lap("edge_local")
 
         stage2 = server.answer([sent.image, *(sent_crop.image for sent_crop in local)], question, limits,
-                               with_attention=False)
+                               with_attention=False, prefix=stage1.prefix)
         out.answer_stage2 = out.answer = stage2.text
         out.flops["stage2"] = sum(stage2.flops.values())
         clock.lap("stage2")

@@ -31,6 +31,7 @@ from collab_eval.policy import Policy
 from collab_eval.records import RecordWriter, SampleRecord
 from collab_eval.uncertainty import AGGREGATES
 from model_adapters.attention_capture import KERNEL, Probe, probing
+from model_adapters.prefix_cache import Prefix
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -70,6 +71,7 @@ class CollabModel(lmms):
         device_map: str | None = None,
         dtype: str = "auto",
         threads: int = 1,
+        reuse_prefix: bool | str = True,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
         **unknown,
@@ -97,6 +99,7 @@ class CollabModel(lmms):
         self._rank, self._world_size, self._local_rank = process_layout(self.accelerator)
         self._device = self._pick_device(device)
         self.use_threads(int(threads))
+        self.reuse_prefix = parse_bool(reuse_prefix, "reuse_prefix", self.model_id)
         self.pretrained = resolve_pretrained(str(pretrained))
         self.model, self.processor = self.load(self.pretrained, DTYPES[dtype], device_map)
         n_layers = self.language_config().num_hidden_layers
@@ -187,37 +190,77 @@ class CollabModel(lmms):
 
     # ----- Server interface used by the pipeline -------------------------------
     @torch.inference_mode()
-    def answer(self, images, question, limits: Limits, with_attention) -> Answer:
+    def answer(self, images, question, limits: Limits, with_attention, prefix: Prefix | None = None,
+               keep_prefix: bool = False) -> Answer:
+        """Greedy answer to ``question`` on ``images``. ``prefix``: a previous pass's keys and
+        values of the same first image and prompt start, reused when it matches;
+        ``keep_prefix``: return this prompt's, for the passes after it."""
         probes = self.attention_probes(stop=False) if with_attention else {}
         with probing(probes):  # the probes fill during the prefill (their module's first call)
             inputs = self.inputs(images, question)
-            out = self.generate(inputs, max_new_tokens=limits.max_new_tokens, do_sample=False, num_beams=1,
-                                output_logits=True, return_dict_in_generate=True)
+            reused = self.reusable(prefix, inputs)
+            out = self.generate(self.continue_from(inputs, reused), max_new_tokens=limits.max_new_tokens,
+                                do_sample=False, num_beams=1, output_logits=True, return_dict_in_generate=True,
+                                **self.cache_arg(reused))
         prompt_len = inputs["input_ids"].shape[1]
         new_tokens = out.sequences[0, prompt_len:] if out.sequences.shape[1] > prompt_len else out.sequences[0, :0]
         new_tokens = new_tokens[: len(out.logits)]
         text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
         logits = torch.stack([step[0] for step in out.logits])
         attention = self.image_attention(probes, inputs) if with_attention else None
+        kept = self.prefix_of(out.cache, inputs) if keep_prefix and self.reuse_prefix else None
         return Answer(cut_at_stop(text, limits.until), logits,
-                      self.flops(inputs, generated=len(out.logits), probed=with_attention), attention)
+                      self.flops(inputs, generated=len(out.logits), probed=with_attention, cached=reused), attention,
+                      prefix=kept)
 
     @torch.inference_mode()
-    def attention(self, image, prompt):
-        """The map of ``prompt`` alone: the pass stops inside the map layer, once its row is known."""
+    def attention(self, image, prompt, prefix: Prefix | None = None):
+        """The map of ``prompt`` alone: the pass stops inside the map layer, once its row is
+        known; from ``prefix`` (the image's keys and values) when it matches."""
         probes = self.attention_probes(stop=True)
         with probing(probes):
             inputs = self.inputs([image], prompt)
-            self.forward(inputs, logits_to_keep=1)
-        return self.image_attention(probes, inputs), self.flops(inputs, generated=1, decode=False, stop_at=self.layer)
+            reused = self.reusable(prefix, inputs)
+            self.generate(self.continue_from(inputs, reused), max_new_tokens=1, do_sample=False, num_beams=1,
+                          **self.cache_arg(reused))
+        return self.image_attention(probes, inputs), self.flops(inputs, generated=1, stop_at=self.layer, cached=reused)
 
     def generate(self, inputs, **kwargs):
         """The model's own generate; a family whose generate hides what its map needs overrides it."""
         return self.model.generate(**inputs, **kwargs)
 
-    def forward(self, inputs, **kwargs):
-        """One forward pass of the model."""
-        return self.model(**inputs, **kwargs)
+    # ----- reusing a prompt's prefix (prefix_cache) ----------------------------
+    def prefix_length(self, inputs) -> int:
+        """Where the shared prefix ends: after the first (global) image's tokens."""
+        return int(self.image_token_positions(inputs, image_index=0)[-1]) + 1
+
+    def prefix_facts(self, inputs) -> dict:
+        """What, besides the token ids, the prefix's keys and values depend on: the first
+        image's pixels as the encoder gets them (and a family's own)."""
+        return {"pixels": self.first_image_pixels(inputs)}
+
+    def first_image_pixels(self, inputs) -> torch.Tensor:
+        return inputs["pixel_values"][0]
+
+    def prefix_of(self, cache, inputs) -> Prefix:
+        return Prefix.of(cache, inputs["input_ids"][0], self.prefix_length(inputs), **self.prefix_facts(inputs))
+
+    def reusable(self, prefix: Prefix | None, inputs) -> Prefix | None:
+        if prefix is None or not self.reuse_prefix:
+            return None
+        return prefix if prefix.matches(inputs["input_ids"][0], **self.prefix_facts(inputs)) else None
+
+    def cache_arg(self, prefix: Prefix | None) -> dict:
+        return {"cache": prefix.cache(self.model.config)} if prefix is not None else {}
+
+    def continue_from(self, inputs, prefix: Prefix | None):
+        """``inputs`` for generate when ``prefix`` is cached: without what only the cached
+        positions needed (LLaVA: the first image's pixels). Default: unchanged."""
+        return inputs
+
+    def encoded_from(self, prefix: Prefix | None) -> int:
+        """The first image the vision encoder runs on (the cached first image is not encoded again)."""
+        return 0 if prefix is None else 1
 
     def attention_probes(self, stop: bool) -> dict[torch.nn.Module, Probe]:
         """What a map reads: the last prompt token's row at the configured decoder layer
@@ -295,28 +338,31 @@ class CollabModel(lmms):
     def frame(self, region: Box):
         raise NotImplementedError
 
-    def encoder_flops(self, inputs) -> dict[str, int]:
-        """FLOPs of the vision encoder and of the connector into the LM (``vision``, ``projector``)."""
+    def encoder_flops(self, inputs, first: int = 0) -> dict[str, int]:
+        """FLOPs of the vision encoder and of the connector into the LM (``vision``,
+        ``projector``) on the images from index ``first`` on."""
         raise NotImplementedError
 
     # ----- derived from the hooks above ----------------------------------------
-    def flops(self, inputs, generated: int, decode: bool = True, stop_at: int | None = None,
-              probed: bool = False) -> dict[str, int]:
-        """FLOPs of one pass over ``inputs`` generating ``generated`` tokens (``decode=False``:
-        one forward pass producing only the last position's logits; ``stop_at``: a map-only
-        pass that ends inside that decoder layer, once its attention row is known;
-        ``probed``: the map layer's attention row was computed besides)."""
+    def flops(self, inputs, generated: int, stop_at: int | None = None, probed: bool = False,
+              cached: Prefix | None = None) -> dict[str, int]:
+        """FLOPs of one pass over ``inputs`` generating ``generated`` tokens (``stop_at``: a
+        map-only pass that ends inside that decoder layer, once its attention row is known;
+        ``probed``: the map layer's attention row was computed besides; ``cached``: the
+        prefix whose keys and values were reused, not computed)."""
         tc = self.language_config()
         decoder = dict(hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
                        kv_heads=tc.num_key_value_heads, layers=tc.num_hidden_layers,
                        head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads)
         prompt = inputs["input_ids"].shape[1]
+        skip = cached.length if cached is not None else 0
+        encoder = self.encoder_flops(inputs, first=self.encoded_from(cached))
         if stop_at is not None:
-            return {**self.encoder_flops(inputs), "prefill": F.map_pass(prompt, stop_at, **decoder), "decode": 0}
-        prefill, decode_flops = F.generation(prompt, generated if decode else 1, tc.vocab_size, **decoder)
+            return {**encoder, "prefill": F.map_pass(prompt, stop_at, cached=skip, **decoder), "decode": 0}
+        prefill, decode_flops = F.generation(prompt, generated, tc.vocab_size, cached=skip, **decoder)
         if probed:
             prefill += F.score_row(prompt, decoder["heads"], decoder["head_dim"])
-        return {**self.encoder_flops(inputs), "prefill": prefill, "decode": decode_flops}
+        return {**encoder, "prefill": prefill, "decode": decode_flops}
 
 
 def process_layout(accelerator) -> tuple[int, int, int]:
@@ -335,6 +381,16 @@ def without_media(docs):
         return docs
     media = {name for name, feature in docs.features.items() if isinstance(feature, (datasets.Image, datasets.Audio))}
     return docs.select_columns([name for name in docs.column_names if name not in media])
+
+
+def parse_bool(value, name: str, model_id: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{model_id}: {name} must be true or false, got {value!r}")
 
 
 def cut_at_stop(text: str, until: tuple[str, ...]) -> str:

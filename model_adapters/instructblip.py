@@ -89,8 +89,15 @@ class CollabInstructBlip(CollabModel):
             input_ids=inputs["input_ids"], inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
             **kwargs)
 
-    def forward(self, inputs, **kwargs):
-        return self.model.language_model(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"], **kwargs)
+    def prefix_facts(self, inputs):
+        """The query slots' embeddings depend on the instruction the Q-Former read beside the
+        image: a prefix is reused only under the same instruction (stage 2, not the generic prompt)."""
+        return {**super().prefix_facts(inputs), "instruction": inputs["qformer_input_ids"][0]}
+
+    def encoded_from(self, prefix):
+        """Every image is encoded again (the Q-Former runs on the images as a batch); only the
+        language model's keys and values of the first image's slots are reused."""
+        return 0
 
     def image_token_positions(self, inputs, image_index):
         positions = (inputs["input_ids"][0] == self.model.config.image_token_id).nonzero().flatten()
@@ -120,9 +127,9 @@ class CollabInstructBlip(CollabModel):
         the encoder sees the whole region, each grid cell an equal fraction of it."""
         return region, self.size
 
-    def encoder_flops(self, inputs):
+    def encoder_flops(self, inputs, first=0):
         vc, qc, tc = self.model.config.vision_config, self.model.config.qformer_config, self.model.config.text_config
-        n_images = inputs["pixel_values"].shape[0]
+        n_images = inputs["pixel_values"].shape[0] - first
         patches = self.grid[0] * self.grid[1]
         vision = n_images * (F.patch_embedding(patches, 3, vc.patch_size, vc.hidden_size)
                              + F.vit_encoder(patches + 1, vc.hidden_size, vc.intermediate_size,

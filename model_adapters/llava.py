@@ -39,9 +39,18 @@ class CollabLlava(CollabModel):
     def frame(self, region: Box):
         return llava_frame(region, self.crop, self.shortest_edge)
 
-    def encoder_flops(self, inputs):
+    def continue_from(self, inputs, prefix):
+        """With the first image's positions cached, only the other images are encoded."""
+        if prefix is None:
+            return inputs
+        rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        if inputs["pixel_values"].shape[0] > 1:
+            rest["pixel_values"] = inputs["pixel_values"][1:]
+        return rest
+
+    def encoder_flops(self, inputs, first=0):
         vc, tc = self.model.config.vision_config, self.model.config.text_config
-        n_images = inputs["pixel_values"].shape[0]
+        n_images = inputs["pixel_values"].shape[0] - first
         patches = self.grid[0] * self.grid[1]
         vision = n_images * (F.patch_embedding(patches, vc.num_channels, vc.patch_size, vc.hidden_size)
                              + F.vit_encoder(patches + 1, vc.hidden_size, vc.intermediate_size,

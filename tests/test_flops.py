@@ -145,7 +145,7 @@ def test_generic_prompt_pass(family):
     (_, flops), measured, forwards = counted(family, lambda: adapter.attention(TALL, GENERIC_PROMPT))
     assert forwards == 0 and measured["decode"] == 0
     assert_agree(flops, measured)
-    full = adapter.flops(adapter.inputs([TALL], GENERIC_PROMPT), generated=1, decode=False)
+    full = adapter.flops(adapter.inputs([TALL], GENERIC_PROMPT), generated=1)
     assert flops["prefill"] < full["prefill"] * (adapter.layer + 1) / adapter.language_config().num_hidden_layers
 
 
@@ -173,3 +173,24 @@ def test_generation_stopped_early_at_eos(family):
         config.eos_token_id = saved
     assert forwards == len(answer.logits) == stop + 1 < MAX_NEW_TOKENS
     assert_agree(answer.flops, measured)
+
+
+@pytest.mark.parametrize("images", [[WIDE, TALL], [WIDE, TALL, SQUARE, WIDE, TALL]], ids=["two", "five"])
+def test_stage2_from_stage1s_prefix(family, images):
+    """Stage 2 continues from stage 1's cached prefix: what is computed (and counted)
+    shrinks by the prefix's positions and, except InstructBLIP, the global image's encoding."""
+    adapter = family[0]
+    prefix = adapter.answer([WIDE], QUESTION, LIMITS, with_attention=False, keep_prefix=True).prefix
+    answer, measured, forwards = counted(family, lambda: adapter.answer(images, QUESTION, LIMITS, with_attention=False,
+                                                                        prefix=prefix))
+    assert forwards == len(answer.logits)
+    assert_agree(answer.flops, measured)
+    fresh = adapter.answer(images, QUESTION, LIMITS, with_attention=False)
+    assert answer.flops["prefill"] < fresh.flops["prefill"]
+
+
+def test_generic_pass_from_stage1s_prefix(family):
+    adapter = family[0]
+    prefix = adapter.answer([TALL], QUESTION, LIMITS, with_attention=True, keep_prefix=True).prefix
+    (_, flops), measured, _ = counted(family, lambda: adapter.attention(TALL, GENERIC_PROMPT, prefix=prefix))
+    assert_agree(flops, measured)
