@@ -294,9 +294,8 @@ class CollabModel(lmms):
 
     def use_threads(self, threads: int) -> None:
         """CPU threads for torch (process-wide). One by default: several threads on a
-        machine whose cores are busy slow every sample down many times over (the README's
-        main job: 19 s at one thread, 9-11 min at torch's default of two on a shared 2-core
-        machine), while on idle cores they gain at most their number. 0 keeps torch's own."""
+        machine whose cores are busy slow every sample down many times over (README, "CPU
+        threads"), while on idle cores they gain at most their number. 0 keeps torch's own."""
         if threads < 0:
             raise ValueError(f"{self.model_id}: threads must be >= 0 (0: torch's default), got {threads}")
         if threads and self._device.type == "cpu":
