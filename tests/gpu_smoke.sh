@@ -77,8 +77,10 @@ done
 ROUNDS=${TIMING_ROUNDS:-3}
 if [ "$ROUNDS" -gt 0 ]; then
     echo "gpu_smoke: timing benchmark on $DEVICE ($DTYPE), $ROUNDS rounds"
+    # Its figures go to stdout with lmms-eval's log lines ("<date> | LEVEL | ..."): keep the figures.
     "${BIN}python" -m collab_eval.lab.timing --device "$DEVICE" --dtype "$DTYPE" --rounds "$ROUNDS" \
-        --records-dir "$OUT/timing/records" >"$OUT/timing.log" 2>&1 || { echo "timing FAIL (log: $OUT/timing.log)"; status=1; }
-    sed -n '/^checkpoint /,$p' "$OUT/timing.log" | grep -v " WARNING "
+        --records-dir "$OUT/timing/records" >"$OUT/timing.txt" 2>"$OUT/timing.log" \
+        || { echo "timing FAIL (log: $OUT/timing.log)"; status=1; }
+    grep -v '^[0-9-]* [0-9:.]* | ' "$OUT/timing.txt"
 fi
 exit $status
