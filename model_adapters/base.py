@@ -208,7 +208,8 @@ class CollabModel(lmms):
         text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
         logits = torch.stack([step[0] for step in out.logits])
         attention = self.image_attention(probes, inputs) if with_attention else None
-        kept = self.prefix_of(out.cache, inputs) if keep_prefix and self.reuse_prefix else None
+        kept = (self.prefix_of(out.cache, inputs)
+                if keep_prefix and self.reuse_prefix and getattr(out, "cache", None) is not None else None)
         # The probe's one extra row of scores (about 1e-6 of the prefill) is not counted:
         # stage 1 costs what it costs under a policy that reads no map, as the records assume.
         return Answer(cut_at_stop(text, limits.until), logits,
