@@ -38,17 +38,36 @@ def decoder_tokens(new: int, context: int, *, hidden: int, intermediate: int, he
     return layers * (projections + mlp + attention_core(new, context, heads, head_dim))
 
 
-def generation(prompt: int, generated: int, vocab: int, **decoder) -> tuple[int, int]:
+def generation(prompt: int, generated: int, vocab: int, cached: int = 0, **decoder) -> tuple[int, int]:
     """(prefill, decode) FLOPs of greedy generation of ``generated`` tokens.
 
-    Prefill runs the prompt and produces the first token from the last position only;
-    each further token is one single-token step over the growing cache.
+    Prefill runs the prompt (but its first ``cached`` positions, whose keys and values
+    were reused) and produces the first token from the last position only; each further
+    token is one single-token step over the growing cache.
     """
     hidden = decoder["hidden"]
-    prefill = decoder_tokens(prompt, prompt, **decoder) + linear(1, hidden, vocab) if generated else 0
+    prefill = decoder_tokens(prompt - cached, prompt, **decoder) + linear(1, hidden, vocab) if generated else 0
     decode = sum(decoder_tokens(1, prompt + step, **decoder) + linear(1, hidden, vocab)
                  for step in range(1, generated))
     return prefill, decode
+
+
+def map_pass(prompt: int, layer: int, *, hidden: int, heads: int, kv_heads: int, head_dim: int, layers: int,
+             cached: int = 0, **decoder) -> int:
+    """A prefill that stops inside decoder layer ``layer`` once the last query's attention
+    row is known (a map-only pass): the layers before it in full, then that layer's
+    query/key/value projections and one row of scores; no LM head. The first ``cached``
+    positions' keys and values were reused, not computed."""
+    new = prompt - cached
+    before = decoder_tokens(new, prompt, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                            layers=layer, **decoder)
+    projections = linear(new, hidden, heads * head_dim) + 2 * linear(new, hidden, kv_heads * head_dim)
+    return before + projections + score_row(prompt, heads, head_dim)
+
+
+def score_row(keys: int, heads: int, head_dim: int) -> int:
+    """One query's attention scores over ``keys``, every head: what a map probe adds."""
+    return 2 * keys * heads * head_dim
 
 
 def qformer(queries: int, text: int, image_tokens: int, *, hidden: int, intermediate: int, heads: int,

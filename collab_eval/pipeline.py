@@ -29,6 +29,7 @@ class Answer:
     logits: "torch.Tensor"  # (steps, vocab) raw logits of the generated tokens  # noqa: F821
     flops: dict[str, int]  # vision, projector, prefill, decode
     attentions: list[np.ndarray] | None = None  # last prompt token -> each image's patch grid, in image order
+    prefix: object | None = None  # the prompt's start through the first image, cached for later passes (opaque)
 
 
 class Server(Protocol):
@@ -39,9 +40,11 @@ class Server(Protocol):
         """The part of ``region`` (original pixels) the encoder will see, and the (w, h)
         the edge should resample it to."""
 
-    def answer(self, images: list[Image.Image], question: str, limits: "Limits", with_attention: bool) -> Answer: ...
+    def answer(self, images: list[Image.Image], question: str, limits: "Limits", with_attention: bool,
+               prefix: object | None = None, keep_prefix: bool = False) -> Answer:
+        """``prefix``: an earlier answer's, reused where the prompts share it; ``keep_prefix``: return this one's."""
 
-    def attention(self, image: Image.Image, prompt: str) -> tuple[np.ndarray, dict[str, int]]:
+    def attention(self, image: Image.Image, prompt: str, prefix: object | None = None) -> tuple[np.ndarray, dict[str, int]]:
         """Patch-grid attention of the last token of ``prompt`` (one prefill), and its FLOPs."""
 
 
@@ -79,12 +82,26 @@ class GenericMaps:
     scope (the task), so that each task's costs stand alone whatever else ran in the process."""
     maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
-    def get(self, server: Server, image: Image.Image, key: tuple[str, str]) -> tuple[np.ndarray, dict[str, int], bool]:
+    def get(self, server: Server, image: Image.Image, key: tuple[str, str],
+            prefix: object | None = None) -> tuple[np.ndarray, dict[str, int], bool]:
         if key in self.maps:
             return self.maps[key], {}, True
-        grid, flops = server.attention(image, GENERIC_PROMPT)
+        grid, flops = server.attention(image, GENERIC_PROMPT, prefix=prefix)
         self.maps[key] = grid
         return grid, flops, False
+
+
+@dataclass
+class OriginalSizes:
+    """``bytes_original`` depends only on the original's pixels and the codec: each distinct
+    original is encoded once per scope (the task), not once per question about it."""
+    sizes: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def get(self, original: Image.Image, codec: Codec, scope: str) -> int:
+        key = (scope, image_key(original), str(codec))  # hashing the pixels: ~1% of a PNG encode
+        if key not in self.sizes:
+            self.sizes[key] = encoded_size(original, codec)
+        return self.sizes[key]
 
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".wmv", ".m4v", ".mpeg", ".mpg")
@@ -111,7 +128,8 @@ def images_in(visuals) -> list:
 
 
 def run_sample(server: Server, images: list, question: str, *, settings: Settings, limits: Limits,
-               sample_key: str, cache_scope: str, generic_maps: GenericMaps) -> Outcome:
+               sample_key: str, cache_scope: str, generic_maps: GenericMaps,
+               original_sizes: OriginalSizes | None = None) -> Outcome:
     """Run the pipeline on one sample with one or more images. ``sample_key`` fixes the
     random policy's draw, ``cache_scope`` the generic maps this sample may reuse. Raises on
     bad input; the caller turns that into a failed sample."""
@@ -128,13 +146,15 @@ def run_sample(server: Server, images: list, question: str, *, settings: Setting
     out.image_sizes = [list(original.size) for original in originals]
     out.bytes_global_images = [image.nbytes for image in sent]
     out.bytes_global = sum(out.bytes_global_images)
-    out.bytes_original = sum(encoded_size(original, settings.codec) for original in originals)
+    sizes = original_sizes or OriginalSizes()
+    out.bytes_original = sum(sizes.get(original, settings.codec, cache_scope) for original in originals)
     keys = [image_key(image.image) for image in sent]
     out.image_size, out.global_region, out.image_key = out.image_sizes[0], [round(v, 3) for v in regions[0]], keys[0]
     clock.lap("edge_global")
 
     # Stage 1.
-    stage1 = server.answer([image.image for image in sent], question, limits, with_attention=settings.policy.locates)
+    stage1 = server.answer([image.image for image in sent], question, limits, with_attention=settings.policy.locates,
+                           keep_prefix=settings.policy.name != "never")
     uncertainty = token_uncertainties(stage1.logits)
     score = uncertainty.score(settings.aggregation)
     out.answer_stage1 = out.answer = stage1.text
@@ -154,7 +174,9 @@ def run_sample(server: Server, images: list, question: str, *, settings: Setting
             # image's tokens: the image holding most of it is the one the question is about.
             look = int(np.argmax([float(np.nansum(grid)) for grid in stage1.attentions]))
             original = originals[look]
-            generic, generic_flops, out.generic_cached = generic_maps.get(server, sent[look].image, (cache_scope, keys[look]))
+            # The prefix holds the first image: the generic pass reuses it when that is the one looked at.
+            generic, generic_flops, out.generic_cached = generic_maps.get(server, sent[look].image, (cache_scope, keys[look]),
+                                                                          prefix=stage1.prefix)
             out.flops["generic"] = sum(generic_flops.values())
             roi = find_roi(relative_attention(stage1.attentions[look], generic), regions[look], original.size,
                            server.input_side)
@@ -170,7 +192,7 @@ def run_sample(server: Server, images: list, question: str, *, settings: Setting
         clock.lap("edge_local")
 
         stage2 = server.answer([*(image.image for image in sent), *(sent_crop.image for sent_crop in local)],
-                               question, limits, with_attention=False)
+                               question, limits, with_attention=False, prefix=stage1.prefix)
         out.answer_stage2 = out.answer = stage2.text
         out.flops["stage2"] = sum(stage2.flops.values())
         clock.lap("stage2")

@@ -29,12 +29,14 @@ from collab_eval import flops as F
 from collab_eval import model_args as A
 from collab_eval import resume as resume_from
 from collab_eval.edge import Box, Codec, strict_decoding
-from collab_eval.pipeline import Answer, GenericMaps, Limits, Settings, images_in, run_sample
+from collab_eval.pipeline import Answer, GenericMaps, Limits, OriginalSizes, Settings, images_in, run_sample
 from collab_eval.policy import POLICIES, Policy
 from collab_eval.records import RecordWriteError, RecordWriter, SampleRecord, failure_reason, strip_media
 from collab_eval.resume import Answered
 from collab_eval.run_identity import RunPlan, append_event, plan_run, settings_fingerprint
 from collab_eval.uncertainty import AGGREGATES
+from model_adapters.attention_capture import KERNEL, Probe, probing
+from model_adapters.prefix_cache import Prefix
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -77,6 +79,8 @@ class CollabModel(lmms):
         device: str | None = None,
         device_map: str | None = None,
         dtype: str = "auto",
+        threads: int = 1,
+        reuse_prefix: bool | str = True,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
         family_settings: dict | None = None,  # a family's own args, parsed by its __init__ (not a model arg)
@@ -98,6 +102,8 @@ class CollabModel(lmms):
                              A.number("rate", rate, what="a number in [0, 1]"), A.integer("seed", seed))
             codec_ = Codec.parse(str(codec))
             resume = A.boolean("resume", resume)
+            threads = A.integer("threads", threads, minimum=0)
+            self.reuse_prefix = A.boolean("reuse_prefix", reuse_prefix)
             run_id = A.run_id("run_id", run_id)
             self.pretrained = A.local_path_exists("pretrained", resolve_pretrained(str(pretrained)))
             records_dir = A.writable_directory("records_dir", records_dir)
@@ -107,7 +113,8 @@ class CollabModel(lmms):
         run_settings = {
             "adapter": self.model_id, "model": checkpoint_identity(self.pretrained), "policy": policy_.name,
             **policy_.args(), "codec": str(codec_), "score": score, "layer": layer,
-            "max_new_tokens": self.max_new_tokens, "dtype": dtype, **(family_settings or {}),
+            "max_new_tokens": self.max_new_tokens, "dtype": dtype, "reuse_prefix": self.reuse_prefix,
+            **(family_settings or {}),
         }
 
         self.accelerator = Accelerator()
@@ -118,6 +125,7 @@ class CollabModel(lmms):
         for note in plan.notes if self._rank == 0 else ():
             logger.warning(f"{self.model_id}: {note}")
 
+        self.use_threads(threads)
         self.model, self.processor = self.load(self.pretrained, DTYPES[dtype], device_map)
         n_layers = self.language_config().num_hidden_layers
         self.layer = layer if layer is not None else n_layers * self.vicrop_layer[0] // self.vicrop_layer[1]
@@ -125,6 +133,7 @@ class CollabModel(lmms):
             raise ValueError(f"{self.model_id}: layer must be in 0..{n_layers - 1}, got {layer}")
 
         self.generic_maps = GenericMaps()
+        self.original_sizes = OriginalSizes()
         self._plain_docs = {}
         self.run_id, self._session, self._records_dir = plan.run_id, plan.session, records_dir
         # Rank 0 tidies a resumed run's files before any rank reads or appends to them.
@@ -244,7 +253,7 @@ class CollabModel(lmms):
                 images = images_in(doc_to_visual(docs[doc_id]))
                 outcome = run_sample(self, images, self.without_image_placeholders(context), settings=self.settings,
                                      limits=limits, sample_key=f"{task}/{doc_id}", cache_scope=task,
-                                     generic_maps=self.generic_maps)
+                                     generic_maps=self.generic_maps, original_sizes=self.original_sizes)
             record = SampleRecord(**vars(outcome), **header)
         except Exception as err:  # one bad sample fails itself, never the run
             record = SampleRecord(**header, error=media_problem(docs, doc_id) or failure_reason(err))
@@ -264,42 +273,101 @@ class CollabModel(lmms):
 
     # ----- Server interface used by the pipeline -------------------------------
     @torch.inference_mode()
-    def answer(self, images, question, limits: Limits, with_attention) -> Answer:
-        inputs = self.inputs(images, question)
-        out = self.generate(
-            inputs, max_new_tokens=limits.max_new_tokens, do_sample=False, num_beams=1,
-            output_logits=True, output_attentions=with_attention, return_dict_in_generate=True,
-        )
+    def answer(self, images, question, limits: Limits, with_attention, prefix: Prefix | None = None,
+               keep_prefix: bool = False) -> Answer:
+        """Greedy answer to ``question`` on ``images``. ``prefix``: a previous pass's keys and
+        values of the same first image and prompt start, reused when it matches;
+        ``keep_prefix``: return this prompt's, for the passes after it."""
+        probes = self.attention_probes(stop=False) if with_attention else {}
+        with probing(probes):  # the probes fill during the prefill (their module's first call)
+            inputs = self.inputs(images, question)
+            reused = self.reusable(prefix, inputs)
+            out = self.generate(self.continue_from(inputs, reused), max_new_tokens=limits.max_new_tokens,
+                                do_sample=False, num_beams=1, output_logits=True, return_dict_in_generate=True,
+                                **self.cache_arg(reused))
         prompt_len = inputs["input_ids"].shape[1]
         new_tokens = out.sequences[0, prompt_len:] if out.sequences.shape[1] > prompt_len else out.sequences[0, :0]
         new_tokens = new_tokens[: len(out.logits)]
         text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
         logits = torch.stack([step[0] for step in out.logits])
-        attentions = self.image_attentions(out.attentions[0], inputs, len(images)) if with_attention else None
+        attentions = self.image_attentions(probes, inputs, len(images)) if with_attention else None
+        kept = (self.prefix_of(out.cache, inputs)
+                if keep_prefix and self.reuse_prefix and getattr(out, "cache", None) is not None else None)
+        # The probe's one extra row of scores (about 1e-6 of the prefill) is not counted:
+        # stage 1 costs what it costs under a policy that reads no map, as the records assume.
         return Answer(cut_at_stop(text, limits.until), logits,
-                      self.flops(inputs, generated=len(out.logits)), attentions)
+                      self.flops(inputs, generated=len(out.logits), cached=reused), attentions, prefix=kept)
 
     @torch.inference_mode()
-    def attention(self, image, prompt):
-        inputs = self.inputs([image], prompt)
-        out = self.forward(inputs, output_attentions=True, logits_to_keep=1)
-        return self.image_attentions(out.attentions, inputs, 1)[0], self.flops(inputs, generated=1, decode=False)
+    def attention(self, image, prompt, prefix: Prefix | None = None):
+        """The map of ``prompt`` alone: the pass stops inside the map layer, once its row is
+        known; from ``prefix`` (the image's keys and values) when it matches."""
+        probes = self.attention_probes(stop=True)
+        with probing(probes):
+            inputs = self.inputs([image], prompt)
+            reused = self.reusable(prefix, inputs)
+            self.generate(self.continue_from(inputs, reused), max_new_tokens=1, do_sample=False, num_beams=1,
+                          **self.cache_arg(reused))
+        return (self.image_attentions(probes, inputs, 1)[0],
+                self.flops(inputs, generated=1, stop_at=self.layer, cached=reused))
 
     def generate(self, inputs, **kwargs):
         """The model's own generate; a family whose generate hides what its map needs overrides it."""
         return self.model.generate(**inputs, **kwargs)
 
-    def forward(self, inputs, **kwargs):
-        """One forward pass; its ``attentions`` are the language model's, one tensor per layer."""
-        return self.model(**inputs, **kwargs)
+    # ----- reusing a prompt's prefix (prefix_cache) ----------------------------
+    def prefix_length(self, inputs) -> int:
+        """Where the shared prefix ends: after the first (global) image's tokens."""
+        return int(self.image_token_positions(inputs, image_index=0)[-1]) + 1
 
-    def image_attentions(self, layer_attentions, inputs, n_images: int) -> list[np.ndarray]:
+    def prefix_facts(self, inputs) -> dict:
+        """What, besides the token ids, the prefix's keys and values depend on: the first
+        image's pixels as the encoder gets them (and a family's own)."""
+        return {"pixels": self.first_image_pixels(inputs)}
+
+    def first_image_pixels(self, inputs) -> torch.Tensor:
+        return inputs["pixel_values"][0]
+
+    def prefix_of(self, cache, inputs) -> Prefix:
+        return Prefix.of(cache, inputs["input_ids"][0], self.prefix_length(inputs), **self.prefix_facts(inputs))
+
+    def reusable(self, prefix: Prefix | None, inputs) -> Prefix | None:
+        if prefix is None or not self.reuse_prefix:
+            return None
+        return prefix if prefix.matches(inputs["input_ids"][0], **self.prefix_facts(inputs)) else None
+
+    def cache_arg(self, prefix: Prefix | None) -> dict:
+        return {"cache": prefix.cache(self.model.config)} if prefix is not None else {}
+
+    def continue_from(self, inputs, prefix: Prefix | None):
+        """``inputs`` for generate when ``prefix`` is cached: without what only the cached
+        positions needed (LLaVA: the first image's pixels). Default: unchanged."""
+        return inputs
+
+    def encoded_from(self, prefix: Prefix | None) -> int:
+        """The first image the vision encoder runs on (the cached first image is not encoded again)."""
+        return 0 if prefix is None else 1
+
+    def attention_probes(self, stop: bool) -> dict[torch.nn.Module, Probe]:
+        """What a map reads: the last prompt token's row at the configured decoder layer
+        (``stop``: nothing after it is computed). Families add their own (InstructBLIP's Q-Former)."""
+        return {self.model.get_decoder().layers[self.layer].self_attn: Probe(last_only=True, stop=stop)}
+
+    def image_attentions(self, probes, inputs, n_images: int) -> list[np.ndarray]:
         """Head-averaged attention of the last prompt token to each image's tokens, at the
         configured layer, as each image's patch grid (one softmax row: the grids' sums say
         how the attention splits between the images)."""
-        row = layer_attentions[self.layer][0, :, -1, :].float().mean(dim=0)
-        return [self.patch_grid(row[self.image_token_positions(inputs, image_index=i)].cpu().numpy(), inputs, image_index=i)
+        row = self.lm_probe(probes).weights[0, -1]
+        return [self.patch_grid(row[self.image_token_positions(inputs, image_index=i)].cpu().numpy(), inputs,
+                                image_index=i, probes=probes)
                 for i in range(n_images)]
+
+    def lm_probe(self, probes) -> Probe:
+        probe = probes[self.model.get_decoder().layers[self.layer].self_attn]
+        if probe.weights is None:
+            raise RuntimeError(f"{self.model_id}: the attention probe at layer {self.layer} was never called "
+                               f"(the model's attention kernel is {self.model.config._attn_implementation!r}, not {KERNEL!r})")
+        return probe
 
     # ----- loading -------------------------------------------------------------
     def _pick_device(self, device):
@@ -312,13 +380,20 @@ class CollabModel(lmms):
             device = torch.device(f"cuda:{self._local_rank}")
         return device
 
+    def use_threads(self, threads: int) -> None:
+        """CPU threads for torch (process-wide). One by default: several threads on a
+        machine whose cores are busy slow every sample down many times over (README, "CPU
+        threads"), while on idle cores they gain at most their number. 0 keeps torch's own."""
+        if threads and self._device.type == "cpu":
+            torch.set_num_threads(threads)
+
     def load(self, pretrained, dtype, device_map):
         from transformers import AutoProcessor
         if dtype == "auto" and self._device.type == "cpu":
             dtype = torch.float32  # half precision is slow or unsupported on CPUs
-        # Eager attention: the only kernel that returns attention weights.
+        # SDPA everywhere; the map's rows come from probes on the layers read (attention_capture).
         model = self.model_class.from_pretrained(pretrained, dtype=dtype, device_map=device_map or None,
-                                                 attn_implementation="eager")
+                                                 attn_implementation=KERNEL)
         if not device_map:
             model.to(self._device)
         return model.eval(), AutoProcessor.from_pretrained(pretrained)
@@ -341,28 +416,35 @@ class CollabModel(lmms):
     def image_token_positions(self, inputs, image_index: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def patch_grid(self, row: np.ndarray, inputs, image_index: int) -> np.ndarray:
-        """``row``: the attention to image ``image_index``'s tokens, as that image's grid."""
+    def patch_grid(self, row: np.ndarray, inputs, image_index: int, probes=None) -> np.ndarray:
+        """``row``: the attention to image ``image_index``'s tokens, as that image's grid;
+        ``probes``: what attention_probes captured."""
         raise NotImplementedError
 
     def frame(self, region: Box):
         raise NotImplementedError
 
-    def encoder_flops(self, inputs) -> dict[str, int]:
-        """FLOPs of the vision encoder and of the connector into the LM (``vision``, ``projector``)."""
+    def encoder_flops(self, inputs, first: int = 0) -> dict[str, int]:
+        """FLOPs of the vision encoder and of the connector into the LM (``vision``,
+        ``projector``) on the images from index ``first`` on."""
         raise NotImplementedError
 
     # ----- derived from the hooks above ----------------------------------------
-    def flops(self, inputs, generated: int, decode: bool = True) -> dict[str, int]:
-        """FLOPs of one pass over ``inputs`` generating ``generated`` tokens (``decode=False``:
-        one forward pass producing only the last position's logits)."""
+    def flops(self, inputs, generated: int, stop_at: int | None = None, cached: Prefix | None = None) -> dict[str, int]:
+        """FLOPs of one pass over ``inputs`` generating ``generated`` tokens (``stop_at``: a
+        map-only pass that ends inside that decoder layer, once its attention row is known;
+        ``cached``: the prefix whose keys and values were reused, not computed)."""
         tc = self.language_config()
-        prefill, decode_flops = F.generation(
-            inputs["input_ids"].shape[1], generated if decode else 1, tc.vocab_size,
-            hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
-            kv_heads=tc.num_key_value_heads, head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
-            layers=tc.num_hidden_layers)
-        return {**self.encoder_flops(inputs), "prefill": prefill, "decode": decode_flops}
+        decoder = dict(hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
+                       kv_heads=tc.num_key_value_heads, layers=tc.num_hidden_layers,
+                       head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads)
+        prompt = inputs["input_ids"].shape[1]
+        skip = cached.length if cached is not None else 0
+        encoder = self.encoder_flops(inputs, first=self.encoded_from(cached))
+        if stop_at is not None:
+            return {**encoder, "prefill": F.map_pass(prompt, stop_at, cached=skip, **decoder), "decode": 0}
+        prefill, decode_flops = F.generation(prompt, generated, tc.vocab_size, cached=skip, **decoder)
+        return {**encoder, "prefill": prefill, "decode": decode_flops}
 
 
 def process_layout(accelerator) -> tuple[int, int, int]:

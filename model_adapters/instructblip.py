@@ -4,8 +4,8 @@ The language model sees 32 query tokens per image, not patches. The patch map is
 language model's attention to the 32 query slots pushed through the Q-Former's
 cross-attention to the vision encoder's patches. The model's own forward and generate do
 not return that cross-attention, so the adapter runs the vision encoder and the Q-Former
-itself (the Q-Former with attentions) and generates with the language model from the
-resulting embeddings, as the model's generate does.
+itself (one cross-attention layer probed, see attention_capture) and generates with the
+language model from the resulting embeddings, as the model's generate does.
 
 Several images (a multi-image task, stage 2): one set of 32 query tokens per image ahead
 of the text, in image order (globals, then the crop). The released model was trained with
@@ -20,6 +20,7 @@ from transformers import InstructBlipForConditionalGeneration
 from collab_eval import flops as F
 from collab_eval.edge import Box
 from collab_eval.model_args import optional_integer
+from model_adapters.attention_capture import Probe
 from model_adapters.base import CollabModel
 
 
@@ -54,8 +55,8 @@ class CollabInstructBlip(CollabModel):
     def inputs(self, images, question):
         """Token ids as the processor makes them for one image (32 query slots, then <s> and
         the text), with 32 more slots in front per further image; the Q-Former reads the
-        question beside every image. The language model's input embeddings and the
-        Q-Former's cross-attentions are computed here, once."""
+        question beside every image. The language model's input embeddings are computed
+        here, once."""
         inputs = self.processor(images=images, text=question, return_tensors="pt")
         if len(images) > 1:
             more = torch.full((1, self.queries * (len(images) - 1)), self.model.config.image_token_id, dtype=torch.long)
@@ -64,16 +65,15 @@ class CollabInstructBlip(CollabModel):
             for key in ("qformer_input_ids", "qformer_attention_mask"):
                 inputs[key] = inputs[key].repeat(len(images), 1)
         inputs = self.to_device(inputs)
-        features, inputs["cross_attentions"] = self.image_features(inputs)
+        features = self.image_features(inputs)
         embeds = self.model.get_input_embeddings()(inputs["input_ids"])
         slots = self.model.get_placeholder_mask(inputs["input_ids"], inputs_embeds=embeds)
         inputs["inputs_embeds"] = embeds.masked_scatter(slots, features.to(embeds.dtype))
         return inputs
 
     def image_features(self, inputs):
-        """Vision encoder, Q-Former (with its cross-attentions) and projection, as the
-        model's get_image_features runs them: (images, 32, hidden) and, per cross-attention
-        layer, (images, heads, 32, 1 + patches)."""
+        """Vision encoder, Q-Former and projection, as the model's get_image_features runs
+        them: (images, 32, hidden)."""
         model = self.model
         image_embeds = model.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
         query_tokens = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
@@ -83,9 +83,8 @@ class CollabInstructBlip(CollabModel):
             attention_mask=torch.cat([query_mask, inputs["qformer_attention_mask"]], dim=1),
             query_embeds=query_tokens, encoder_hidden_states=image_embeds,
             encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device),
-            output_attentions=True,
         )
-        return model.language_projection(out.last_hidden_state[:, :self.queries]), out.cross_attentions
+        return model.language_projection(out.last_hidden_state[:, :self.queries])
 
     def generate(self, inputs, **kwargs):
         # Given input_ids beside the embeddings, generate returns the prompt too: the base
@@ -94,28 +93,47 @@ class CollabInstructBlip(CollabModel):
             input_ids=inputs["input_ids"], inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
             **kwargs)
 
-    def forward(self, inputs, **kwargs):
-        return self.model.language_model(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"], **kwargs)
+    def prefix_facts(self, inputs):
+        """The query slots' embeddings depend on the instruction the Q-Former read beside the
+        image: a prefix is reused only under the same instruction (stage 2, not the generic prompt)."""
+        return {**super().prefix_facts(inputs), "instruction": inputs["qformer_input_ids"][0]}
+
+    def encoded_from(self, prefix):
+        """Every image is encoded again (the Q-Former runs on the images as a batch); only the
+        language model's keys and values of the first image's slots are reused."""
+        return 0
 
     def image_token_positions(self, inputs, image_index):
         positions = (inputs["input_ids"][0] == self.model.config.image_token_id).nonzero().flatten()
         return positions[image_index * self.queries:(image_index + 1) * self.queries]
 
-    def patch_grid(self, row, inputs, image_index):
-        """``row``: attention to image ``image_index``'s 32 query slots. Each slot's share
-        goes to that image's patches in proportion to the query's cross-attention
-        (head-averaged, at ``qformer_layer``; the CLS position is dropped)."""
-        cross = inputs["cross_attentions"][self.qformer_layer][image_index].float().mean(dim=0)[:, 1:].cpu().numpy()
-        return (row @ cross).reshape(self.grid)
+    def attention_probes(self, stop):
+        """Besides the language model's row: the 32 queries' cross-attention to the
+        patches at ``qformer_layer``."""
+        return {**super().attention_probes(stop), self.cross_attention_module(): Probe(last_only=False)}
+
+    def cross_attention_module(self):
+        qformer = self.model.qformer
+        return qformer.encoder.layer[self.qformer_layer * qformer.config.cross_attention_frequency].crossattention.attention
+
+    def patch_grid(self, row, inputs, image_index, probes=None):
+        return self.query_patch_map(row, probes[self.cross_attention_module()].weights[image_index])
+
+    def query_patch_map(self, row, cross):
+        """``row``: attention to one image's 32 query slots; ``cross``: that image's queries'
+        head-averaged cross-attention at ``qformer_layer``, (32, 1 + patches). Each slot's
+        share goes to the patches in proportion to its query's cross-attention (the CLS
+        position is dropped)."""
+        return (row @ cross[:, 1:].float().cpu().numpy()).reshape(self.grid)
 
     def frame(self, region: Box):
         """The processor squashes any image to ``size`` without keeping the aspect ratio:
         the encoder sees the whole region, each grid cell an equal fraction of it."""
         return region, self.size
 
-    def encoder_flops(self, inputs):
+    def encoder_flops(self, inputs, first=0):
         vc, qc, tc = self.model.config.vision_config, self.model.config.qformer_config, self.model.config.text_config
-        n_images = inputs["pixel_values"].shape[0]
+        n_images = inputs["pixel_values"].shape[0] - first
         patches = self.grid[0] * self.grid[1]
         vision = n_images * (F.patch_embedding(patches, 3, vc.patch_size, vc.hidden_size)
                              + F.vit_encoder(patches + 1, vc.hidden_size, vc.intermediate_size,

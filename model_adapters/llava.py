@@ -33,15 +33,24 @@ class CollabLlava(CollabModel):
         per_image = self.grid[0] * self.grid[1]
         return positions[image_index * per_image:(image_index + 1) * per_image]
 
-    def patch_grid(self, row, inputs, image_index):
+    def patch_grid(self, row, inputs, image_index, probes=None):
         return row.reshape(self.grid)  # every image is centre-cropped to the same grid
 
     def frame(self, region: Box):
         return llava_frame(region, self.crop, self.shortest_edge)
 
-    def encoder_flops(self, inputs):
+    def continue_from(self, inputs, prefix):
+        """With the first image's positions cached, only the other images are encoded."""
+        if prefix is None:
+            return inputs
+        rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        if inputs["pixel_values"].shape[0] > 1:
+            rest["pixel_values"] = inputs["pixel_values"][1:]
+        return rest
+
+    def encoder_flops(self, inputs, first=0):
         vc, tc = self.model.config.vision_config, self.model.config.text_config
-        n_images = inputs["pixel_values"].shape[0]
+        n_images = inputs["pixel_values"].shape[0] - first
         patches = self.grid[0] * self.grid[1]
         vision = n_images * (F.patch_embedding(patches, vc.num_channels, vc.patch_size, vc.hidden_size)
                              + F.vit_encoder(patches + 1, vc.hidden_size, vc.intermediate_size,

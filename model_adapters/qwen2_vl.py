@@ -69,7 +69,7 @@ class CollabQwen2VL(CollabModel):
         start = sum(counts[:image_index])
         return positions[start:start + counts[image_index]]
 
-    def patch_grid(self, row, inputs, image_index):
+    def patch_grid(self, row, inputs, image_index, probes=None):
         _, h, w = inputs["image_grid_thw"][image_index].tolist()
         return row.reshape(h // self.merge, w // self.merge)
 
@@ -82,11 +82,31 @@ class CollabQwen2VL(CollabModel):
                                      min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         return region, (width, height)
 
-    def encoder_flops(self, inputs):
+    def first_image_pixels(self, inputs):
+        return inputs["pixel_values"][:int(inputs["image_grid_thw"][0].prod())]  # one row per patch
+
+    def continue_from(self, inputs, prefix):
+        """With the first image's positions cached, only the other images are encoded: their
+        features go in as the encoder's outputs, while ``image_grid_thw`` keeps every image,
+        so that the 3D rotary positions are computed over the whole prompt."""
+        if prefix is None:
+            return inputs
+        rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        grids = inputs["image_grid_thw"]
+        if grids.shape[0] > 1:
+            first_rows = int(grids[0].prod())  # pixel_values: one row per patch, image after image
+            rest["mm_encoder_outputs"] = {"image": self.model.model.get_image_features(
+                inputs["pixel_values"][first_rows:], grids[1:], return_dict=True)}
+        # Positions come from the stored rope_deltas of the last call unless cleared: clear
+        # them, so that they are recomputed from this prompt (transformers' Qwen2-VL state).
+        self.model.model.rope_deltas = None
+        return rest
+
+    def encoder_flops(self, inputs, first=0):
         vc = self.model.config.vision_config
         merged_width = vc.embed_dim * vc.spatial_merge_size ** 2
         vision = projector = 0
-        for t, h, w in inputs["image_grid_thw"].tolist():
+        for t, h, w in inputs["image_grid_thw"][first:].tolist():
             patches = t * h * w  # attention is per image (the encoder splits the sequence by image)
             vision += (F.patch_embedding(patches, vc.in_channels, vc.patch_size, vc.embed_dim, temporal=vc.temporal_patch_size)
                        + F.vit_encoder(patches, vc.embed_dim, vc.embed_dim * vc.mlp_ratio, vc.num_heads, vc.depth))

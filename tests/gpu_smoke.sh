@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # GPU smoke test: the three collab adapters on their tiny offline checkpoints, end to end
 # through the lmms-eval command line on CUDA (--limit 4 on the local TextVQA and POPE
-# tasks), one result line per adapter. Needs no internet: the checkpoints are built
-# locally and the tasks read tasks/data/.
+# tasks), one result line per adapter; then the timing benchmark on CUDA (collab_llava
+# never/always against lmms-eval's llava_hf on geometry-llava, LLaVA-1.5's 576-token image
+# geometry: wall-time ratios and each stage's peak allocated memory). Needs no internet:
+# the checkpoints are built locally and the tasks read tasks/data/.
 #
 #   tests/gpu_smoke.sh                         # from the repo root; uses .venv/ if present
 #   DEVICE=cpu DTYPE=float32 tests/gpu_smoke.sh   # the same run without a GPU
 #
 # Environment: DEVICE (cuda), DTYPE (bfloat16, as a real deployment would run; auto,
-# float16, float32), VENV (.venv), SMOKE_OUT (a new temporary directory).
-# Exit status: 0 when every adapter ran all samples without a failed one, 1 otherwise.
+# float16, float32), VENV (.venv), SMOKE_OUT (a new temporary directory), TIMING_ROUNDS
+# (3; 0 skips the timing benchmark).
+# Exit status: 0 when every adapter ran all samples without a failed one and the timing
+# benchmark ran, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -69,4 +73,14 @@ print(line)
 sys.exit(0 if ok else 1)
 EOF
 done
+
+ROUNDS=${TIMING_ROUNDS:-3}
+if [ "$ROUNDS" -gt 0 ]; then
+    echo "gpu_smoke: timing benchmark on $DEVICE ($DTYPE), $ROUNDS rounds"
+    # Its figures go to stdout with lmms-eval's log lines ("<date> | LEVEL | ..."): keep the figures.
+    "${BIN}python" -m collab_eval.lab.timing --device "$DEVICE" --dtype "$DTYPE" --rounds "$ROUNDS" \
+        --records-dir "$OUT/timing/records" >"$OUT/timing.txt" 2>"$OUT/timing.log" \
+        || { echo "timing FAIL (log: $OUT/timing.log)"; status=1; }
+    grep -v '^[0-9-]* [0-9:.]* | ' "$OUT/timing.txt"
+fi
 exit $status

@@ -37,8 +37,7 @@ class Parts:
     stepper: str  # the module whose forward runs once per generated token
 
 
-# On CPU the fused SDPA kernel counts zero unless mapped (see DESIGN.md). The adapters use
-# eager attention, but if anything ever ran under SDPA its FLOPs must still be counted.
+# On CPU the fused SDPA kernel counts zero unless mapped (see DESIGN.md); the adapters run SDPA.
 _SDPA_CPU = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
              lambda q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs: sdpa_flop_count(q_shape, k_shape, v_shape)}
 
@@ -111,11 +110,13 @@ def counted(family, call):
     def total(counts, paths):
         return sum(sum(counts.get(name, {}).values()) for path in paths for name in tracker_names(model, path))
 
+    # A map-only pass stops inside a decoder layer: no forward completes, all of it is prefill.
+    prefill = total(snapshots[0] if snapshots else final, parts.language)
     measured = {
         "vision": total(final, parts.vision) - total(final, parts.vision_minus),
         "projector": total(final, parts.projector),
-        "prefill": total(snapshots[0], parts.language),
-        "decode": total(final, parts.language) - total(snapshots[0], parts.language),
+        "prefill": prefill,
+        "decode": total(final, parts.language) - prefill,
     }
     # Nothing escapes the split: every counted FLOP belongs to exactly one part.
     assert sum(measured.values()) == sum(final["Global"].values()), (measured, final["Global"])
@@ -139,9 +140,13 @@ def test_stage1_answer_parts(family):
 
 
 def test_generic_prompt_pass(family):
-    (_, flops), measured, forwards = counted(family, lambda: family[0].attention(TALL, GENERIC_PROMPT))
-    assert forwards == 1 and measured["decode"] == 0
+    """The map-only pass stops inside the map layer: the layers after it are neither run nor counted."""
+    adapter = family[0]
+    (_, flops), measured, forwards = counted(family, lambda: adapter.attention(TALL, GENERIC_PROMPT))
+    assert forwards == 0 and measured["decode"] == 0
     assert_agree(flops, measured)
+    full = adapter.flops(adapter.inputs([TALL], GENERIC_PROMPT), generated=1)
+    assert flops["prefill"] < full["prefill"] * (adapter.layer + 1) / adapter.language_config().num_hidden_layers
 
 
 @pytest.mark.parametrize("images", [[WIDE, TALL], [WIDE, TALL, SQUARE, WIDE, TALL]], ids=["two", "five"])
@@ -168,3 +173,24 @@ def test_generation_stopped_early_at_eos(family):
         config.eos_token_id = saved
     assert forwards == len(answer.logits) == stop + 1 < MAX_NEW_TOKENS
     assert_agree(answer.flops, measured)
+
+
+@pytest.mark.parametrize("images", [[WIDE, TALL], [WIDE, TALL, SQUARE, WIDE, TALL]], ids=["two", "five"])
+def test_stage2_from_stage1s_prefix(family, images):
+    """Stage 2 continues from stage 1's cached prefix: what is computed (and counted)
+    shrinks by the prefix's positions and, except InstructBLIP, the global image's encoding."""
+    adapter = family[0]
+    prefix = adapter.answer([WIDE], QUESTION, LIMITS, with_attention=False, keep_prefix=True).prefix
+    answer, measured, forwards = counted(family, lambda: adapter.answer(images, QUESTION, LIMITS, with_attention=False,
+                                                                        prefix=prefix))
+    assert forwards == len(answer.logits)
+    assert_agree(answer.flops, measured)
+    fresh = adapter.answer(images, QUESTION, LIMITS, with_attention=False)
+    assert answer.flops["prefill"] < fresh.flops["prefill"]
+
+
+def test_generic_pass_from_stage1s_prefix(family):
+    adapter = family[0]
+    prefix = adapter.answer([TALL], QUESTION, LIMITS, with_attention=True, keep_prefix=True).prefix
+    (_, flops), measured, _ = counted(family, lambda: adapter.attention(TALL, GENERIC_PROMPT, prefix=prefix))
+    assert_agree(flops, measured)

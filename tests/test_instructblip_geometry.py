@@ -69,8 +69,7 @@ def test_planted_spot_maps_back_to_its_original_pixels(blip, size, spot):
     key = hot_key(blip, sent_processed)
     cross = torch.zeros(1, 2, blip.queries, 1 + blip.grid[0] * blip.grid[1])
     cross[..., key] = 1.0
-    inputs = {"cross_attentions": (cross,) * (blip.qformer_layer + 1)}
-    grid = blip.patch_grid(np.full(blip.queries, 1.0 / blip.queries, dtype=np.float32), inputs, image_index=0)
+    grid = blip.query_patch_map(np.full(blip.queries, 1.0 / blip.queries, dtype=np.float32), cross[0].mean(0))
     assert grid.shape == blip.grid
     assert np.unravel_index(np.argmax(grid), grid.shape) == (row, col)
 
@@ -91,7 +90,7 @@ def test_map_weights_patches_by_each_querys_share(blip):
     cross[0, :, 7, 1 + 2 * blip.grid[1] + 9] = 1.0  # query 7 -> patch (2, 9)
     row = np.zeros(blip.queries, dtype=np.float32)
     row[3], row[7] = 0.2, 0.6
-    grid = blip.patch_grid(row, {"cross_attentions": (cross,) * (blip.qformer_layer + 1)}, image_index=0)
+    grid = blip.query_patch_map(row, cross[0].mean(0))
     assert grid[2, 9] == pytest.approx(0.6) and grid[0, 5] == pytest.approx(0.2) and grid.sum() == pytest.approx(0.8)
 
 

@@ -59,16 +59,20 @@ def test_every_image_sent_and_the_crop_from_the_one_attended(adapter):
     assert out.bytes_global_images == payloads and out.bytes_global == sum(payloads)
     assert out.image_sizes == [list(im.size) for im in IMAGES]
     stage1 = adapter.answer([sent(adapter, im).image for im in IMAGES], QUESTION, Limits(max_new_tokens=2),
-                            with_attention=True)
+                            with_attention=True, keep_prefix=True)
     assert out.roi_image == int(np.argmax([grid.sum() for grid in stage1.attentions]))
     width, height = IMAGES[out.roi_image].size
     x0, y0, x1, y1 = out.roi
     assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
-    # Stage 2 encodes the three globals and the crop: four images' vision FLOPs, where stage 1 had three.
+    # Stage 2 answers from the three globals and the crop, continuing from stage 1's cached
+    # prefix (through the first global): what a four-image pass from that prefix costs.
     crop = transmit(IMAGES[out.roi_image], *adapter.frame(tuple(out.roi)), Codec.parse("png")).image
     four = adapter.answer([*(sent(adapter, im).image for im in IMAGES), crop], QUESTION, Limits(max_new_tokens=2),
-                          with_attention=False)
-    assert out.flops["stage2"] == sum(four.flops.values())
+                          with_attention=False, prefix=stage1.prefix)
+    fresh = adapter.answer([*(sent(adapter, im).image for im in IMAGES), crop], QUESTION, Limits(max_new_tokens=2),
+                           with_attention=False)
+    assert out.flops["stage2"] == sum(four.flops.values()) < sum(fresh.flops.values())
+    assert out.answer_stage2 == four.text == fresh.text
     assert out.bytes_total == out.bytes_global + out.bytes_request + out.bytes_local
 
 
@@ -80,12 +84,13 @@ def test_instructblip_maps_each_image_through_its_own_cross_attention(adapter):
     if not hasattr(adapter, "qformer_layer"):
         pytest.skip("InstructBLIP only")
     patches = adapter.grid[0] * adapter.grid[1]
-    cross = torch.zeros(2, 1, adapter.queries, 1 + patches)
-    cross[0, :, :, 1] = 1.0
-    cross[1, :, :, -1] = 1.0
-    inputs = {"cross_attentions": (cross,) * (adapter.qformer_layer + 1)}
+    from model_adapters.attention_capture import Probe
+    cross = torch.zeros(2, adapter.queries, 1 + patches)  # (images, queries, CLS + patches), head-averaged
+    cross[0, :, 1] = 1.0
+    cross[1, :, -1] = 1.0
+    probes = {adapter.cross_attention_module(): Probe(last_only=False, weights=cross)}
     row = np.full(adapter.queries, 1.0 / adapter.queries, dtype=np.float32)
-    first, second = (adapter.patch_grid(row, inputs, image_index=i) for i in (0, 1))
+    first, second = (adapter.patch_grid(row, {}, image_index=i, probes=probes) for i in (0, 1))
     assert first.flat[0] == pytest.approx(1.0) and second.flat[-1] == pytest.approx(1.0)
 
 

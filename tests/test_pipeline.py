@@ -56,3 +56,24 @@ def test_generic_map_is_computed_once_per_received_image(llava):
     check_record(second, settings)
     assert not first.generic_cached and first.flops["generic"] > 0
     assert second.generic_cached and second.flops["generic"] == 0 and len(cache.maps) == 1
+
+
+def test_bytes_original_is_encoded_once_per_distinct_original(llava):
+    """Questions on the same original (a new but pixel-equal image object each time) reuse
+    its encoded size; another original, codec or task is encoded anew."""
+    import numpy as np
+    from collab_eval.edge import sanitize
+    from collab_eval.pipeline import OriginalSizes
+    photo = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    settings = Settings(Policy("never"), Codec.parse("png"))
+    sizes = OriginalSizes()
+    done = [run_sample(llava, [Image.fromarray(photo)], q, settings=settings, limits=Limits(max_new_tokens=1),
+                       sample_key=f"t/{i}", cache_scope="t", generic_maps=GenericMaps(), original_sizes=sizes)
+            for i, q in enumerate(["one?", "two?"])]
+    png = len(Codec.parse("png").encode(sanitize(Image.fromarray(photo))))
+    assert done[0].bytes_original == done[1].bytes_original == png and len(sizes.sizes) == 1
+    other = Image.fromarray(photo[::-1].copy())
+    assert sizes.get(other, Codec.parse("png"), "t") == len(Codec.parse("png").encode(other)) and len(sizes.sizes) == 2
+    assert sizes.get(Image.fromarray(photo), Codec.parse("jpeg:50"), "t") != png and len(sizes.sizes) == 3
+    sizes.get(Image.fromarray(photo), Codec.parse("png"), "other-task")
+    assert len(sizes.sizes) == 4

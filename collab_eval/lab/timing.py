@@ -1,37 +1,56 @@
-"""Wall-time overhead of the collab pipeline against lmms-eval's built-in adapter.
+"""What a collab run costs against lmms-eval's built-in ``llava_hf`` on the same checkpoint.
 
-    python -m collab_eval.lab.timing [--pretrained tiny-llava] [--tasks ...] [--repeats 3]
+    python -m collab_eval.lab.timing [--pretrained geometry-llava] [--tasks smalldetail_read]
+        [--limit 8] [--max-new-tokens 8] [--rounds 3] [--threads 1] [--device cpu]
 
-Runs lmms-eval's ``llava_hf`` and ``collab_llava`` (policy never: both send one image and
-answer once) on the same checkpoint, samples and token budget, alternating, in this one
-process, and prints the ratio of their median ``generate_until`` wall times (model
-loading and scoring excluded). Machines here are noisy: read the ratio, not the seconds.
+Runs ``llava_hf``, ``collab_llava policy=never`` (one image, one answer: what llava_hf
+does) and ``collab_llava policy=always`` (stage 1, the generic-prompt map, stage 2 on
+every sample) through lmms-eval's ``simple_evaluate`` in this one process, interleaved
+round by round, each round on a freshly loaded model (so the generic-prompt pass is paid,
+as in a user's run). Time is the CPU time of ``generate_until`` (CUDA: its wall time,
+synchronised); loading and scoring are excluded. Prints each round's ratio to llava_hf,
+then the peak memory rise of each collab stage (CPU: resident set size; CUDA: allocated)
+from one more, untimed, ``always`` run. The default checkpoint has LLaVA-1.5's image
+geometry (576 image tokens) at CPU-sized widths. Machines here are shared and noisy: read
+the ratios, not the seconds.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import threading
 import time
+from contextlib import contextmanager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# llava_hf passes plain-string messages: give it LLaVA-1.5's prompt in that form.
+LLAVA_HF_TEMPLATE = "{% for m in messages %}USER: {{ m['content'] }} {% endfor %}ASSISTANT:"
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrained", default="tiny-llava")
-    parser.add_argument("--tasks", default="collab_textvqa_mini,collab_pope_mini")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--records-dir", default="collab_records/benchmark")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on tiny models several threads on a shared "
-                             "machine make timings bimodal, 3 s one round and 20 s the next)")
+    parser.add_argument("--pretrained", default="geometry-llava")
+    parser.add_argument("--tasks", default="smalldetail_read")
+    parser.add_argument("--limit", type=int, default=8, help="documents per task")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (one more, first, warms up)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (one: timings on a shared "
+                        "machine are otherwise bimodal; see the README on threads)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default=None,
+                        help="cpu: process CPU time (default on CPU); wall: elapsed time (default on CUDA)")
+    parser.add_argument("--systems", default="llava_hf,never,always")
+    parser.add_argument("--records-dir", default="collab_records/timing")
     args = parser.parse_args(argv)
 
     import torch
     torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    clock = args.clock or ("wall" if cuda else "cpu")
 
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.models import get_model
@@ -41,43 +60,126 @@ def main(argv=None) -> None:
     from collab_eval.shipped import TASKS_DIR
 
     path = resolve(args.pretrained)
-    factories = {  # lmms-eval frees a model after each evaluation: build one per round
-        # llava_hf passes plain-string messages: give it LLaVA-1.5's prompt in that form.
+
+    def collab(policy):
+        return lambda: get_model("collab_llava")(
+            pretrained=path, policy=policy, device=args.device, dtype=args.dtype, threads=args.threads,
+            max_new_tokens=args.max_new_tokens, records_dir=args.records_dir)
+
+    factories = {
         "llava_hf": lambda: get_model("llava_hf", force_simple=True)(
-            pretrained=path, device="cpu", device_map="cpu", dtype="float32",
-            chat_template="{% for m in messages %}USER: {{ m['content'] }} {% endfor %}ASSISTANT:"),
-        "collab_llava": lambda: get_model("collab_llava")(
-            pretrained=path, policy="never", device="cpu", max_new_tokens=args.max_new_tokens,
-            records_dir=args.records_dir),
+            pretrained=path, device=args.device, device_map=args.device, dtype=args.dtype,
+            chat_template=LLAVA_HF_TEMPLATE),
+        "never": collab("never"),
+        "always": collab("always"),
     }
+    systems = args.systems.split(",")
     tasks = TaskManager(include_path=str(TASKS_DIR))
-    times = {name: [] for name in factories}
-    for repeat in range(args.repeats + 1):  # the first round warms caches and is not counted
-        for name, make in factories.items():
-            lm = make()
+
+    def evaluate(lm):
+        simple_evaluate(model=lm, tasks=args.tasks.split(","), task_manager=tasks, batch_size=1, limit=args.limit,
+                        gen_kwargs=f"max_new_tokens={args.max_new_tokens}", verbosity="WARNING")
+
+    def now():
+        if cuda:
+            torch.cuda.synchronize()
+        return time.process_time() if clock == "cpu" else time.perf_counter()
+
+    times = {name: [] for name in systems}
+    for round_ in range(args.rounds + 1):  # round 0 warms caches and is not counted
+        for name in systems:
+            lm = factories[name]()
             spent = []
             generate = lm.generate_until
 
             def timed(requests, generate=generate, spent=spent):
-                started = time.perf_counter()
+                started = now()
                 try:
                     return generate(requests)
                 finally:
-                    spent.append(time.perf_counter() - started)
+                    spent.append(now() - started)
 
             lm.generate_until = timed
-            simple_evaluate(model=lm, tasks=args.tasks.split(","), task_manager=tasks, batch_size=1,
-                            gen_kwargs=f"max_new_tokens={args.max_new_tokens}", verbosity="WARNING")
-            if repeat:
+            evaluate(lm)
+            del lm
+            if round_:
                 times[name].append(sum(spent))
-    median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"checkpoint {args.pretrained}, tasks {args.tasks}, max_new_tokens {args.max_new_tokens}, "
-          f"{args.repeats} timed rounds (generate_until only), {args.threads} torch thread(s)")
-    for name in factories:
-        print(f"  {name:13s} median {median[name]:7.2f} s  ({', '.join(f'{t:.2f}' for t in times[name])})")
-    best = {name: min(t) for name, t in times.items()}
-    print(f"ratio collab_llava(policy=never) / llava_hf: median {median['collab_llava'] / median['llava_hf']:.2f}, "
-          f"best-of-{args.repeats} {best['collab_llava'] / best['llava_hf']:.2f}")
+
+    print(f"checkpoint {args.pretrained}, tasks {args.tasks} (limit {args.limit}), max_new_tokens "
+          f"{args.max_new_tokens}, device {args.device} ({args.dtype}), {args.threads} torch thread(s), "
+          f"{args.rounds} interleaved rounds, fresh model each, {clock} time of generate_until")
+    for name in systems:
+        print(f"  {name:9s} median {statistics.median(times[name]):8.2f} s  ({', '.join(f'{t:.2f}' for t in times[name])})")
+    if "llava_hf" in systems:
+        for name in systems:
+            if name != "llava_hf":
+                ratios = [t / base for t, base in zip(times[name], times["llava_hf"])]
+                print(f"ratio {name} / llava_hf: median {statistics.median(ratios):.2f} "
+                      f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
+
+    if "always" in systems:
+        rises = stage_memory(factories["always"], evaluate, cuda)
+        print("peak memory rise per call of each stage (median over the samples), MiB: "
+              + ", ".join(f"{stage} {mib:.1f}" for stage, mib in rises.items()))
+
+
+def stage_memory(make, evaluate, cuda: bool) -> dict[str, float]:
+    """Run ``always`` once with the adapter's two server calls wrapped: the rise of memory
+    above its level at each call's start, per stage (median over the calls)."""
+    if not cuda:  # a fixed mmap threshold: freed tensors leave the resident set, so each rise is the stage's own
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, 128 KiB
+    lm = make()
+    rises = {"stage1": [], "generic": [], "stage2": []}
+    answer, attention = lm.answer, lm.attention
+
+    def measured_answer(images, *args, **kwargs):
+        with peak_rise(cuda) as rise:
+            result = answer(images, *args, **kwargs)
+        rises["stage1" if len(images) == 1 else "stage2"].append(rise())
+        return result
+
+    def measured_attention(*args, **kwargs):
+        with peak_rise(cuda) as rise:
+            result = attention(*args, **kwargs)
+        rises["generic"].append(rise())
+        return result
+
+    lm.answer, lm.attention = measured_answer, measured_attention
+    evaluate(lm)
+    # The median call: a stage's first call also pays one-time allocations (kernels' workspaces).
+    return {stage: statistics.median(values) for stage, values in rises.items() if values}
+
+
+@contextmanager
+def peak_rise(cuda: bool):
+    """Yields a function giving the block's peak memory above its start, in MiB: CUDA's
+    allocator statistics, or the process's resident set sampled every millisecond."""
+    import torch
+    if cuda:
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        yield lambda: (torch.cuda.max_memory_allocated() - start) / 2**20
+        return
+    import psutil
+    process = psutil.Process()
+    start = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.wait(0.001):
+            peak = max(peak, process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield lambda: (peak - start) / 2**20
+    finally:
+        done.set()
+        sampler.join()
+        peak = max(peak, process.memory_info().rss)
 
 
 if __name__ == "__main__":

@@ -48,8 +48,11 @@ def train_tokenizer(special: list[str], vocab_size: int = 400, corpus: list[str]
     )
 
 
-def build_tiny_llava(out_dir: str | Path, image_size: int = 64, patch_size: int = 8, seed: int = 0) -> Path:
-    """Write a tiny LlavaForConditionalGeneration + LlavaProcessor to ``out_dir``."""
+def build_tiny_llava(out_dir: str | Path, image_size: int = 64, patch_size: int = 8, seed: int = 0,
+                     vision: dict | None = None, text: dict | None = None, vocab_size: int | None = None) -> Path:
+    """Write a tiny LlavaForConditionalGeneration + LlavaProcessor to ``out_dir``
+    (``vision``/``text``: config fields that replace the tiny widths and depths;
+    ``vocab_size``: the language model's, above the tokenizer's own)."""
     from transformers import (
         CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
         LlavaForConditionalGeneration, LlavaProcessor,
@@ -59,16 +62,15 @@ def build_tiny_llava(out_dir: str | Path, image_size: int = 64, patch_size: int 
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(["<image>"])
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=image_size, patch_size=patch_size, projection_dim=32,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    vision = CLIPVisionConfig(**{
+        **dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32),
+        **(vision or {}), "image_size": image_size, "patch_size": patch_size})
+    text = LlamaConfig(**{
+        **dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=1024),
+        **(text or {}), "vocab_size": max(vocab_size or 0, len(tokenizer)),
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id})
     config = LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=image_token_id,
         vision_feature_layer=-2, vision_feature_select_strategy="default",
@@ -89,6 +91,20 @@ def build_tiny_llava(out_dir: str | Path, image_size: int = 64, patch_size: int 
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def build_geometry_llava(out_dir: str | Path, seed: int = 0) -> Path:
+    """A random-weight LLaVA with LLaVA-1.5's image geometry (CLIP at 336 px, 14-pixel
+    patches: 576 image tokens per image, as llava-1.5-7b) and LLaVA-1.5's vocabulary size,
+    at widths and depths a CPU runs (CLIP width 1024 with 2 layers, Llama width 1024 with 4
+    layers; 145 M parameters): the timing benchmark's model, so that prompt lengths, and
+    what they cost, are those of the real checkpoint."""
+    return build_tiny_llava(
+        out_dir, image_size=336, patch_size=14, seed=seed, vocab_size=32064,
+        vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=2, num_attention_heads=16,
+                    projection_dim=768),
+        text=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
+                  num_key_value_heads=16, max_position_embeddings=4096))
 
 
 # Qwen2-VL-Instruct's own chat template (Qwen/Qwen2-VL-*-Instruct), so the tiny model is prompted as the real one.

@@ -1,0 +1,95 @@
+"""Attention maps without eager attention: the models run SDPA, and only the rows a map
+needs are computed, from the query and key tensors of the one layer that is read.
+
+This is the one place that relies on a transformers detail: its attention interface.
+Every attention module of a transformers 5 model (the language model's decoder layers,
+CLIP's and Qwen2-VL's vision encoders, InstructBLIP's Q-Former) calls the function
+registered under ``config._attn_implementation`` with the module and its query/key/value
+after rotary embeddings, GQA's shared key/value heads still unexpanded, and the mask
+that kernel expects. The models load under ``KERNEL``, registered here for both
+attention and mask creation: it is transformers' own SDPA, plus, for the modules being
+probed, the softmax rows of the probed queries (head-averaged). Why not eager: it
+materialises every layer's full attention matrix, which costs time in every pass and
+memory that grows with layers x heads x prompt^2, while a map reads one row of one layer.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+KERNEL = "collab_sdpa"
+
+
+class StopForward(Exception):
+    """Raised inside a probed layer when nothing after it is needed (a map-only pass)."""
+
+
+@dataclass
+class Probe:
+    """What to keep from one attention module's first call: the last query's row
+    (``last_only``) or every query's row, head-averaged, shape (batch, queries, keys).
+    ``stop``: end the forward pass right after (the row is all the pass is for)."""
+    last_only: bool = True
+    stop: bool = False
+    weights: torch.Tensor | None = None
+
+
+_probes: dict[torch.nn.Module, Probe] = {}
+
+
+def attention_probs(query, key, mask, scaling) -> torch.Tensor:
+    """softmax(q k^T * scaling + mask) per head, in float32, for the given queries
+    (b, heads, q, d) against every key (b, kv_heads, k, d). ``mask``: SDPA's (boolean:
+    True attends; float: added) or None (no masking: a causal pass is only probed at its
+    last query, which sees every key)."""
+    groups = query.shape[1] // key.shape[1]
+    keys = key.float().repeat_interleave(groups, dim=1) if groups > 1 else key.float()
+    scores = query.float() @ keys.transpose(-1, -2) * scaling
+    if mask is not None:
+        mask = mask[..., -query.shape[2]:, :key.shape[2]]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    return scores.softmax(dim=-1)
+
+
+def _attention(module, query, key, value, attention_mask, **kwargs):
+    probe = _probes.get(module)
+    if probe is None or probe.weights is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+    if probe.last_only:  # one extra row of scores; the layer itself runs as usual (or stops)
+        probe.weights = attention_probs(query[:, :, -1:], key, attention_mask, scaling).mean(dim=1)
+        if probe.stop:
+            raise StopForward
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    # Every row (a small non-causal module, InstructBLIP's Q-Former cross-attention): the
+    # probabilities are the layer's own, so it is computed from them, not a second time.
+    if getattr(module, "is_causal", False) and attention_mask is None:
+        raise ValueError(f"full-row probes are for non-causal attention, not {type(module).__name__}")
+    probs = attention_probs(query, key, attention_mask, scaling)
+    groups = query.shape[1] // value.shape[1]
+    values = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    probe.weights = probs.mean(dim=1)
+    return (probs.to(values.dtype) @ values).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(KERNEL, _attention)
+AttentionMaskInterface.register(KERNEL, sdpa_mask)
+
+
+@contextmanager
+def probing(probes: dict[torch.nn.Module, Probe]):
+    """Within the block, the given modules' first calls fill their probes' ``weights``.
+    A StopForward raised by a stopping probe ends the block quietly."""
+    _probes.update(probes)
+    try:
+        yield probes
+    except StopForward:
+        pass
+    finally:
+        for module in probes:
+            _probes.pop(module, None)

@@ -1,0 +1,50 @@
+"""The key/value cache of a prompt's shared prefix, kept from stage 1 for the passes after it.
+
+Stage 1's prompt, the generic prompt and stage 2's prompt all begin with the same tokens:
+the chat template's start and the global image's tokens. Their keys and values depend
+only on those tokens (causal attention), so stage 1's are reused instead of recomputed.
+This is the one place that relies on transformers' cache layout: a ``DynamicCache`` whose
+``layers`` hold ``keys``/``values`` of shape (batch, kv_heads, positions, head_dim).
+generate continues from a cache given as ``cache=`` with the full prompt (transformers 5
+slices off what the cache already holds; its multimodal models then encode only the
+images whose tokens are left).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The first ``length`` positions of a prompt: their token ids (what must match for
+    reuse), keys and values per decoder layer, and what else the family needs to know
+    about them (``extra``: e.g. the instruction InstructBLIP's Q-Former read)."""
+    length: int
+    ids: torch.Tensor  # (length,)
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cache, ids: torch.Tensor, length: int, **extra) -> "Prefix":
+        layers = cache.layers
+        return cls(length, ids[:length].clone(), tuple(layer.keys[:, :, :length].clone() for layer in layers),
+                   tuple(layer.values[:, :, :length].clone() for layer in layers), extra)
+
+    def matches(self, ids: torch.Tensor, **extra) -> bool:
+        """Whether a prompt with these ids (and family facts) begins with this prefix."""
+        return (ids.shape[0] > self.length and torch.equal(ids[:self.length], self.ids)
+                and all(_equal(self.extra.get(k), v) for k, v in extra.items()))
+
+    def cache(self, config) -> DynamicCache:
+        """A fresh cache holding the prefix (the caller's pass may grow it: the prefix stays)."""
+        return DynamicCache(list(zip(self.keys, self.values)), config=config)
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    return a == b
