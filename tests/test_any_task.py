@@ -85,7 +85,7 @@ def run(tmp_path_factory, tiny_llava_path):
     proc = run_lmms_eval("collab_llava", f"pretrained={tiny_llava_path},policy=always,records_dir={out / 'records'}",
                          names, out, include_path=tasks_dir, extra=("--limit", str(LIMIT)))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return results_json(out), records(out / "records"), docs, proc.stdout + proc.stderr
+    return results_json(out), records(out / "records"), docs, proc.stdout + proc.stderr, out
 
 
 def record_means(recs: list[dict], task: str) -> dict[str, float]:
@@ -96,7 +96,7 @@ def record_means(recs: list[dict], task: str) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_every_task_has_its_cost_means_in_results_json(run):
-    results, recs, _, log = run
+    results, recs, _, log, _ = run
     means = cost_means(results)
     for task in ("replica_seedbench", "replica_muirbench", "replica_docvqa_val",
                  "collab_replica_muirbench", "collab_replica_docvqa_val"):
@@ -117,7 +117,7 @@ def test_every_image_of_a_document_is_sent_and_counted(run, tiny_llava_path):
     from transformers import AutoProcessor
 
     from model_adapters.llava import llava_frame
-    _, recs, docs, _ = run
+    _, recs, docs, _, _ = run
     ip = AutoProcessor.from_pretrained(tiny_llava_path).image_processor
     crop, short = (ip.crop_size["width"], ip.crop_size["height"]), ip.size["shortest_edge"]
     from lmms_eval.tasks.muirbench.utils import muir_doc_to_visual
@@ -142,8 +142,37 @@ def test_every_image_of_a_document_is_sent_and_counted(run, tiny_llava_path):
 
 @pytest.mark.slow
 def test_a_document_without_images_fails_alone(run):
-    _, recs, _, _ = run
+    _, recs, _, _, _ = run
     muir = {r["doc_id"]: r for r in recs if r["task"] == "replica_muirbench"}
     assert "no image" in muir[3]["error"] and muir[3]["bytes_total"] == 0
     assert [muir[i]["error"] for i in range(3)] == [None] * 3  # their "<image>" placeholders are no images
     assert [len(muir[i]["bytes_global_images"]) for i in range(3)] == [2, 3, 4]
+
+
+
+@pytest.mark.slow
+def test_one_report_over_every_task_scores_each_with_its_own_metric(run, tmp_path):
+    """`collab-eval report` on the run reads every task back (lmms-eval's own YAMLs, found through
+    the run's --include_path) and rescores both stages' answers with each task's own metric:
+    seedbench's and muirbench's dict-valued scores, docvqa's built-in anls."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    results, recs, _, _, out = run
+    cli = str(Path(sys.executable).with_name("collab-eval"))
+    proc = subprocess.run([cli, "report", str(out), "--out", str(tmp_path / "report"), "--seeds", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tasks = json.loads((tmp_path / "report" / "summary.json").read_text())["systems"]
+    (system,) = tasks.values()
+    names = ("replica_seedbench", "replica_muirbench", "replica_docvqa_val",
+             "collab_replica_muirbench", "collab_replica_docvqa_val")
+    assert set(system["tasks"]) == set(names)
+    for task in names:
+        entry = system["tasks"][task]
+        assert entry["n"] == LIMIT and entry["errors"] == (1 if task.endswith("muirbench") else 0), task
+        assert entry["metric"] in ("seed_image", "seed_all", "muirbench_score_overall", "anls"), (task, entry["metric"])
+    # The always end is stage 2's answers scored again: lmms-eval's own anls for the run.
+    assert system["tasks"]["replica_docvqa_val"]["always"]["accuracy"] == pytest.approx(
+        results["results"]["replica_docvqa_val"]["anls,none"])

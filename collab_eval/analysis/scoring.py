@@ -8,7 +8,9 @@ lmms-eval scores it in a run:
   answer. The accuracy is the first higher-is-better metric of the task's ``metric_list`` that
   the function returned for this document (MME returns ``mme_perception_score`` for some
   documents and ``mme_cognition_score`` for others): a number (TextVQA's ``exact_match``), or
-  a dict whose ``score_key`` entry is the number (POPE's ``pope_accuracy``: ``{"score": 0/1}``);
+  a dict whose ``score_key`` entry is the number (POPE's ``pope_accuracy``: ``{"score": 0/1}``),
+  or, without one, the task's own aggregation function applied to that one sample's dict
+  (MUIRBench, SEED-Bench: prediction and answer in, accuracy out);
 - a task without one (docvqa_val's ``anls``, ``exact_match`` with options): the metric's own
   function from lmms-eval's metric registry, applied to the document's target
   (``doc_to_target``) as lmms-eval's generate_until scoring does: all targets at once for
@@ -101,6 +103,8 @@ class TaskMetric:
     results: Callable  # (doc, [answer]) -> {metric: value}, as lmms-eval's process_results
     score_key: str = "score"
     answer_filter: Callable | None = None  # the task's first filter pipeline, on one answer
+    # metric -> the task's own aggregation function, for a dict-valued metric without score_key
+    aggregations: dict[str, Callable] = field(default_factory=dict)
     used: dict[str, int] = field(default_factory=dict)  # metric -> samples it scored, as they come
     cache: dict = field(default_factory=dict, repr=False)
     doc_keys: dict = field(default_factory=dict, repr=False)
@@ -141,10 +145,15 @@ class TaskMetric:
                              f"higher-is-better metrics {list(self.metrics)}")
         value = returned[metric]
         if isinstance(value, dict):
-            if self.score_key not in value:
+            if self.score_key in value:
+                value = value[self.score_key]
+            elif metric in self.aggregations:
+                # Per-sample details (MUIRBench, SEED-Bench: prediction and answer) that only the
+                # task's own aggregation turns into a number: that number for this one sample.
+                value = self.aggregations[metric]([value])
+            else:
                 raise ValueError(f"task {self.task!r}: metric {metric!r} returned a dict without {self.score_key!r} "
-                                 f"(keys {sorted(value)}); set score_key in the task YAML")
-            value = value[self.score_key]
+                                 f"(keys {sorted(value)}) and has no aggregation function; set score_key in the task YAML")
         try:
             return metric, float(value)
         except (TypeError, ValueError) as err:
@@ -167,7 +176,9 @@ def metric_from_config(task: str, config: dict) -> TaskMetric:
         target_kwargs = config.get("model_specific_target_kwargs")
         results = TargetScorer(task, extra, config.get("doc_to_target"),
                                target_kwargs.get("default") if isinstance(target_kwargs, dict) else None)
-    return TaskMetric(task, names, results, config.get("score_key", "score"), answer_filter(config.get("filter_list")))
+    aggregations = {m["metric"]: m["aggregation"] for m in chosen if callable(m.get("aggregation"))}
+    return TaskMetric(task, names, results, config.get("score_key", "score"), answer_filter(config.get("filter_list")),
+                      aggregations)
 
 
 def answer_filter(filter_list) -> Callable | None:
