@@ -150,16 +150,21 @@ def expected_counts(results: dict) -> dict[str, int]:
     return counts
 
 
-def read_results(path: Path) -> dict:
-    """An lmms-eval results.json; a ValueError naming the file when it is not one."""
+def read_json(path: Path, expected: str):
+    """A JSON file's content; a ValueError naming the file and ``expected`` when it cannot be read."""
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise ValueError(f"{path}: cannot read it ({err.strerror or err})") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file (expected lmms-eval's results.json)") from None
+        raise ValueError(f"{path}: not a text file (expected {expected})") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+
+
+def read_results(path: Path) -> dict:
+    """An lmms-eval results.json; a ValueError naming the file when it is not one."""
+    results = read_json(path, "lmms-eval's results.json")
     if not isinstance(results, dict):
         raise ValueError(f"{path}: expected lmms-eval's results (a JSON object), got a {type(results).__name__}")
     for key in ("config", "results", "n-samples"):

@@ -22,7 +22,7 @@ import numpy as np
 
 from collab_eval.analysis import curves
 from collab_eval.analysis.curves import Point, Samples
-from collab_eval.analysis.runs import Run
+from collab_eval.analysis.runs import Run, read_json
 from collab_eval.analysis.scoring import Scorer
 from collab_eval.records import STAGE1_PARTS
 from collab_eval.uncertainty import AGGREGATES
@@ -303,13 +303,9 @@ class Summary:
         """A summary.json from disk; any problem is a ValueError naming the file and the place."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise SummaryError(f"{path}: cannot read it ({err.strerror or err})") from None
-        except UnicodeDecodeError:
-            raise SummaryError(f"{path}: not a text file (expected a summary.json)") from None
-        except json.JSONDecodeError as err:
-            raise SummaryError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+            data = read_json(path, "a summary.json")
+        except ValueError as err:
+            raise SummaryError(str(err)) from None
         try:
             return cls.from_json(data)
         except SummaryError as err:
