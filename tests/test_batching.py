@@ -11,6 +11,7 @@ from PIL import Image
 from collab_eval.model_args import ModelArgError
 from collab_eval.pipeline import GenericMaps, Limits, OriginalSizes, Settings
 from collab_eval.policy import Policy
+from collab_eval.records import SampleRecord
 from model_adapters.base import _Args
 
 SIZES = [(210, 500), (400, 260), (300, 300), (120, 90), (333, 517), (64, 700), (256, 200)]  # (h, w), all different
@@ -86,8 +87,8 @@ def assert_same(a, b, path="record"):
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
-def compare(alone, batched):
-    assert len(alone) == len(batched) == len(SIZES)
+def compare(alone, batched, count=len(SIZES)):
+    assert len(alone) == len(batched) == count
     for a, b in zip(alone, batched):
         assert a.error is None and b.error is None, (a.error, b.error)
         fields = {f.name for f in dataclasses.fields(a)} - {"seconds", "run_id"}
@@ -149,3 +150,20 @@ def test_bad_batch_size_names_the_arg(tiny_llava_path, tmp_path):
     from model_adapters.llava import CollabLlava
     with pytest.raises(ModelArgError, match="batch_size"):
         CollabLlava(pretrained=tiny_llava_path, records_dir=str(tmp_path), batch_size="0")
+
+
+@pytest.mark.slow
+def test_lmms_eval_batch_size_4_records_what_batch_size_1_records(tiny_llava_path, tmp_path):
+    """The command line's --batch_size reaches the adapter (as a string) and changes nothing
+    the run records or scores: policy=always, 8 POPE documents (prompts of different lengths: padded rows), batches of 4."""
+    from tests.helpers import evaluate
+    runs = {}
+    for batch in (1, 4):
+        out = tmp_path / f"batch{batch}"
+        runs[batch] = evaluate("collab_llava", f"pretrained={tiny_llava_path},policy=always,records_dir={out / 'records'}",
+                               "collab_pope_mini", out, extra=("--limit", "8", "--batch_size", str(batch)))
+    alone, batched = ([SampleRecord.from_dict(r) for r in sorted(runs[b].records, key=lambda r: r["doc_id"])] for b in (1, 4))
+    compare(alone, batched, count=8)
+    metrics = [{k: v for k, v in runs[b].results["results"]["collab_pope_mini"].items() if "stderr" not in k}
+               for b in (1, 4)]
+    assert_same(metrics[0], metrics[1], "results")
