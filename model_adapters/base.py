@@ -13,6 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import datasets
 import numpy as np
@@ -225,7 +226,7 @@ class CollabModel(lmms):
                     raise
                 self.answered[(record.task, int(record.doc_id))] = Answered.of(record)
                 run_now += 1
-            pbar.update(min(self.batch_size, len(pending) - first))
+                pbar.update(1)
         for request in requests:
             _, _, _, doc_id, task, split = request.args
             done = self.answered[(task, int(doc_id))]
@@ -247,39 +248,35 @@ class CollabModel(lmms):
         return results
 
     def run_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
-        return self.run_batch([_Args((context, gen_kwargs, doc_to_visual, doc_id, task, split))])[0]
+        return next(self.run_batch([_Args((context, gen_kwargs, doc_to_visual, doc_id, task, split))]))
 
-    def run_batch(self, requests) -> list[SampleRecord]:
-        """Records of ``requests`` (lmms-eval instances), in order: the edge's global images
-        sample by sample, stage 1 for all of them in one padded generate (samples with the
-        same generation limits), then each sample's gate, RoI and stage 2 alone. Each record
+    def run_batch(self, requests) -> Iterator[SampleRecord]:
+        """Records of ``requests`` (lmms-eval instances), each as soon as it is final (the
+        caller writes it: a crash loses no finished record): the edge's global images sample
+        by sample, stage 1 for all of them in one padded generate (samples with the same
+        generation limits), then each sample's gate, RoI and stage 2 alone. Each record
         equals the one the sample gets run alone; a sample that fails fails only itself."""
         samples = [self._start_sample(*request.args) for request in requests]
+        yield from (self._finished(s) for s in samples if s.globals_ is None)
         ready = [s for s in samples if s.globals_ is not None]
+        locate, keep = self.settings.policy.locates, self.settings.policy.name != "never"
         for limits in dict.fromkeys(s.limits for s in ready):
             group = [s for s in ready if s.limits == limits]
             started = time.perf_counter()
             try:
                 stage1 = self.answer_batch([(s.globals_.images, s.question) for s in group], limits,
-                                           with_attention=self.settings.policy.locates,
-                                           keep_prefix=self.settings.policy.name != "never")
+                                           with_attention=locate, keep_prefix=keep)
             except Exception as err:  # noqa: BLE001  -- which sample? each tries again alone
-                if len(group) == 1:
-                    self._fail(group[0], err)
-                    continue
-                logger.warning(f"{self.model_id}: a batch's stage 1 failed ({failure_reason(err)}); its samples run one at a time")
-                stage1 = []
-                for s in group:
-                    try:
-                        stage1.append(self.answer_batch([(s.globals_.images, s.question)], limits,
-                                                        with_attention=self.settings.policy.locates,
-                                                        keep_prefix=self.settings.policy.name != "never")[0])
-                    except Exception as err1:  # noqa: BLE001
-                        stage1.append(err1)
+                if len(group) > 1:
+                    logger.warning(f"{self.model_id}: a batch's stage 1 failed ({failure_reason(err)}); "
+                                   f"its samples run one at a time")
+                stage1 = [err] if len(group) == 1 else [self._alone(s, limits, locate, keep) for s in group]
             share = (time.perf_counter() - started) / len(group)
-            for s, answer in zip(group, stage1):
+            for s in group:
+                answer = stage1.pop(0)  # each answer (and the prefix it holds) freed once its sample is done
                 if isinstance(answer, Exception):
                     self._fail(s, answer)
+                    yield self._finished(s)
                     continue
                 s.globals_.clock.share("stage1", share)
                 try:
@@ -290,9 +287,21 @@ class CollabModel(lmms):
                     s.record = SampleRecord(**vars(outcome), **s.header)
                 except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
                     self._fail(s, err)
-        for s in samples:
-            s.record.seconds["total"] = round(s.seconds + sum(v for k, v in s.record.seconds.items() if k != "total"), 6)
-        return [s.record for s in samples]
+                yield self._finished(s)
+
+    def _alone(self, sample: "_Sample", limits: Limits, locate: bool, keep: bool) -> Answer | Exception:
+        try:
+            return self.answer_batch([(sample.globals_.images, sample.question)], limits,
+                                     with_attention=locate, keep_prefix=keep)[0]
+        except Exception as err:  # noqa: BLE001  -- becomes this sample's failed record
+            return err
+
+    @staticmethod
+    def _finished(sample: "_Sample") -> SampleRecord:
+        """The record, its total time the sample's own laps plus reading its document."""
+        laps = sum(v for k, v in sample.record.seconds.items() if k != "total")
+        sample.record.seconds["total"] = round(sample.seconds + laps, 6)
+        return sample.record
 
     def _start_sample(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> "_Sample":
         """A sample's record header and the edge's global images (or its failed record)."""

@@ -167,3 +167,22 @@ def test_lmms_eval_batch_size_4_records_what_batch_size_1_records(tiny_llava_pat
     metrics = [{k: v for k, v in runs[b].results["results"]["collab_pope_mini"].items() if "stderr" not in k}
                for b in (1, 4)]
     assert_same(metrics[0], metrics[1], "results")
+
+
+def test_a_bad_sample_fails_alone_in_its_batch(adapter):
+    """A document whose visuals are a video fails its own record; the rest of its batch is
+    recorded as when run alone."""
+    def with_a_video(doc):
+        return ["clip.mp4"] if doc["question_id"] == 1 else visuals(doc)
+
+    policy = Policy("always")
+    runs = {}
+    for batch in (1, 4):
+        adapter.settings, adapter.batch_size = Settings(policy, adapter.settings.codec), batch
+        adapter.answered, adapter.generic_maps, adapter.original_sizes = {}, GenericMaps(), OriginalSizes()
+        requests = [_Args((q, {"max_new_tokens": 4}, with_a_video, i, "t", "test")) for i, q in enumerate(QUESTIONS)]
+        adapter.generate_until(requests)
+        runs[batch] = [adapter.answered[("t", i)] for i in range(len(QUESTIONS))]
+    for i, (alone, batched) in enumerate(zip(runs[1], runs[4])):
+        assert (alone.answer, alone.bytes_total, alone.flops_total) == (batched.answer, batched.bytes_total, batched.flops_total)
+        assert (batched.bytes_total == 0) == (i == 1), (i, batched)
