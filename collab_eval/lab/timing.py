@@ -6,9 +6,9 @@
 
 Runs ``llava_hf``, ``collab_llava policy=never`` (one image, one answer: what llava_hf
 does) and ``collab_llava policy=always`` (stage 1, the generic-prompt map, stage 2 on
-every sample; ``never:8``: with ``batch_size=8``) through lmms-eval's ``simple_evaluate`` in this one process, interleaved
-round by round, each round on a freshly loaded model (so the generic-prompt pass is paid,
-as in a user's run). Time is the CPU time of ``generate_until`` (CUDA: its wall time,
+every sample), ``never:8`` / ``always:8`` with ``batch_size=8``, through lmms-eval's
+``simple_evaluate`` in this one process, interleaved round by round, each round on a
+freshly loaded model (so the generic-prompt pass is paid, as in a user's run). Time is the CPU time of ``generate_until`` (CUDA: its wall time,
 synchronised); loading and scoring are excluded. Prints each round's ratio to llava_hf,
 then the peak memory rise of each collab stage (CPU: resident set size; CUDA: allocated)
 from one more, untimed, ``always`` run. The default checkpoint has LLaVA-1.5's image
