@@ -186,3 +186,18 @@ def test_a_bad_sample_fails_alone_in_its_batch(adapter):
     for i, (alone, batched) in enumerate(zip(runs[1], runs[4])):
         assert (alone.answer, alone.bytes_total, alone.flops_total) == (batched.answer, batched.bytes_total, batched.flops_total)
         assert (batched.bytes_total == 0) == (i == 1), (i, batched)
+
+
+def test_without_prefix_reuse_too(adapter):
+    """reuse_prefix=false: stage 2 recomputes everything after a batched stage 1 (Qwen2-VL's
+    rotary state from a batch of rows must not leak into a lone stage 2)."""
+    adapter.reuse_prefix = False
+    try:
+        answers1, alone = run(adapter, Policy("always"), 1)
+        answers4, batched = run(adapter, Policy("always"), 4)
+    finally:
+        adapter.reuse_prefix = True
+    assert answers1 == answers4
+    compare(alone, batched)
+    _, reused = run(adapter, Policy("always"), 4)
+    assert all(off.flops["stage2"] > on.flops["stage2"] for off, on in zip(batched, reused))  # the prefix recomputed
