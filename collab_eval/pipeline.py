@@ -133,11 +133,36 @@ def run_sample(server: Server, images: list, question: str, *, settings: Setting
     """Run the pipeline on one sample with one or more images. ``sample_key`` fixes the
     random policy's draw, ``cache_scope`` the generic maps this sample may reuse. Raises on
     bad input; the caller turns that into a failed sample."""
+    globals_ = send_globals(server, images, settings=settings, cache_scope=cache_scope, original_sizes=original_sizes)
+    stage1 = server.answer(globals_.images, question, limits, with_attention=settings.policy.locates,
+                           keep_prefix=settings.policy.name != "never")
+    globals_.clock.lap("stage1")
+    return finish_sample(server, globals_, stage1, question, settings=settings, limits=limits,
+                         sample_key=sample_key, cache_scope=cache_scope, generic_maps=generic_maps)
+
+
+@dataclass
+class SentGlobals:
+    """One sample after the edge sent its global images: what stage 1 answers from and what
+    the later steps need. A batch runs every sample's stage 1 together between the two halves."""
+    out: Outcome
+    originals: list[Image.Image]
+    sent: list  # edge.Sent per global image
+    regions: list[Box]
+    keys: list[str]
+    clock: "Stopwatch"
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [image.image for image in self.sent]
+
+
+def send_globals(server: Server, images: list, *, settings: Settings, cache_scope: str,
+                 original_sizes: OriginalSizes | None = None) -> SentGlobals:
+    """Edge -> server: every global image the task gives, each framed as the encoder sees it."""
     out = Outcome()
     clock = Stopwatch()
     originals = [sanitize(image) for image in images]
-
-    # Edge -> server: every global image the task gives, each framed as the encoder sees it.
     sent, regions = [], []
     for original in originals:
         region, size = server.frame((0.0, 0.0, float(original.width), float(original.height)))
@@ -151,10 +176,14 @@ def run_sample(server: Server, images: list, question: str, *, settings: Setting
     keys = [image_key(image.image) for image in sent]
     out.image_size, out.global_region, out.image_key = out.image_sizes[0], [round(v, 3) for v in regions[0]], keys[0]
     clock.lap("edge_global")
+    return SentGlobals(out, originals, sent, regions, keys, clock)
 
-    # Stage 1.
-    stage1 = server.answer([image.image for image in sent], question, limits, with_attention=settings.policy.locates,
-                           keep_prefix=settings.policy.name != "never")
+
+def finish_sample(server: Server, globals_: SentGlobals, stage1: Answer, question: str, *, settings: Settings,
+                  limits: Limits, sample_key: str, cache_scope: str, generic_maps: GenericMaps) -> Outcome:
+    """Everything after stage 1's answer: gate, RoI, the edge's crop(s), stage 2."""
+    out, originals, sent, regions, keys, clock = (globals_.out, globals_.originals, globals_.sent, globals_.regions,
+                                                  globals_.keys, globals_.clock)
     uncertainty = token_uncertainties(stage1.logits)
     score = uncertainty.score(settings.aggregation)
     out.answer_stage1 = out.answer = stage1.text
@@ -163,7 +192,6 @@ def run_sample(server: Server, images: list, question: str, *, settings: Setting
     out.scores = {k: finite(v) for k, v in uncertainty.scores().items()}
     out.score = finite(score)
     out.flops.update({part: stage1.flops[part] for part in STAGE1_PARTS})
-    clock.lap("stage1")
 
     out.retransmitted = settings.policy.retransmit(score, sample_key)
     if out.retransmitted:
@@ -218,3 +246,8 @@ class Stopwatch:
         now = time.perf_counter()
         self.laps[name] = round(now - self._last, 6)
         self._last = now
+
+    def share(self, name: str, seconds: float) -> None:
+        """A lap spent on several samples at once (a batch's stage 1): this sample's share."""
+        self.laps[name] = round(seconds, 6)
+        self._last = time.perf_counter()

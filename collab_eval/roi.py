@@ -9,6 +9,9 @@ from collab_eval.edge import Box
 RATIOS = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
 
 
+FLAT = 1e-5  # relative: float32 maps computed in a different order differ by ~1e-7
+
+
 def relative_attention(question_map: np.ndarray, generic_map: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     """Attention the question draws beyond what any prompt draws to the same patches."""
     if question_map.shape != generic_map.shape:
@@ -47,6 +50,10 @@ def find_roi(att: np.ndarray, region: Box, image_size: tuple[int, int], side: fl
         neighbours = [sums[j, i] for j, i in ((y, x - 1), (y, x + 1), (y - 1, x), (y + 1, x))
                       if 0 <= j < sums.shape[0] and 0 <= i < sums.shape[1]]
         sharpness = (sums[y, x] - np.mean(neighbours)) / (bw * bh)
+        # A peak within float32 rounding of its neighbours is no peak: a map that is flat
+        # in exact arithmetic must stay flat whatever order the model summed in (a batch).
+        if sharpness <= FLAT * abs(sums[y, x]) / (bw * bh):
+            sharpness = 0.0
         if best is None or sharpness > best[0]:
             cx = region[0] + (x + bw / 2) * cell_w
             cy = region[1] + (y + bh / 2) * cell_h

@@ -13,6 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import datasets
 import numpy as np
@@ -29,7 +30,8 @@ from collab_eval import flops as F
 from collab_eval import model_args as A
 from collab_eval import resume as resume_from
 from collab_eval.edge import Box, Codec, strict_decoding
-from collab_eval.pipeline import Answer, GenericMaps, Limits, OriginalSizes, Settings, images_in, run_sample
+from collab_eval.pipeline import (Answer, GenericMaps, Limits, OriginalSizes, SentGlobals, Settings, finish_sample,
+                                  images_in, send_globals)
 from collab_eval.policy import POLICIES, Policy
 from collab_eval.records import RecordWriteError, RecordWriter, SampleRecord, failure_reason, strip_media
 from collab_eval.resume import Answered
@@ -107,8 +109,7 @@ class CollabModel(lmms):
             run_id = A.run_id("run_id", run_id)
             self.pretrained = A.local_path_exists("pretrained", resolve_pretrained(str(pretrained)))
             records_dir = A.writable_directory("records_dir", records_dir)
-        if str(batch_size) not in ("1", "auto"):
-            logger.warning(f"{self.model_id}: samples run one at a time (two-stage pipeline); batch_size={batch_size} ignored")
+            self.batch_size = A.integer("batch_size", 1 if str(batch_size).strip() == "auto" else batch_size, minimum=1)
         self.settings = Settings(policy_, codec_, aggregation=score)
         run_settings = {
             "adapter": self.model_id, "model": checkpoint_identity(self.pretrained), "policy": policy_.name,
@@ -208,19 +209,27 @@ class CollabModel(lmms):
         sent, retransmitted, run_now = 0, 0, 0
         started = time.perf_counter()
         pbar = tqdm(total=len(requests), disable=self.rank != 0, desc=self.model_id)
+        # Not yet answered in this run (a resumed run's recorded samples and lmms-eval's
+        # padding repeats of a rank's last request are), each once, in request order.
+        to_run = {}
         for request in requests:
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            done = self.answered.get((task, int(doc_id)))
-            if done is None:  # not yet answered in this run (a resumed run's recorded samples and
-                # lmms-eval's padding repeats of a rank's last request are)
-                record = self.run_one(context, gen_kwargs, doc_to_visual, doc_id, task, split)
+            _, _, _, doc_id, task, _ = request.args
+            if (task, int(doc_id)) not in self.answered:
+                to_run.setdefault((task, int(doc_id)), request)
+        pending = list(to_run.values())
+        for first in range(0, len(pending), self.batch_size):
+            for record in self.run_batch(pending[first:first + self.batch_size]):
                 try:
                     record = self.records.write(record)
                 except RecordWriteError as err:
                     logger.error(f"{self.model_id}: {err}")
                     raise
-                done = self.answered[(task, int(doc_id))] = Answered.of(record)
+                self.answered[(record.task, int(record.doc_id))] = Answered.of(record)
                 run_now += 1
+                pbar.update(1)
+        for request in requests:
+            _, _, _, doc_id, task, split = request.args
+            done = self.answered[(task, int(doc_id))]
             answered.append(cost_handoff.sample_key(task, split, doc_id))
             cost_handoff.remember(answered[-1], cost_handoff.SampleCosts.of(task, done))
             results.append(GenerationResult(done.answer, CostCounts(
@@ -228,7 +237,8 @@ class CollabModel(lmms):
                 retransmitted=done.retransmitted, run_id=self.run_id)))
             sent += done.bytes_total
             retransmitted += done.retransmitted
-            pbar.update(1)
+        pbar.update(len(requests) - pbar.n)
+        if results:
             pbar.set_postfix(retx=f"{retransmitted / len(results):.2f}", bytes=f"{sent / len(results):.0f}")
         pbar.close()
         append_event(self._records_dir, self.run_id, {"event": "finish", "session": self._session, "rank": self._rank,
@@ -238,6 +248,63 @@ class CollabModel(lmms):
         return results
 
     def run_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
+        return next(self.run_batch([_Args((context, gen_kwargs, doc_to_visual, doc_id, task, split))]))
+
+    def run_batch(self, requests) -> Iterator[SampleRecord]:
+        """Records of ``requests`` (lmms-eval instances), each as soon as it is final (the
+        caller writes it: a crash loses no finished record): the edge's global images sample
+        by sample, stage 1 for all of them in one padded generate (samples with the same
+        generation limits), then each sample's gate, RoI and stage 2 alone. Each record
+        equals the one the sample gets run alone; a sample that fails fails only itself."""
+        samples = [self._start_sample(*request.args) for request in requests]
+        yield from (self._finished(s) for s in samples if s.globals_ is None)
+        ready = [s for s in samples if s.globals_ is not None]
+        locate, keep = self.settings.policy.locates, self.settings.policy.name != "never"
+        for limits in dict.fromkeys(s.limits for s in ready):
+            group = [s for s in ready if s.limits == limits]
+            started = time.perf_counter()
+            try:
+                stage1 = self.answer_batch([(s.globals_.images, s.question) for s in group], limits,
+                                           with_attention=locate, keep_prefix=keep)
+            except Exception as err:  # noqa: BLE001  -- which sample? each tries again alone
+                if len(group) > 1:
+                    logger.warning(f"{self.model_id}: a batch's stage 1 failed ({failure_reason(err)}); "
+                                   f"its samples run one at a time")
+                stage1 = [err] if len(group) == 1 else [self._alone(s, limits, locate, keep) for s in group]
+            share = (time.perf_counter() - started) / len(group)
+            for s in group:
+                answer = stage1.pop(0)  # each answer (and the prefix it holds) freed once its sample is done
+                if isinstance(answer, Exception):
+                    self._fail(s, answer)
+                    yield self._finished(s)
+                    continue
+                s.globals_.clock.share("stage1", share)
+                try:
+                    with strict_decoding():
+                        outcome = finish_sample(self, s.globals_, answer, s.question, settings=self.settings,
+                                                limits=limits, sample_key=f"{s.header['task']}/{s.header['doc_id']}",
+                                                cache_scope=s.header["task"], generic_maps=self.generic_maps)
+                    s.record = SampleRecord(**vars(outcome), **s.header)
+                except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
+                    self._fail(s, err)
+                yield self._finished(s)
+
+    def _alone(self, sample: "_Sample", limits: Limits, locate: bool, keep: bool) -> Answer | Exception:
+        try:
+            return self.answer_batch([(sample.globals_.images, sample.question)], limits,
+                                     with_attention=locate, keep_prefix=keep)[0]
+        except Exception as err:  # noqa: BLE001  -- becomes this sample's failed record
+            return err
+
+    @staticmethod
+    def _finished(sample: "_Sample") -> SampleRecord:
+        """The record, its total time the sample's own laps plus reading its document."""
+        laps = sum(v for k, v in sample.record.seconds.items() if k != "total")
+        sample.record.seconds["total"] = round(sample.seconds + laps, 6)
+        return sample.record
+
+    def _start_sample(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> "_Sample":
+        """A sample's record header and the edge's global images (or its failed record)."""
         docs = self.task_dict[task][split]
         if (task, split) not in self._plain_docs:
             self._plain_docs[(task, split)] = without_media(docs)
@@ -246,20 +313,23 @@ class CollabModel(lmms):
                       policy_args=self.settings.policy.args(), rank=self._rank,
                       score_name=self.settings.aggregation,
                       doc=strip_media(self._plain_docs[(task, split)][doc_id]))
-        limits = Limits.from_gen_kwargs(gen_kwargs, cap=self.max_new_tokens)
+        sample = _Sample(header, Limits.from_gen_kwargs(gen_kwargs, cap=self.max_new_tokens),
+                         self.without_image_placeholders(context), docs)
         started = time.perf_counter()
         try:
             with strict_decoding():  # decoding the row's image may fail: it is this sample's failure
                 images = images_in(doc_to_visual(docs[doc_id]))
-                outcome = run_sample(self, images, self.without_image_placeholders(context), settings=self.settings,
-                                     limits=limits, sample_key=f"{task}/{doc_id}", cache_scope=task,
-                                     generic_maps=self.generic_maps, original_sizes=self.original_sizes)
-            record = SampleRecord(**vars(outcome), **header)
-        except Exception as err:  # one bad sample fails itself, never the run
-            record = SampleRecord(**header, error=media_problem(docs, doc_id) or failure_reason(err))
-            logger.warning(f"{self.model_id}: {task} doc {doc_id} failed: {record.error}")
-        record.seconds["total"] = round(time.perf_counter() - started, 6)
-        return record
+                sample.globals_ = send_globals(self, images, settings=self.settings, cache_scope=task,
+                                               original_sizes=self.original_sizes)
+        except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
+            self._fail(sample, err)
+        sample.seconds = time.perf_counter() - started - (sum(sample.globals_.clock.laps.values()) if sample.globals_ else 0)
+        return sample
+
+    def _fail(self, sample: "_Sample", err: Exception) -> None:
+        doc_id, task = sample.header["doc_id"], sample.header["task"]
+        sample.record = SampleRecord(**sample.header, error=media_problem(sample.docs, doc_id) or failure_reason(err))
+        logger.warning(f"{self.model_id}: {task} doc {doc_id} failed: {sample.record.error}")
 
     def without_image_placeholders(self, context: str) -> str:
         """The prompt without image placeholders: lmms-eval's generic ``<image>`` (some
@@ -297,6 +367,82 @@ class CollabModel(lmms):
         # stage 1 costs what it costs under a policy that reads no map, as the records assume.
         return Answer(cut_at_stop(text, limits.until), logits,
                       self.flops(inputs, generated=len(out.logits), cached=reused), attentions, prefix=kept)
+
+    @torch.inference_mode()
+    def answer_batch(self, requests: list[tuple[list, str]], limits: Limits, with_attention: bool,
+                     keep_prefix: bool = False) -> list[Answer]:
+        """``answer`` for several (images, question) requests in one left-padded generate
+        (stage 1 of a batch). Each Answer is the request's own: tokens up to its row's EOS,
+        its logits, its map from its row of the probe (padding dropped), FLOPs of its own
+        unpadded prompt (what it costs alone: the padding is not counted), its prefix from
+        its row of the cache."""
+        if len(requests) == 1:
+            return [self.answer(*requests[0], limits, with_attention, keep_prefix=keep_prefix)]
+        samples = []
+        for images, question in requests:  # each prompt as it is alone (InstructBLIP's Q-Former probe fills here)
+            probes = self.attention_probes(stop=False) if with_attention else {}
+            with probing(probes):
+                samples.append((self.inputs(images, question), probes))
+        batch, pads = self.left_padded([inputs for inputs, _ in samples])
+        lm = {self.lm_module(): Probe(last_only=True)} if with_attention else {}
+        with probing(lm):
+            out = self.generate(batch, max_new_tokens=limits.max_new_tokens, do_sample=False, num_beams=1,
+                                output_logits=True, return_dict_in_generate=True)
+        width, steps = batch["input_ids"].shape[1], len(out.logits)
+        eos = self.eos_ids()
+        cache = getattr(out, "cache", None)
+        answers = []
+        for row, ((inputs, probes), (images, _)) in enumerate(zip(samples, requests)):
+            new_tokens = out.sequences[row, width:width + steps]
+            ends = [k for k, token in enumerate(new_tokens.tolist()) if token in eos]
+            generated = ends[0] + 1 if ends else steps  # alone, its generate stops at its first EOS
+            text = self.processor.tokenizer.decode(new_tokens[:generated], skip_special_tokens=True)
+            logits = torch.stack([step[row] for step in out.logits[:generated]])
+            attentions = None
+            if with_attention:
+                probes[self.lm_module()] = Probe(last_only=True, weights=lm[self.lm_module()].weights[row:row + 1, :, pads[row]:])
+                attentions = self.image_attentions(probes, inputs, len(images))
+            kept = (Prefix.of(cache, inputs["input_ids"][0], self.prefix_length(inputs), row=row, start=pads[row],
+                              **self.prefix_facts(inputs))
+                    if keep_prefix and self.reuse_prefix and cache is not None else None)
+            answers.append(Answer(cut_at_stop(text, limits.until), logits, self.flops(inputs, generated=generated),
+                                  attentions, prefix=kept))
+        return answers
+
+    # Per-token inputs, padded on the left in a batch; every other input is per image, stacked.
+    TOKEN_INPUTS = ("input_ids", "attention_mask", "inputs_embeds", "mm_token_type_ids", "token_type_ids")
+
+    def left_padded(self, samples: list[dict]) -> tuple[dict, list[int]]:
+        """One batch from single-prompt inputs: per-token tensors padded on the left (the
+        mask zero there), per-image tensors (pixels, grids) concatenated in sample order,
+        which is the order the models scatter image features into their image tokens.
+        Returns the batch and each row's padding length."""
+        width = max(inputs["input_ids"].shape[1] for inputs in samples)
+        pads = [width - inputs["input_ids"].shape[1] for inputs in samples]
+        pad_id = self.processor.tokenizer.pad_token_id
+        pad_id = pad_id if pad_id is not None else next(iter(self.eos_ids()))
+        batch = {}
+        for key in self.generate_inputs(samples[0]):
+            values = [inputs[key] for inputs in samples]
+            if key in self.TOKEN_INPUTS:
+                fill = pad_id if key == "input_ids" else 0
+                batch[key] = torch.cat([torch.cat([v.new_full((1, pad, *v.shape[2:]), fill), v], dim=1)
+                                        for v, pad in zip(values, pads)])
+            else:
+                batch[key] = torch.cat(values)
+        return batch, pads
+
+    def generate_inputs(self, inputs) -> list[str]:
+        """The inputs generate takes (a family whose inputs carry more overrides it)."""
+        return list(inputs.keys())
+
+    def eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+
+    def lm_module(self) -> torch.nn.Module:
+        """The attention module whose row the map reads."""
+        return self.model.get_decoder().layers[self.layer].self_attn
 
     @torch.inference_mode()
     def attention(self, image, prompt, prefix: Prefix | None = None):
@@ -351,7 +497,7 @@ class CollabModel(lmms):
     def attention_probes(self, stop: bool) -> dict[torch.nn.Module, Probe]:
         """What a map reads: the last prompt token's row at the configured decoder layer
         (``stop``: nothing after it is computed). Families add their own (InstructBLIP's Q-Former)."""
-        return {self.model.get_decoder().layers[self.layer].self_attn: Probe(last_only=True, stop=stop)}
+        return {self.lm_module(): Probe(last_only=True, stop=stop)}
 
     def image_attentions(self, probes, inputs, n_images: int) -> list[np.ndarray]:
         """Head-averaged attention of the last prompt token to each image's tokens, at the
@@ -363,7 +509,7 @@ class CollabModel(lmms):
                 for i in range(n_images)]
 
     def lm_probe(self, probes) -> Probe:
-        probe = probes[self.model.get_decoder().layers[self.layer].self_attn]
+        probe = probes[self.lm_module()]
         if probe.weights is None:
             raise RuntimeError(f"{self.model_id}: the attention probe at layer {self.layer} was never called "
                                f"(the model's attention kernel is {self.model.config._attn_implementation!r}, not {KERNEL!r})")
@@ -504,3 +650,21 @@ def resolve_pretrained(name: str) -> str:
     """Short names of checkpoints shipped with the package resolve to their files."""
     from collab_eval.checkpoints import resolve
     return resolve(name)
+
+
+@dataclass
+class _Sample:
+    """One request on its way through a batch."""
+    header: dict
+    limits: Limits
+    question: str
+    docs: object
+    globals_: SentGlobals | None = None
+    record: SampleRecord | None = None
+    seconds: float = 0.0  # time outside the pipeline's laps (reading the document)
+
+
+@dataclass
+class _Args:
+    """A request's arguments, as an lmms-eval instance carries them."""
+    args: tuple

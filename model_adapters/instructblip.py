@@ -93,6 +93,10 @@ class CollabInstructBlip(CollabModel):
             input_ids=inputs["input_ids"], inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
             **kwargs)
 
+    def generate_inputs(self, inputs):
+        """Only the language model generates; the images are already in its input embeddings."""
+        return ["input_ids", "attention_mask", "inputs_embeds"]
+
     def prefix_facts(self, inputs):
         """The query slots' embeddings depend on the instruction the Q-Former read beside the
         image: a prefix is reused only under the same instruction (stage 2, not the generic prompt)."""

@@ -29,10 +29,13 @@ class Prefix:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, cache, ids: torch.Tensor, length: int, **extra) -> "Prefix":
-        layers = cache.layers
-        return cls(length, ids[:length].clone(), tuple(layer.keys[:, :, :length].clone() for layer in layers),
-                   tuple(layer.values[:, :, :length].clone() for layer in layers), extra)
+    def of(cls, cache, ids: torch.Tensor, length: int, row: int = 0, start: int = 0, **extra) -> "Prefix":
+        """From ``cache``'s batch row ``row``, whose prompt begins at position ``start`` (a
+        left-padded batch: its padding comes first)."""
+        layers, end = cache.layers, start + length
+        return cls(length, ids[:length].clone(),
+                   tuple(layer.keys[row:row + 1, :, start:end].clone() for layer in layers),
+                   tuple(layer.values[row:row + 1, :, start:end].clone() for layer in layers), extra)
 
     def matches(self, ids: torch.Tensor, **extra) -> bool:
         """Whether a prompt with these ids (and family facts) begins with this prefix."""

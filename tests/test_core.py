@@ -75,6 +75,19 @@ def test_flat_or_broken_attention_falls_back_to_the_centre():
         assert find_roi(att, region, (1000, 1000), side=336) == (332, 332, 668, 668)
 
 
+def test_a_map_flat_up_to_float_rounding_is_flat_and_a_small_real_peak_is_not():
+    """float32 rounding (a padded batch sums in another order) must not invent a peak; a
+    peak of one part in ten thousand is still followed."""
+    region = (0.0, 0.0, 1000.0, 1000.0)
+    noise = 1 + np.random.default_rng(0).uniform(-1e-7, 1e-7, (24, 24))
+    assert find_roi(noise, region, (1000, 1000), side=336) == (332, 332, 668, 668)
+    peak = np.ones((24, 24))
+    peak[2:10, 3:11] += 1e-3  # 8 x 8 cells: the smallest window (336 px of 1000 over 24 cells)
+    cx, cy = 7 * 1000 / 24, 6 * 1000 / 24
+    box = find_roi(peak, region, (1000, 1000), side=336)
+    assert box != (332, 332, 668, 668) and box[0] <= cx <= box[2] and box[1] <= cy <= box[3], box
+
+
 # ---- edge --------------------------------------------------------------------
 def _noise(size, seed=0):
     rng = np.random.default_rng(seed)

@@ -2,12 +2,13 @@
 
     python -m collab_eval.lab.timing [--pretrained geometry-llava] [--tasks smalldetail_read]
         [--limit 8] [--max-new-tokens 8] [--rounds 3] [--threads 1] [--device cpu]
+        [--systems llava_hf,never,always,never:8,always:8]
 
 Runs ``llava_hf``, ``collab_llava policy=never`` (one image, one answer: what llava_hf
 does) and ``collab_llava policy=always`` (stage 1, the generic-prompt map, stage 2 on
-every sample) through lmms-eval's ``simple_evaluate`` in this one process, interleaved
-round by round, each round on a freshly loaded model (so the generic-prompt pass is paid,
-as in a user's run). Time is the CPU time of ``generate_until`` (CUDA: its wall time,
+every sample), ``never:8`` / ``always:8`` with ``batch_size=8``, through lmms-eval's
+``simple_evaluate`` in this one process, interleaved round by round, each round on a
+freshly loaded model (so the generic-prompt pass is paid, as in a user's run). Time is the CPU time of ``generate_until`` (CUDA: its wall time,
 synchronised); loading and scoring are excluded. Prints each round's ratio to llava_hf,
 then the peak memory rise of each collab stage (CPU: resident set size; CUDA: allocated)
 from one more, untimed, ``always`` run. The default checkpoint has LLaVA-1.5's image
@@ -43,7 +44,9 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--clock", choices=("cpu", "wall"), default=None,
                         help="cpu: process CPU time (default on CPU); wall: elapsed time (default on CUDA)")
-    parser.add_argument("--systems", default="llava_hf,never,always")
+    parser.add_argument("--systems", default="llava_hf,never,always",
+                        help="llava_hf (batch 1: it refuses more), never, always; a collab policy with :N "
+                             "runs with batch_size=N (never:8, always:8)")
     parser.add_argument("--records-dir", default="collab_records/timing")
     args = parser.parse_args(argv)
 
@@ -61,19 +64,21 @@ def main(argv=None) -> None:
 
     path = resolve(args.pretrained)
 
-    def collab(policy):
+    def collab(policy, batch_size=1):
         return lambda: get_model("collab_llava")(
             pretrained=path, policy=policy, device=args.device, dtype=args.dtype, threads=args.threads,
-            max_new_tokens=args.max_new_tokens, records_dir=args.records_dir)
+            max_new_tokens=args.max_new_tokens, records_dir=args.records_dir, batch_size=batch_size)
 
-    factories = {
-        "llava_hf": lambda: get_model("llava_hf", force_simple=True)(
-            pretrained=path, device=args.device, device_map=args.device, dtype=args.dtype,
-            chat_template=LLAVA_HF_TEMPLATE),
-        "never": collab("never"),
-        "always": collab("always"),
-    }
     systems = args.systems.split(",")
+    factories = {"llava_hf": lambda: get_model("llava_hf", force_simple=True)(
+        pretrained=path, device=args.device, device_map=args.device, dtype=args.dtype,
+        chat_template=LLAVA_HF_TEMPLATE)}
+    for name in systems:
+        if name != "llava_hf":
+            policy, _, batch = name.partition(":")
+            if policy not in ("never", "always"):
+                parser.error(f"--systems: {name!r} is not llava_hf, never[:N] or always[:N]")
+            factories[name] = collab(policy, int(batch or 1))
     tasks = TaskManager(include_path=str(TASKS_DIR))
 
     def evaluate(lm):
@@ -109,7 +114,7 @@ def main(argv=None) -> None:
           f"{args.max_new_tokens}, device {args.device} ({args.dtype}), {args.threads} torch thread(s), "
           f"{args.rounds} interleaved rounds, fresh model each, {clock} time of generate_until")
     for name in systems:
-        print(f"  {name:9s} median {statistics.median(times[name]):8.2f} s  ({', '.join(f'{t:.2f}' for t in times[name])})")
+        print(f"  {name:10s} median {statistics.median(times[name]):8.2f} s  ({', '.join(f'{t:.2f}' for t in times[name])})")
     if "llava_hf" in systems:
         for name in systems:
             if name != "llava_hf":
