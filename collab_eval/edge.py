@@ -89,10 +89,12 @@ def sanitize(image) -> Image.Image:
     if width * height > MAX_PIXELS:
         raise BadImage(f"image of {width}x{height} pixels exceeds the {MAX_PIXELS} pixel limit (decompression bomb?)")
     try:
-        with warnings.catch_warnings():
+        # Decoding happens here, strictly whoever calls: lmms-eval's import turns on PIL's
+        # LOAD_TRUNCATED_IMAGES for the whole process.
+        with warnings.catch_warnings(), strict_decoding():
             warnings.simplefilter("ignore")
             image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+            return _to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # truncated, corrupt, too large
         raise BadImage(f"image cannot be decoded: {_plain(err)}") from err
 

@@ -78,7 +78,11 @@ def test_exif_orientation_is_applied():
     (png_bytes(Image.new("RGB", (64, 64), "red"))[:60], "cannot be decoded"),
     (bomb_png(), "decompression bomb|exceeds"),
 ])
-def test_broken_images_raise_a_clear_error(payload, message):
+@pytest.mark.parametrize("lenient_pil", [False, True])
+def test_broken_images_raise_a_clear_error(payload, message, lenient_pil, monkeypatch):
+    # lenient_pil: as after lmms-eval's import, which turns on PIL's LOAD_TRUNCATED_IMAGES globally.
+    from PIL import ImageFile
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", lenient_pil)
     with pytest.raises(BadImage, match=message):
         sanitize(payload)
     with pytest.raises(BadImage, match=message):
