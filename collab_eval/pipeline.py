@@ -156,6 +156,13 @@ class SentGlobals:
     def images(self) -> list[Image.Image]:
         return [image.image for image in self.sent]
 
+    def describe(self, index: int) -> None:
+        """The record's one-image fields (image_size, global_region, image_key) are image ``index``'s:
+        the first image's, or the one the RoI was cropped from."""
+        self.out.image_size = self.out.image_sizes[index]
+        self.out.global_region = [round(v, 3) for v in self.regions[index]]
+        self.out.image_key = self.keys[index]
+
 
 def send_globals(server: Server, images: list, *, settings: Settings, cache_scope: str,
                  original_sizes: OriginalSizes | None = None) -> SentGlobals:
@@ -174,9 +181,10 @@ def send_globals(server: Server, images: list, *, settings: Settings, cache_scop
     sizes = original_sizes or OriginalSizes()
     out.bytes_original = sum(sizes.get(original, settings.codec, cache_scope) for original in originals)
     keys = [image_key(image.image) for image in sent]
-    out.image_size, out.global_region, out.image_key = out.image_sizes[0], [round(v, 3) for v in regions[0]], keys[0]
     clock.lap("edge_global")
-    return SentGlobals(out, originals, sent, regions, keys, clock)
+    globals_ = SentGlobals(out, originals, sent, regions, keys, clock)
+    globals_.describe(0)
+    return globals_
 
 
 def finish_sample(server: Server, globals_: SentGlobals, stage1: Answer, question: str, *, settings: Settings,
@@ -209,7 +217,7 @@ def finish_sample(server: Server, globals_: SentGlobals, stage1: Answer, questio
             roi = find_roi(relative_attention(stage1.attentions[look], generic), regions[look], original.size,
                            server.input_side)
             out.roi, out.roi_image = list(roi), look
-            out.image_size, out.global_region, out.image_key = out.image_sizes[look], [round(v, 3) for v in regions[look]], keys[look]
+            globals_.describe(look)
             out.bytes_request = len(encode_request(roi))
             crops = [(look, roi)]
             clock.lap("roi")

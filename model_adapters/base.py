@@ -247,9 +247,6 @@ class CollabModel(lmms):
                              sum(r.token_counts.output_tokens or 0 for r in results))
         return results
 
-    def run_one(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleRecord:
-        return next(self.run_batch([_Args((context, gen_kwargs, doc_to_visual, doc_id, task, split))]))
-
     def run_batch(self, requests) -> Iterator[SampleRecord]:
         """Records of ``requests`` (lmms-eval instances), each as soon as it is final (the
         caller writes it: a crash loses no finished record): the edge's global images sample
@@ -361,8 +358,7 @@ class CollabModel(lmms):
         text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
         logits = torch.stack([step[0] for step in out.logits])
         attentions = self.image_attentions(probes, inputs, len(images)) if with_attention else None
-        kept = (self.prefix_of(out.cache, inputs)
-                if keep_prefix and self.reuse_prefix and getattr(out, "cache", None) is not None else None)
+        kept = self.prefix_to_keep(getattr(out, "cache", None), inputs) if keep_prefix else None
         # The probe's one extra row of scores (about 1e-6 of the prefill) is not counted:
         # stage 1 costs what it costs under a policy that reads no map, as the records assume.
         return Answer(cut_at_stop(text, limits.until), logits,
@@ -402,9 +398,7 @@ class CollabModel(lmms):
             if with_attention:
                 probes[self.lm_module()] = Probe(last_only=True, weights=lm[self.lm_module()].weights[row:row + 1, :, pads[row]:])
                 attentions = self.image_attentions(probes, inputs, len(images))
-            kept = (Prefix.of(cache, inputs["input_ids"][0], self.prefix_length(inputs), row=row, start=pads[row],
-                              **self.prefix_facts(inputs))
-                    if keep_prefix and self.reuse_prefix and cache is not None else None)
+            kept = self.prefix_to_keep(cache, inputs, row=row, start=pads[row]) if keep_prefix else None
             answers.append(Answer(cut_at_stop(text, limits.until), logits, self.flops(inputs, generated=generated),
                                   attentions, prefix=kept))
         return answers
@@ -474,8 +468,13 @@ class CollabModel(lmms):
     def first_image_pixels(self, inputs) -> torch.Tensor:
         return inputs["pixel_values"][0]
 
-    def prefix_of(self, cache, inputs) -> Prefix:
-        return Prefix.of(cache, inputs["input_ids"][0], self.prefix_length(inputs), **self.prefix_facts(inputs))
+    def prefix_to_keep(self, cache, inputs, row: int = 0, start: int = 0) -> Prefix | None:
+        """This prompt's prefix from ``cache`` (batch row ``row``, its prompt from position
+        ``start``), for the passes after it; None when reuse is off or generate kept no cache."""
+        if cache is None or not self.reuse_prefix:
+            return None
+        return Prefix.of(cache, inputs["input_ids"][0], self.prefix_length(inputs), row=row, start=start,
+                         **self.prefix_facts(inputs))
 
     def reusable(self, prefix: Prefix | None, inputs) -> Prefix | None:
         if prefix is None or not self.reuse_prefix:
