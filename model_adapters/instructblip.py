@@ -131,9 +131,7 @@ class CollabInstructBlip(CollabModel):
         return (row @ cross[:, 1:].float().cpu().numpy()).reshape(self.grid)
 
     def frame(self, region: Box):
-        """The processor squashes any image to ``size`` without keeping the aspect ratio:
-        the encoder sees the whole region, each grid cell an equal fraction of it."""
-        return region, self.size
+        return instructblip_frame(region, self.size)
 
     def encoder_flops(self, inputs, first=0):
         vc, qc, tc = self.model.config.vision_config, self.model.config.qformer_config, self.model.config.text_config
@@ -149,3 +147,9 @@ class CollabInstructBlip(CollabModel):
                       layers=qc.num_hidden_layers, cross_attention_frequency=qc.cross_attention_frequency)
             + F.linear(self.queries, qc.hidden_size, tc.hidden_size))
         return {"vision": vision, "projector": projector}
+
+
+def instructblip_frame(region: Box, size: tuple[int, int]) -> tuple[Box, tuple[int, int]]:
+    """What InstructBLIP's processor shows of ``region``: all of it, squashed to ``size``
+    (w, h) without keeping the aspect ratio, each grid cell an equal fraction of it."""
+    return region, size

@@ -17,7 +17,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from collab_eval import flops as F
 from collab_eval.edge import Box
-from collab_eval.model_args import integer
+from collab_eval.model_args import optional_integer
 from model_adapters.base import CollabModel
 
 # LLaVA-1.5's 336 x 336 input area: 12 x 12 = 144 language tokens for a square image.
@@ -31,20 +31,24 @@ class CollabQwen2VL(CollabModel):
     # ViCrop publishes no layer for Qwen2-VL; its Qwen2.5-VL-7B choice is layer 22 of 28.
     vicrop_layer = (22, 28)
 
-    def __init__(self, pretrained: str = "Qwen/Qwen2-VL-7B-Instruct", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 min_pixels: int = DEFAULT_MIN_PIXELS, **kwargs):
+    def __init__(self, pretrained: str = "Qwen/Qwen2-VL-7B-Instruct", max_pixels: int | None = None,
+                 min_pixels: int | None = None, **kwargs):
         with self.checking_args():  # before the model loads, like the shared args
-            max_pixels = integer("max_pixels", max_pixels, minimum=1)
-            min_pixels = integer("min_pixels", min_pixels, minimum=1)
+            max_pixels = optional_integer("max_pixels", max_pixels, minimum=1)
+            min_pixels = optional_integer("min_pixels", min_pixels, minimum=1)
         super().__init__(pretrained=pretrained, family_settings={"max_pixels": max_pixels, "min_pixels": min_pixels},
                          **kwargs)
         ip = self.processor.image_processor
         self.merge = ip.merge_size
         self.factor = ip.patch_size * ip.merge_size
-        self.max_pixels, self.min_pixels = max_pixels, min_pixels
+        # Unset, the budget is LLaVA-1.5's area, or the checkpoint's own when it is smaller
+        # (a checkpoint trained at a smaller input, like smalldetail-qwen2-vl).
+        own_max, own_min = ip.size["longest_edge"] or DEFAULT_MAX_PIXELS, ip.size["shortest_edge"] or DEFAULT_MIN_PIXELS
+        self.max_pixels = max_pixels if max_pixels is not None else min(DEFAULT_MAX_PIXELS, own_max)
+        self.min_pixels = min_pixels if min_pixels is not None else min(DEFAULT_MIN_PIXELS, own_min, self.max_pixels)
         if not self.factor ** 2 <= self.min_pixels <= self.max_pixels:
             raise ValueError(f"{self.model_id}: need {self.factor ** 2} <= min_pixels <= max_pixels, "
-                             f"got min_pixels={min_pixels}, max_pixels={max_pixels}")
+                             f"got min_pixels={self.min_pixels}, max_pixels={self.max_pixels}")
         # The processor applies the same budget, so what the edge sends is not resized again.
         ip.size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
         self.input_side = round(math.sqrt(self.max_pixels))
@@ -74,13 +78,7 @@ class CollabQwen2VL(CollabModel):
         return row.reshape(h // self.merge, w // self.merge)
 
     def frame(self, region: Box):
-        """The processor squeezes the whole region into ``smart_resize``'s size (multiples of
-        28 px, area within the budget, aspect kept as closely as that allows): the edge sends
-        exactly that, so every grid cell is an equal fraction of the region."""
-        x0, y0, x1, y1 = region
-        height, width = smart_resize(max(y1 - y0, 1.0), max(x1 - x0, 1.0), factor=self.factor,
-                                     min_pixels=self.min_pixels, max_pixels=self.max_pixels)
-        return region, (width, height)
+        return qwen2_vl_frame(region, self.factor, self.min_pixels, self.max_pixels)
 
     def first_image_pixels(self, inputs):
         return inputs["pixel_values"][:int(inputs["image_grid_thw"][0].prod())]  # one row per patch
@@ -113,3 +111,14 @@ class CollabQwen2VL(CollabModel):
             tokens = patches // vc.spatial_merge_size ** 2  # the patch merger is the projector
             projector += F.linear(tokens, merged_width, merged_width) + F.linear(tokens, merged_width, vc.hidden_size)
         return {"vision": vision, "projector": projector}
+
+
+def qwen2_vl_frame(region: Box, factor: int, min_pixels: int, max_pixels: int) -> tuple[Box, tuple[int, int]]:
+    """What Qwen2-VL's processor shows of ``region``: all of it, squeezed into
+    ``smart_resize``'s size (multiples of ``factor`` = patch x merge px, area within the
+    budget, aspect kept as closely as that allows). The edge sends exactly that, so every
+    grid cell is an equal fraction of the region."""
+    x0, y0, x1, y1 = region
+    height, width = smart_resize(max(y1 - y0, 1.0), max(x1 - x0, 1.0), factor=factor,
+                                 min_pixels=min_pixels, max_pixels=max_pixels)
+    return region, (width, height)
