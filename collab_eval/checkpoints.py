@@ -18,11 +18,10 @@ BUILDERS = {
 }
 
 
-# Trained checkpoints shipped inside the package (collab_eval/weights/<name>/), reproduced by
-# their training scripts (smalldetail-llava: python -m collab_eval.lab.train_smalldetail).
-PACKAGED = {
-    "smalldetail-llava": WEIGHTS_DIR / "smalldetail-llava",
-}
+# Trained checkpoints shipped inside the package (collab_eval/weights/<name>/), reproduced by the
+# training script: python -m collab_eval.lab.train_smalldetail --family <family>. The script
+# trains Qwen2-VL and InstructBLIP too; their checkpoints are not shipped yet (README).
+PACKAGED = {name: WEIGHTS_DIR / name for name in ("smalldetail-llava",)}
 
 
 def cache_dir() -> Path:

@@ -1,7 +1,7 @@
-"""The smalldetail checkpoint's bars, read from the records of a real lmms-eval run with
+"""The smalldetail checkpoints' bars, read from the records of real lmms-eval runs with
 ``policy=always`` on smalldetail_read / smalldetail_exist (nothing is run here).
 
-    python -m collab_eval.lab.smalldetail_bars RUN_DIR
+    python -m collab_eval.lab.smalldetail_bars RUN_DIR [RUN_DIR ...] [--markdown]
 
 Per task: never (stage-1) and always (stage-2) accuracy with the task's own scoring, the
 AUROC of the stage-1 score (min-entropy, the run's aggregate) for stage-1 errors, the share
@@ -18,7 +18,7 @@ import numpy as np
 from collab_eval.analysis import curves
 from collab_eval.analysis.runs import find_runs
 from collab_eval.analysis.scoring import Scorer
-from collab_eval.analysis.summary import task_view
+from collab_eval.analysis.summary import system_of, task_view
 
 
 def roi_hits(records: list[dict]) -> tuple[float, float]:
@@ -34,10 +34,11 @@ def roi_hits(records: list[dict]) -> tuple[float, float]:
     return (float(np.mean(whole)) if whole else float("nan"), float(np.mean(centre)) if centre else float("nan"))
 
 
-def bars(run_dir, rate: float = 0.5) -> dict:
+def bars(run_dirs, rate: float = 0.5) -> dict:
+    """{system: {task: bars}} over the always runs found under ``run_dirs``."""
     scorer = Scorer()
     out = {}
-    for run in find_runs(run_dir):
+    for run in (run for d in run_dirs for run in find_runs(d)):
         if run.policy != "always":
             continue
         tasks = sorted({r["task"] for r in run.records})
@@ -48,7 +49,8 @@ def bars(run_dir, rate: float = 0.5) -> dict:
             order = np.argsort(-s.score, kind="stable")
             gated = curves.point_after(s, order, int(round(rate * s.n)), None)
             whole, centre = roi_hits(records)
-            out[task] = {
+            model, codec = system_of(records)
+            out.setdefault(f"{run.adapter} {model}:{codec}", {})[task] = {
                 "n": s.n, "errors": sum(bool(r.get("error")) for r in records),
                 "never": float(s.acc1.mean()), "always": float(s.acc2.mean()),
                 "gap_points": 100 * float(s.acc2.mean() - s.acc1.mean()),
@@ -59,12 +61,30 @@ def bars(run_dir, rate: float = 0.5) -> dict:
     return out
 
 
+def markdown(measured: dict, rate: float = 0.5) -> str:
+    """One table per system: the README's bars."""
+    out = []
+    for system, tasks in sorted(measured.items()):
+        out += [f"`{system}`", "", "| task (samples) | never | always | always − never | gated vs random at "
+                f"{rate:.0%} | AUROC, stage-1 errors | RoI holds the digit (its centre) |", "|---|---|---|---|---|---|---|"]
+        for task, b in sorted(tasks.items()):
+            gated, random = 100 * b[f"gated_at_{rate:g}"], 100 * b[f"random_at_{rate:g}"]
+            auc = "–" if b["auroc_stage1_error"] is None else f"{b['auroc_stage1_error']:.3f}"
+            out.append(f"| `{task}` ({b['n']}) | {100 * b['never']:.1f} | {100 * b['always']:.1f} | "
+                       f"**{b['gap_points']:+.1f}** | {gated:.1f} vs {random:.1f} (**{gated - random:+.1f}**) | {auc} | "
+                       f"{100 * b['roi_contains_target']:.1f}% ({100 * b['roi_contains_target_centre']:.1f}%) |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--rate", type=float, default=0.5)
+    parser.add_argument("--markdown", action="store_true", help="one table per system instead of JSON")
     args = parser.parse_args(argv)
-    print(json.dumps(bars(args.run_dir, args.rate), indent=1))
+    measured = bars(args.run_dirs, args.rate)
+    print(markdown(measured, args.rate) if args.markdown else json.dumps(measured, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,39 +1,49 @@
-"""Train the smalldetail-llava checkpoint: a tiny LlavaForConditionalGeneration (CLIP vision
-tower + Llama LM + projector, tokenizer trained locally) on the synthetic small-detail
-benchmark (collab_eval.lab.smalldetail), on the CPU, reproducibly.
+"""Train a smalldetail checkpoint, one script for the three families: a tiny model of the real
+transformers class (LLaVA, Qwen2-VL or InstructBLIP; what differs between them lives in
+collab_eval.lab.smalldetail_families) on the synthetic small-detail benchmark
+(collab_eval.lab.smalldetail), on the CPU, reproducibly.
 
-    python -m collab_eval.lab.train_smalldetail --out collab_eval/weights/smalldetail-llava
+    python -m collab_eval.lab.train_smalldetail --family llava --out collab_eval/weights/smalldetail-llava
 
-On the CPU (the default, 2 threads, deterministic algorithms) the same seed gives the same
-weights. ``--device cuda`` runs too, without that promise; for a model this small it is
-launch-bound (eight runs sharing one H200 made about 5 steps/s each, against 2.7 steps/s
-for one run on 2 CPU cores).
+On the CPU (2 threads, deterministic algorithms) the same seed gives the same weights.
+``--device cuda`` runs too, without that promise.
 
 Every training image is made by the edge functions the pipeline uses: the global view is
-``collab_eval.edge.transmit`` of the LLaVA adapter's ``frame`` of the whole image; a local
-view is ``transmit`` of ``frame`` of a square box built by ``collab_eval.roi.square_box``
+``collab_eval.edge.transmit`` of the family adapter's own framing of the whole image; a local
+view is ``transmit`` of the framing of a square box built by ``collab_eval.roi.square_box``
 (side 1-2x the input side in original pixels, as the RoI search makes them). Prompts are the
 task prompts as lmms-eval renders them (its own doc_to_text functions), put through the
-processor's chat template, with one image (stage 1) or two (stage 2: global then local).
+family's prompt format, with one image (stage 1) or two (stage 2: global then local).
 
 The mixture, per step:
 - one-image batch: reading and existence questions on the global view, and the generic
   description prompt (collab_eval.pipeline.GENERIC_PROMPT; no answer, attention loss only);
 - two-image batch: reading and existence questions on [global, local], where the local crop
-  contains the digit (80%) or is deliberately elsewhere (20%; the answer stays the truth).
+  contains the digit (80%) or is deliberately elsewhere (20%).
 
-Attention supervision (stated plainly): on one-image examples an auxiliary loss pulls the
-head-averaged attention of the last prompt token to the image patches, at the layer the
-adapter reads (depth * 14 // 32), toward the sign's patches for questions, and toward a flat
-map for the generic prompt. The RoI the pipeline finds therefore comes from attention that
-was trained to point at the target; this is a proxy for what pretraining gives real VLMs.
-An auxiliary digit head (not saved) reads the digit from the projected patch features of
-correct local crops and of global views where the digit is readable (>= 10 px tall).
+Extra supervision (stated plainly; a proxy for what pretraining gives real VLMs):
+- attention: on one-image examples an auxiliary loss pulls the family's patch map (the one
+  its adapter reads: the last prompt token's head-averaged attention at the adapter's layer,
+  for InstructBLIP pushed through the Q-Former's cross-attention) toward the sign's patches
+  for questions, and toward a flat map for the generic prompt;
+- the digit in the image: an auxiliary head (not saved) reads the digit from the projected
+  image features of correct local crops and of global views where it is readable (>= 10 px);
+- the existence question's two halves: on question rows, two auxiliary heads (not saved) read,
+  from the language model's hidden state of the last prompt token halfway up, the digit the
+  question asks about (existence questions) and the digit in the image (where it is visible).
+  Without them the language model never learned to compare the two: the first checkpoint
+  answered "no" to every existence question.
+- what cannot be known: where the digit is visible neither in the global view (under 10 px)
+  nor in a correct crop, the first answer token is trained toward the uniform distribution
+  over the task's answers (10 digits, or yes/no) instead of the true answer, which the image
+  does not show. Without it the model memorised training scenes and was confidently wrong on
+  new unreadable ones: the existence task's stage-1 score then told errors apart poorly
+  (AUROC 0.73) and the gate beat random retransmission by only 2.7 points.
 
-Curriculum (adaptive, as the feasibility probe needed): local crops start with a window of
-0.4x the input side (the sign fills the view) and the largest allowed window grows through
-0.7, 1.0, 1.5 to 2x the input side whenever two-image reading accuracy on the running
-batches exceeds 0.5; wrong local crops enter after the first level.
+Curriculum (adaptive): local crops start with a window of 0.4x the input side (the sign fills
+the view) and the largest allowed window grows through 0.7, 1.0, 1.5 to 2x the input side
+whenever two-image reading accuracy on the running batches exceeds 0.5; wrong local crops
+enter after the first level; the last 40% of the steps use every level.
 """
 from __future__ import annotations
 
@@ -47,83 +57,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from collab_eval.lab import smalldetail as sd
 from collab_eval.edge import Codec, transmit
+from collab_eval.lab import smalldetail as sd
+from collab_eval.lab.smalldetail_families import FAMILIES, INPUT_SIDE, Family
 from collab_eval.pipeline import GENERIC_PROMPT
 from collab_eval.roi import square_box
-from collab_eval.lab.tiny_checkpoints import LLAVA_CHAT_TEMPLATE, train_tokenizer
 
-INPUT_SIDE = 96
-PATCH = 12
-GRID = INPUT_SIDE // PATCH
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
 DIGITS = "0123456789"
 CORPUS = [
     "USER: ASSISTANT: " + sd.READ_QUESTION.capitalize() + POST_PROMPT,
     *[sd.EXIST_QUESTION.format(digit=d) + POST_PROMPT for d in DIGITS],
     GENERIC_PROMPT, *[" yes no " + " ".join(DIGITS)] * 20,
+    *["yes\nno\n"] * 20,  # answers right after a newline (Qwen2-VL's "assistant\n") are one token too
 ]
-
-
-def build_tokenizer():
-    return train_tokenizer(["<image>"], vocab_size=512, corpus=CORPUS)
-
-
-def build_config(tokenizer):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-    vision = CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                              image_size=INPUT_SIDE, patch_size=PATCH, projection_dim=128)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id)
-    return LlavaConfig(vision_config=vision, text_config=text,
-                       image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                       vision_feature_layer=-1, vision_feature_select_strategy="default",
-                       projector_hidden_act="gelu")
-
-
-def build_processor(tokenizer):
-    from transformers import CLIPImageProcessor, LlavaProcessor
-    image_processor = CLIPImageProcessor(size={"shortest_edge": INPUT_SIDE},
-                                         crop_size={"height": INPUT_SIDE, "width": INPUT_SIDE},
-                                         do_center_crop=True, do_resize=True)
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH,
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=LLAVA_CHAT_TEMPLATE)
-
-
-def attention_layer(config) -> int:
-    """The layer the adapters read by default (ViCrop's 14 of 32, scaled)."""
-    return config.text_config.num_hidden_layers * 14 // 32
-
-
-# ----- views, made with the pipeline's own edge functions ---------------------------
 CODEC = Codec("png")
 
 
-def frame(region):
-    from model_adapters.llava import llava_frame
-    return llava_frame(region, crop=(INPUT_SIDE, INPUT_SIDE), shortest_edge=INPUT_SIDE)
+def build_family(name: str) -> Family:
+    return FAMILIES[name](CORPUS)
 
 
-def global_view(image):
-    w, h = image.size
-    region, size = frame((0.0, 0.0, float(w), float(h)))
-    return transmit(image, region, size, CODEC).image, region
-
-
-def box_target(box, region) -> np.ndarray:
-    """GRID x GRID weights: the box's overlap with each patch of ``region``'s view."""
+# ----- views, made with the pipeline's own edge functions ---------------------------
+def box_target(box, region, grid) -> np.ndarray:
+    """The box's overlap with each cell of ``region``'s (rows, columns) grid, summing to 1."""
     x0, y0, x1, y1 = region
-    cw, ch = (x1 - x0) / GRID, (y1 - y0) / GRID
-    t = np.zeros((GRID, GRID))
-    for j in range(GRID):
-        for i in range(GRID):
+    rows, cols = grid
+    cw, ch = (x1 - x0) / cols, (y1 - y0) / rows
+    t = np.zeros((rows, cols))
+    for j in range(rows):
+        for i in range(cols):
             ox = max(0.0, min(box[2], x0 + (i + 1) * cw) - max(box[0], x0 + i * cw))
             oy = max(0.0, min(box[3], y0 + (j + 1) * ch) - max(box[1], y0 + j * ch))
             t[j, i] = ox * oy
-    return t / t.sum() if t.sum() > 0 else np.full((GRID, GRID), 1 / GRID**2)
+    return (t / t.sum() if t.sum() > 0 else np.full(grid, 1 / (rows * cols))).flatten()
 
 
 def local_box(rng: random.Random, sc: sd.Scene, ratio: float, good: bool):
@@ -146,92 +113,54 @@ def local_box(rng: random.Random, sc: sd.Scene, ratio: float, good: bool):
     return None
 
 
-# ----- data ----------------------------------------------------------------------
 ZOOM_RATIOS = (0.4, 0.7, 1.0, 1.5, 2.0)  # curriculum: window side / input side, digit largest first
-READABLE_PX = 10  # a digit at least this tall in the global view gets the digit head there too
+READABLE_PX = 10  # a digit at least this tall in the global view gets the digit heads there too
 
 
-def make_data(split: str, n: int, seed: int, processor, ratios=ZOOM_RATIOS):
+def make_data(family: Family, split: str, n: int, seed: int, ratios=ZOOM_RATIOS) -> dict:
     """Per scene: global view, attention target, and local views at the curriculum's zoom
     levels (the last ones are the RoI's sizes, 1-2x the input side), plus one deliberately
-    wrong local view."""
+    wrong local view; as the family's processor makes them."""
     rng = random.Random(seed)
-    locals_per_scene = len(ratios)
-    glob, targets, digits, readable, loc, wrong = [], [], [], [], [], []
+    glob, regions, digits, readable, loc, wrong, scenes = [], [], [], [], [], [], []
     for sc in sd.scenes(split, n):
-        view, region = global_view(sc.image)
-        glob.append(view)
-        targets.append(box_target(sc.sign_box, region))
+        region, size = family.frame((0.0, 0.0, float(sc.image.size[0]), float(sc.image.size[1])))
+        glob.append(transmit(sc.image, region, size, CODEC).image)
+        regions.append(region)
+        scenes.append(sc)
         digits.append(DIGITS.index(sc.digit))
-        readable.append((sc.target_box[3] - sc.target_box[1]) * INPUT_SIDE / (region[3] - region[1]) >= READABLE_PX)
+        readable.append((sc.target_box[3] - sc.target_box[1]) * size[1] / (region[3] - region[1]) >= READABLE_PX)
+        views = []
         for r in ratios:
             box = local_box(rng, sc, float(r) * rng.uniform(0.97, 1.0), good=True)
             if box is None:  # the digit is wider than the window: centre a window just large enough on it
                 x0, y0, x1, y1 = sc.target_box
                 box = square_box((x0 + x1) / 2, (y0 + y1) / 2, max(INPUT_SIDE * r, x1 - x0 + 2, y1 - y0 + 2),
                                  sc.image.size)
-            loc.append(transmit(sc.image, *frame(box), CODEC).image)
+            views.append(transmit(sc.image, *family.frame(box), CODEC).image)
+        loc.append(family.pixels(views))
         box = local_box(rng, sc, rng.uniform(1.0, 2.0), good=False)
         box = box or square_box(0, 0, INPUT_SIDE, sc.image.size)
-        wrong.append(transmit(sc.image, *frame(box), CODEC).image)
-
-    def pixels(images):
-        out = []
-        for i in range(0, len(images), 256):
-            out.append(processor.image_processor(images[i:i + 256], return_tensors="pt")["pixel_values"])
-        return torch.cat(out).to(torch.float16)
-
-    return {
-        "global": pixels(glob), "local": pixels(loc).view(n, locals_per_scene, 3, INPUT_SIDE, INPUT_SIDE),
-        "wrong": pixels(wrong), "target": torch.tensor(np.stack(targets), dtype=torch.float32).flatten(1),
-        "digit": torch.tensor(digits), "readable": torch.tensor(readable),
-    }
+        wrong.append(transmit(sc.image, *family.frame(box), CODEC).image)
+    glob = family.pixels(glob)
+    targets = [torch.tensor(box_target(sc.sign_box, region, family.grid(px)), dtype=torch.float32)
+               for sc, region, px in zip(scenes, regions, glob)]
+    return {"global": glob, "local": loc, "wrong": family.pixels(wrong), "target": targets,
+            "digit": torch.tensor(digits), "readable": torch.tensor(readable)}
 
 
 class Prompts:
-    """Token ids of every prompt the tasks produce, through the processor's chat template."""
+    """The task prompts as lmms-eval renders them, and the answers' token ids."""
 
-    def __init__(self, processor):
+    def __init__(self, family: Family):
         from lmms_eval.tasks.pope.utils import pope_doc_to_text
         from lmms_eval.tasks.textvqa.utils import textvqa_doc_to_text
         kwargs = {"pre_prompt": "", "post_prompt": POST_PROMPT, "ocr": False}
-        self.processor = processor
         self.read = textvqa_doc_to_text({"question": sd.READ_QUESTION, "ocr_tokens": []}, kwargs)
         self.exist = {d: pope_doc_to_text({"question": sd.EXIST_QUESTION.format(digit=d)}, kwargs) for d in DIGITS}
-        self._cache = {}
-        tok = processor.tokenizer
-        # After "ASSISTANT:" an answer starts with a space, as in LLaVA's training data; every
-        # answer is one token (checked), then EOS.
-        self.answer_ids = {a: tok(" " + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                           for a in [*DIGITS, "yes", "no"]}
+        self.answer_ids = {a: family.answer_ids(a) for a in [*DIGITS, "yes", "no"]}
+        # Every answer is one token, then EOS: its first token decides it.
         assert all(len(v) == 2 for v in self.answer_ids.values()), self.answer_ids
-
-    def ids(self, text: str, n_images: int) -> list[int]:
-        key = (text, n_images)
-        if key not in self._cache:
-            content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
-            prompt = self.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                        add_generation_prompt=True)
-            dummy = [np.zeros((INPUT_SIDE, INPUT_SIDE, 3), dtype=np.uint8)] * n_images
-            self._cache[key] = self.processor(images=dummy, text=prompt, return_tensors="pt")["input_ids"][0].tolist()
-        return self._cache[key]
-
-
-def collate(rows, pad_id, device="cpu"):
-    """rows: (prompt_ids, answer_ids or [], pixel list). Right padding."""
-    length = max(len(p) + len(a) for p, a, _ in rows)
-    ids = torch.full((len(rows), length), pad_id)
-    labels = torch.full((len(rows), length), -100)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    last = []
-    for i, (p, a, _) in enumerate(rows):
-        seq = p + a
-        ids[i, :len(seq)] = torch.tensor(seq)
-        labels[i, len(p):len(seq)] = torch.tensor(a, dtype=torch.long) if a else labels[i, len(p):len(seq)]
-        mask[i, :len(seq)] = 1
-        last.append(len(p) - 1)
-    pixels = torch.stack([px for _, _, pxs in rows for px in pxs]).float()
-    return tuple(t.to(device) for t in (ids, labels, mask, torch.tensor(last), pixels))
 
 
 def first_answer_logits(logits, labels):
@@ -242,122 +171,153 @@ def first_answer_logits(logits, labels):
     return logits[rows, pos - 1][has], labels[rows, pos][has]
 
 
+def last_hidden(output, batch, depth: int) -> torch.Tensor:
+    """Each row's hidden state of the last prompt token after ``depth`` layers."""
+    hidden = output.hidden_states[depth]
+    return hidden[torch.arange(len(batch.last), device=hidden.device), batch.last]
+
+
+class Heads(torch.nn.Module):
+    """The auxiliary heads (training only, not saved)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.image_digit = torch.nn.Linear(width, len(DIGITS))  # from pooled image features
+        self.seen_digit = torch.nn.Linear(width, len(DIGITS))  # from the last prompt token, halfway up
+        self.asked_digit = torch.nn.Linear(width, len(DIGITS))
+
+
+def masked_ce(head, x, target, mask):
+    if not mask.any():
+        return x.sum() * 0
+    return torch.nn.functional.cross_entropy(head(x[mask]), target[mask])
+
+
 # ----- training --------------------------------------------------------------------
-def train(out: Path, seed: int = 0, steps: int = 2500, n_train: int = 3000, n_val: int = 300,
+def train(family_name: str, out: Path, seed: int = 0, steps: int = 2500, n_train: int = 3000, n_val: int = 300,
           batch: int = 20, lr: float = 2e-3, att_weight: float = 1.0, threads: int = 2, device: str = "cpu",
           log=print):
-    from transformers import LlavaForConditionalGeneration
-
     started = time.perf_counter()
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=device != "cpu")  # bit-identical reruns are promised on the CPU
-    tokenizer = build_tokenizer()
-    processor = build_processor(tokenizer)
-    config = build_config(tokenizer)
-    prompts = Prompts(processor)
-    pad = tokenizer.pad_token_id
-    layer = attention_layer(config)
+    family = build_family(family_name)
+    prompts = Prompts(family)
+    layer = family.attention_layer()
+    middle = family.config.text_config.num_hidden_layers // 2
 
-    train_data = make_data("train", n_train, seed + 1, processor)
-    val_data = make_data("validation", n_val, seed + 2, processor)
-    log(f"data: {n_train} train / {n_val} val scenes in {time.perf_counter() - started:.0f}s")
+    train_data = make_data(family, "train", n_train, seed + 1)
+    val_data = make_data(family, "validation", n_val, seed + 2)
+    log(f"{family.name}: {n_train} train / {n_val} val scenes in {time.perf_counter() - started:.0f}s")
 
-    model = LlavaForConditionalGeneration(config).to(device)
-    model.config._attn_implementation = "eager"
-    model.set_attn_implementation("eager")
+    model = family.build_model().to(device)
     model.train()
     log(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
-    # Auxiliary digit head (training only, not saved): max-pooled projected patch features of
-    # each correct local crop, and of each global view whose digit is readable, -> the digit.
-    # It gives the vision tower a direct gradient for digit shapes instead of one routed
-    # through the language model alone.
-    digit_head = torch.nn.Linear(config.text_config.hidden_size, len(DIGITS)).to(device)
-    captured = {}
-    model.model.multi_modal_projector.register_forward_hook(lambda mod, inp, out: captured.__setitem__("f", out))
-    optim = torch.optim.AdamW([*model.parameters(), *digit_head.parameters()], lr=lr, weight_decay=0.01)
+    heads = Heads(family.config.text_config.hidden_size).to(device)
+    optim = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     rng = random.Random(seed + 3)
-    n_local = train_data["local"].shape[1]
+    n_local = len(train_data["local"][0])
     zoom = 1  # how many of the local zoom levels (smallest window first) are in use
+    # First answer tokens of each task's answers: [reading, existence].
+    candidates = [torch.tensor([prompts.answer_ids[d][0] for d in DIGITS], device=device),
+                  torch.tensor([prompts.answer_ids[a][0] for a in ("yes", "no")], device=device)]
     running = []
 
+    def question(i, images, data, visible):
+        """A reading or an existence question (half yes) on ``images``: the row, the asked
+        digit (-1 for reading) and whether the digit is visible in ``images``."""
+        d = DIGITS[int(data["digit"][i])]
+        if rng.random() < 0.5:
+            return (prompts.read, prompts.answer_ids[d], images), -1, visible
+        yes = rng.random() < 0.5
+        asked = d if yes else rng.choice([x for x in DIGITS if x != d])
+        return (prompts.exist[asked], prompts.answer_ids["yes" if yes else "no"], images), DIGITS.index(asked), visible
+
     def single_rows(idx, data):
-        rows, targets = [], []
+        rows, targets, asked, visible = [], [], [], []
         for i in idx:
-            kind = rng.random()
-            d = DIGITS[int(data["digit"][i])]
-            if kind < 0.4:
-                rows.append((prompts.ids(prompts.read, 1), prompts.answer_ids[d], [data["global"][i]]))
-                targets.append(data["target"][i])
-            elif kind < 0.8:
-                yes = rng.random() < 0.5
-                asked = d if yes else rng.choice([x for x in DIGITS if x != d])
-                rows.append((prompts.ids(prompts.exist[asked], 1), prompts.answer_ids["yes" if yes else "no"],
-                             [data["global"][i]]))
+            if rng.random() < 0.8:
+                row, a, v = question(i, [data["global"][i]], data, bool(data["readable"][i]))
                 targets.append(data["target"][i])
             else:
-                rows.append((prompts.ids(GENERIC_PROMPT, 1), [], [data["global"][i]]))
-                targets.append(torch.full((GRID * GRID,), 1 / GRID**2))
-        return rows, torch.stack(targets).to(device)
+                row, a, v = (GENERIC_PROMPT, [], [data["global"][i]]), -1, False
+                targets.append(torch.full_like(data["target"][i], 1 / len(data["target"][i])))
+            rows.append(row), asked.append(a), visible.append(v)
+        return rows, targets, torch.tensor(asked), torch.tensor(visible)
 
     def pair_rows(idx, data, zoom_levels):
-        rows, reads, good = [], [], []
+        rows, reads, good, asked = [], [], [], []
         for i in idx:
-            d = DIGITS[int(data["digit"][i])]
             good.append(zoom_levels == 1 or rng.random() < 0.8)  # wrong crops once reading has started
-            if good[-1]:
-                local = data["local"][i, rng.randrange(zoom_levels)]
-            else:
-                local = data["wrong"][i]
-            if rng.random() < 0.6:
-                rows.append((prompts.ids(prompts.read, 2), prompts.answer_ids[d], [data["global"][i], local]))
-                reads.append(True)
-            else:
-                yes = rng.random() < 0.5
-                asked = d if yes else rng.choice([x for x in DIGITS if x != d])
-                rows.append((prompts.ids(prompts.exist[asked], 2), prompts.answer_ids["yes" if yes else "no"],
-                             [data["global"][i], local]))
-                reads.append(False)
-        return rows, torch.tensor(reads), torch.tensor(good)
+            local = data["local"][i][rng.randrange(zoom_levels)] if good[-1] else data["wrong"][i]
+            row, a, _ = question(i, [data["global"][i], local], data, good[-1])
+            rows.append(row), asked.append(a), reads.append(a < 0)
+        return rows, torch.tensor(reads), torch.tensor(good), torch.tensor(asked)
 
-    def attention_loss(attentions, ids, last, targets):
-        att = attentions[layer].mean(1)  # (B, T, T), head-averaged as the adapter does
-        rows = att[torch.arange(len(last), device=last.device), last]  # (B, T)
-        image = ids == config.image_token_id
-        img = rows[image].view(len(last), -1)[:, : GRID * GRID]
-        p = img / img.sum(1, keepdim=True).clamp_min(1e-9)
-        return -(targets * torch.log(p + 1e-9)).sum(1).mean()
+    def unknowable_loss(b, asked, visible):
+        """Where the digit is not visible the answer cannot be known: instead of the true
+        answer, the first answer token is trained toward the uniform distribution over the
+        task's answers (10 digits, or yes/no), so that stage 1 is unsure exactly there; the
+        end of the answer keeps its label. Returns the labels the model's own loss uses and
+        a function of the logits giving the uniform-target loss."""
+        questions = (b.labels != -100).any(1)
+        blind = questions & ~visible
+        pos = (b.labels != -100).float().argmax(1)
+        labels = b.labels.clone()
+        labels[blind, pos[blind]] = -100
+
+        def loss(logits):
+            if not blind.any():
+                return logits.sum() * 0
+            rows = torch.arange(len(pos), device=pos.device)[blind]
+            logp = torch.log_softmax(logits[rows, pos[blind] - 1].float(), -1)
+            per_row = [-logp[k, candidates[int(a) >= 0]].mean() for k, a in enumerate(asked[blind])]
+            return torch.stack(per_row).mean()
+        return labels, loss
+
+    def question_heads(output, b, digits, asked, visible):
+        """The seen and asked digits from the last prompt token's hidden state halfway up."""
+        h = last_hidden(output, b, middle)
+        return (masked_ce(heads.seen_digit, h, digits, visible & (b.labels != -100).any(1))
+                + masked_ce(heads.asked_digit, h, asked.clamp_min(0), asked >= 0))
 
     for step in range(steps):
         idx1 = [rng.randrange(n_train) for _ in range(batch)]
-        rows, targets = single_rows(idx1, train_data)
-        ids, labels, mask, last, pixels = collate(rows, pad, device)
-        out1 = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels, output_attentions=True)
-        l_att = attention_loss(out1.attentions, ids, last, targets)
+        rows, targets, asked1, visible1 = single_rows(idx1, train_data)
+        b1 = family.collate(rows, device)
+        b1.labels, blind1 = unknowable_loss(b1, asked1.to(device), visible1.to(device))
+        pass1 = family.forward(model, b1, with_maps=True, layer=layer)
+        l_att = torch.stack([-(t.to(device) * torch.log(m + 1e-9)).sum() for t, m in zip(targets, pass1.maps)]).mean()
+        digits1 = train_data["digit"][idx1].to(device)
         readable = train_data["readable"][idx1].to(device)
-        l_global_digit = (torch.nn.functional.cross_entropy(digit_head(captured["f"][readable].amax(1)),
-                                                            train_data["digit"][idx1].to(device)[readable])
-                          if readable.any() else torch.zeros((), device=device))
+        pooled1 = torch.stack([f.amax(0) for f in pass1.features])
+        l_global_digit = masked_ce(heads.image_digit, pooled1, digits1, readable)
+        l_q1 = question_heads(pass1.output, b1, digits1, asked1.to(device), visible1.to(device))
 
         idx2 = [rng.randrange(n_train) for _ in range(batch)]
-        rows2, reads, good = pair_rows(idx2, train_data, zoom)
-        ids2, labels2, mask2, _, pixels2 = collate(rows2, pad, device)
+        rows2, reads, good, asked2 = pair_rows(idx2, train_data, zoom)
+        b2 = family.collate(rows2, device)
         reads, good = reads.to(device), good.to(device)
-        model.set_attn_implementation("sdpa")  # no weights needed here: the faster kernel
-        out2 = model(input_ids=ids2, attention_mask=mask2, pixel_values=pixels2, labels=labels2)
-        model.set_attn_implementation("eager")
-        local_features = captured["f"][1::2][good].amax(1)  # (rows with a correct crop, hidden)
-        l_digit = torch.nn.functional.cross_entropy(digit_head(local_features), train_data["digit"][idx2].to(device)[good])
-        loss = out1.loss + out2.loss + att_weight * l_att + l_digit + l_global_digit
+        labels2 = b2.labels
+        visible2 = good | train_data["readable"][idx2].to(device)  # a wrong crop: the global view decides
+        b2.labels, blind2 = unknowable_loss(b2, asked2.to(device), visible2)
+        pass2 = family.forward(model, b2, with_maps=False, layer=layer)
+        digits2 = train_data["digit"][idx2].to(device)
+        pooled2 = torch.stack([f.amax(0) for f in pass2.features[1::2]])  # each row's local crop
+        l_digit = masked_ce(heads.image_digit, pooled2, digits2, good)
+        l_q2 = question_heads(pass2.output, b2, digits2, asked2.to(device), good)
+        l_blind = blind1(pass1.output.logits) + blind2(pass2.output.logits)
+        loss = (pass1.output.loss + pass2.output.loss + att_weight * l_att + l_digit + l_global_digit
+                + l_q1 + l_q2 + l_blind)
         optim.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         sched.step()
 
-        logits, answer = first_answer_logits(out2.logits.detach(), labels2)
+        logits, answer = first_answer_logits(pass2.output.logits.detach(), labels2)
         correct = (logits.argmax(-1) == answer)[reads]
         running = (running + correct.tolist())[-4 * batch:]
         if zoom < n_local and len(running) >= 2 * batch and np.mean(running) > 0.5:
@@ -366,69 +326,78 @@ def train(out: Path, seed: int = 0, steps: int = 2500, n_train: int = 3000, n_va
         if step + 1 >= int(0.6 * steps):  # the last 40%: every zoom level, whatever the accuracy
             zoom = n_local
         if step % 50 == 0 or step == steps - 1:
-            log(f"step {step} loss {out1.loss.item():.3f}/{out2.loss.item():.3f} att {l_att.item():.3f} "
-                f"digit {l_digit.item():.3f} zoom {zoom} read2 {np.mean(running) if running else float('nan'):.2f} "
+            log(f"step {step} loss {pass1.output.loss.item():.3f}/{pass2.output.loss.item():.3f} "
+                f"att {l_att.item():.3f} digit {l_digit.item():.3f} q {l_q1.item():.3f}/{l_q2.item():.3f} "
+                f"blind {l_blind.item():.3f} "
+                f"zoom {zoom} read2 {np.mean(running) if running else float('nan'):.2f} "
                 f"t {time.perf_counter() - started:.0f}s")
 
     model.eval()
-    metrics = evaluate(model, val_data, prompts, pad, layer, config, device)
+    metrics = evaluate(family, model, val_data, prompts, layer, device)
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
     log(json.dumps(metrics))
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.config._attn_implementation = "sdpa"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.to("cpu").save_pretrained(out)
-    processor.save_pretrained(out)
-    (out / "training_metrics.json").write_text(json.dumps({"seed": seed, "steps": steps, "n_train": n_train,
-                                                           **metrics}, indent=1) + "\n")
+    family.save(model.to("cpu"), out)
+    (out / "training_metrics.json").write_text(json.dumps(
+        {"family": family.name, "seed": seed, "steps": steps, "n_train": n_train, "n_val": n_val, "threads": threads,
+         "device": device, **metrics},
+        indent=1) + "\n")
     return metrics
 
 
 @torch.no_grad()
-def evaluate(model, data, prompts, pad, layer, config, device="cpu"):
-    """Quick validation numbers from the first answer token's logits (argmax and
-    min-entropy; the benchmark's numbers come from lmms-eval runs, not from here)."""
+def evaluate(family: Family, model, data, prompts: Prompts, layer: int, device="cpu") -> dict:
+    """Validation numbers from the first answer token's logits (argmax and min-entropy; the
+    benchmark's numbers come from lmms-eval runs, not from here): per task, stage-1 (global)
+    and stage-2 (global + a 2x window around the digit) accuracy, the AUROC of stage 1's
+    min-entropy for its errors, and retransmitting the most uncertain half against a random
+    half; and how often the map's peak falls on the sign."""
     from collab_eval.analysis.curves import auroc
     from collab_eval.uncertainty import token_uncertainties
     n = len(data["digit"])
-    correct, entropy, hits = {}, [], []
-    for name, images in (("global", lambda i: [data["global"][i]]),
-                         ("local", lambda i: [data["global"][i], data["local"][i, -1]])):
-        correct[name] = []
-        for s in range(0, n, 50):
-            rows = [(prompts.ids(prompts.read, len(images(i))), prompts.answer_ids[DIGITS[int(data["digit"][i])]],
-                     images(i)) for i in range(s, min(n, s + 50))]
-            ids, labels, mask, last, pixels = collate(rows, pad, device)
-            out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, output_attentions=name == "global")
-            logits, answer = first_answer_logits(out.logits, labels)
-            correct[name] += (logits.argmax(-1) == answer).tolist()
-            if name == "global":
-                entropy += token_uncertainties(logits).min_entropy
-                att = out.attentions[layer].mean(1)[torch.arange(len(last), device=last.device), last]
-                peak = att[ids == config.image_token_id].view(len(last), -1).argmax(1)
-                hits += (data["target"][s:s + len(last)][torch.arange(len(last)), peak.cpu()] > 0).tolist()
-    right1, right2, entropy = np.array(correct["global"]), np.array(correct["local"]), np.array(entropy)
-    # Retransmit the most uncertain half vs a random half (its expectation).
-    gated = right1.copy()
-    most_uncertain = np.argsort(-entropy, kind="stable")[: n // 2]
-    gated[most_uncertain] = right2[most_uncertain]
+    rng = random.Random(0)
+    asked = [DIGITS[int(d)] if i % 2 == 0 else rng.choice([x for x in DIGITS if x != DIGITS[int(d)]])
+             for i, d in enumerate(data["digit"])]
+    tasks = {"read": lambda i: (prompts.read, prompts.answer_ids[DIGITS[int(data["digit"][i])]]),
+             "exist": lambda i: (prompts.exist[asked[i]], prompts.answer_ids["yes" if i % 2 == 0 else "no"])}
+    metrics, hits = {}, []
+    for task, ask in tasks.items():
+        right, entropy = {}, []
+        for stage, images in (("global", lambda i: [data["global"][i]]),
+                              ("local", lambda i: [data["global"][i], data["local"][i][-1]])):
+            right[stage] = []
+            for s in range(0, n, 50):
+                rows = [(*ask(i), images(i)) for i in range(s, min(n, s + 50))]
+                b = family.collate(rows, device)
+                p = family.forward(model, b, with_maps=stage == "global" and task == "read", layer=layer)
+                logits, answer = first_answer_logits(p.output.logits, b.labels)
+                right[stage] += (logits.argmax(-1) == answer).tolist()
+                if stage == "global":
+                    entropy += token_uncertainties(logits).min_entropy
+                if p.maps is not None:
+                    hits += [bool(data["target"][i][int(m.argmax())] > 0) for i, m in zip(range(s, s + len(rows)), p.maps)]
+        right1, right2, entropy = np.array(right["global"]), np.array(right["local"]), np.array(entropy)
+        gated = right1.copy()
+        most_uncertain = np.argsort(-entropy, kind="stable")[: n // 2]
+        gated[most_uncertain] = right2[most_uncertain]
+        auc = auroc(entropy, ~right1)  # None when every answer is right or every one wrong
+        metrics.update({
+            f"{task}_global": round(float(right1.mean()), 4), f"{task}_local": round(float(right2.mean()), 4),
+            f"{task}_auroc_global_error": None if auc is None else round(auc, 4),
+            f"{task}_gated_at_0.5": round(float(gated.mean()), 4),
+            f"{task}_random_at_0.5": round(float(0.5 * right1.mean() + 0.5 * right2.mean()), 4),
+        })
     readable = data["readable"].numpy()
-    auc = auroc(entropy, ~right1)  # None when every answer is right or every one wrong
-    return {
-        "read_global": round(float(right1.mean()), 4), "read_local": round(float(right2.mean()), 4),
-        "read_global_readable": round(float(right1[readable].mean()), 4) if readable.any() else None,
-        "auroc_global_error": None if auc is None else round(auc, 4),
-        "gated_at_0.5": round(float(gated.mean()), 4),
-        "random_at_0.5": round(float(0.5 * right1.mean() + 0.5 * right2.mean()), 4),
-        "attention_peak_on_sign": round(float(np.mean(hits)), 4),
-    }
+    metrics["readable_share"] = round(float(readable.mean()), 4)
+    metrics["attention_peak_on_sign"] = round(float(np.mean(hits)), 4)
+    return metrics
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "weights" / "smalldetail-llava"))
+    parser.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    parser.add_argument("--out", required=True, help="e.g. collab_eval/weights/smalldetail-<family>")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--n-train", type=int, default=3000)
@@ -436,10 +405,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--att-weight", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2, help="the shipped checkpoints were trained with 2")
     parser.add_argument("--device", default="cpu", help="cpu (the default) reproduces the shipped checkpoint bit for bit; cuda works too")
     args = parser.parse_args(argv)
-    train(Path(args.out), seed=args.seed, steps=args.steps, n_train=args.n_train, n_val=args.n_val,
-          batch=args.batch, lr=args.lr, att_weight=args.att_weight, device=args.device, log=lambda m: print(m, flush=True))
+    train(args.family, Path(args.out), seed=args.seed, steps=args.steps, n_train=args.n_train, n_val=args.n_val,
+          batch=args.batch, lr=args.lr, att_weight=args.att_weight, threads=args.threads, device=args.device,
+          log=lambda m: print(m, flush=True))
 
 
 if __name__ == "__main__":

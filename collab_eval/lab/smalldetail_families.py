@@ -1,0 +1,457 @@
+"""What each model family brings to the shared small-detail training script
+(collab_eval.lab.train_smalldetail): its transformers classes at tiny widths, its framing
+(the adapter's own pure function), how its prompt is tokenised, how its images become
+tensors, and where its attention map comes from. Everything else is shared.
+
+The three checkpoints have the same vision and language widths and depths (128 wide, 4
+layers each) and a 96 px encoder input, so they differ where the real families differ: LLaVA
+centre-crops to a square of 8 x 8 patches; Qwen2-VL keeps the aspect ratio inside a 96 x 96
+pixel budget and merges 2 x 2 patches into one language token; InstructBLIP squashes to
+96 x 96 and hands the language model 32 Q-Former query tokens, its map being the language
+model's attention to the queries pushed through the Q-Former's cross-attention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from collab_eval.edge import Box
+from collab_eval.lab.tiny_checkpoints import LLAVA_CHAT_TEMPLATE, QWEN2_VL_CHAT_TEMPLATE, QWEN2_VL_SPECIAL, train_tokenizer
+
+INPUT_SIDE = 96
+WIDTH, DEPTH, HEADS = 128, 4, 4
+
+
+@dataclass
+class Batch:
+    """One training batch: model inputs, the labels, each row's last prompt position, each
+    row's number of images, and per image (row after row) its number of language tokens."""
+    inputs: dict
+    labels: torch.Tensor
+    last: torch.Tensor
+    images_per_row: list[int]
+    image_tokens: list[int]
+
+    def first_images(self) -> list[int]:
+        """The index of each row's first image among all the batch's images."""
+        return np.cumsum([0] + self.images_per_row[:-1]).tolist()
+
+
+@dataclass
+class Pass:
+    """What a forward pass gives the training loop: the model output (loss, logits,
+    hidden states), each row's patch map at the adapter's layer (None unless asked; a
+    probability map over that row's first image's grid) and each image's projected
+    features (tokens, width)."""
+    output: object
+    maps: list[torch.Tensor] | None
+    features: list[torch.Tensor]
+
+
+class Family:
+    name = ""
+    vicrop_layer = (14, 32)
+
+    def __init__(self, corpus: list[str]):
+        self.tokenizer = self.make_tokenizer(corpus)
+        self.processor = self.make_processor()
+        self.config = self.make_config()
+
+    # ----- what a family defines ---------------------------------------------------
+    def make_tokenizer(self, corpus):
+        raise NotImplementedError
+
+    def make_processor(self):
+        raise NotImplementedError
+
+    def make_config(self):
+        raise NotImplementedError
+
+    def frame(self, region: Box) -> tuple[Box, tuple[int, int]]:
+        """The adapter's framing: what of ``region`` the encoder sees, and at what size."""
+        raise NotImplementedError
+
+    def pixels(self, images) -> list:
+        """Each image as the processor makes it (stored in float16)."""
+        raise NotImplementedError
+
+    def prompt_ids(self, text: str, image_tokens: list[int]) -> list[int]:
+        raise NotImplementedError
+
+    def answer_ids(self, answer: str) -> list[int]:
+        raise NotImplementedError
+
+    def grid(self, pixels) -> tuple[int, int]:
+        """The patch map's (rows, columns) for one image."""
+        raise NotImplementedError
+
+    def tokens(self, pixels) -> int:
+        """Language tokens of one image."""
+        return self.grid(pixels)[0] * self.grid(pixels)[1]
+
+    def collate_images(self, images: list, texts: list[str]) -> dict:
+        raise NotImplementedError
+
+    def forward(self, model, batch: Batch, with_maps: bool, layer: int) -> Pass:
+        raise NotImplementedError
+
+    # ----- shared ---------------------------------------------------------------------
+    def attention_layer(self) -> int:
+        num, den = self.vicrop_layer
+        return self.config.text_config.num_hidden_layers * num // den
+
+    def build_model(self):
+        model = self.model_class(self.config)
+        model.set_attn_implementation("eager")  # attention weights for the map loss
+        return model
+
+    def collate(self, rows, device="cpu") -> Batch:
+        """rows: (text, answer_ids or [], pixel items). Right padding."""
+        image_tokens = [self.tokens(px) for _, _, pxs in rows for px in pxs]
+        prompts, at = [], 0
+        for text, _, pxs in rows:
+            prompts.append(self.prompt_ids(text, image_tokens[at:at + len(pxs)]))
+            at += len(pxs)
+        pad = self.tokenizer.pad_token_id
+        length = max(len(p) + len(a) for p, (_, a, _) in zip(prompts, rows))
+        ids = torch.full((len(rows), length), pad)
+        labels = torch.full((len(rows), length), -100)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, (p, (_, a, _)) in enumerate(zip(prompts, rows)):
+            seq = p + a
+            ids[i, :len(seq)] = torch.tensor(seq)
+            if a:
+                labels[i, len(p):len(seq)] = torch.tensor(a)
+            mask[i, :len(seq)] = 1
+        images = [px for _, _, pxs in rows for px in pxs]
+        texts = [text for text, _, pxs in rows for _ in pxs]
+        inputs = {"input_ids": ids, "attention_mask": mask, **self.collate_images(images, texts)}
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        last = torch.tensor([len(p) - 1 for p in prompts], device=device)
+        return Batch(inputs, labels.to(device), last, [len(pxs) for _, _, pxs in rows], image_tokens)
+
+    def lm_rows(self, attentions, batch: Batch, layer: int) -> torch.Tensor:
+        """Head-averaged attention of each row's last prompt token at ``layer``: (rows, length)."""
+        att = attentions[layer].mean(1)
+        return att[torch.arange(len(batch.last), device=batch.last.device), batch.last]
+
+    def first_image_rows(self, rows, batch: Batch) -> list[torch.Tensor]:
+        """Each row's attention to its first image's tokens."""
+        image = batch.inputs["input_ids"] == self.config.image_token_id
+        return [rows[r][image[r]][:batch.image_tokens[first]] for r, first in enumerate(batch.first_images())]
+
+    def save(self, model, out):
+        """The model (attention kernel SDPA, the adapters' default) with its generation
+        settings, and the processor."""
+        model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        model.generation_config.eos_token_id = self.config.text_config.eos_token_id
+        model.config._attn_implementation = "sdpa"
+        model.save_pretrained(out)
+        self.processor.save_pretrained(out)
+
+
+def normalised(rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [r / r.sum().clamp_min(1e-9) for r in rows]
+
+
+# ----- LLaVA ------------------------------------------------------------------------------
+class Llava(Family):
+    name = "llava"
+    patch = 12
+
+    @property
+    def model_class(self):
+        from transformers import LlavaForConditionalGeneration
+        return LlavaForConditionalGeneration
+
+    def make_tokenizer(self, corpus):
+        return train_tokenizer(["<image>"], vocab_size=512, corpus=corpus)
+
+    def make_processor(self):
+        from transformers import CLIPImageProcessor, LlavaProcessor
+        image_processor = CLIPImageProcessor(size={"shortest_edge": INPUT_SIDE},
+                                             crop_size={"height": INPUT_SIDE, "width": INPUT_SIDE},
+                                             do_center_crop=True, do_resize=True)
+        return LlavaProcessor(image_processor=image_processor, tokenizer=self.tokenizer, patch_size=self.patch,
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                              chat_template=LLAVA_CHAT_TEMPLATE)
+
+    def make_config(self):
+        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+        tok = self.tokenizer
+        vision = CLIPVisionConfig(hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=DEPTH,
+                                  num_attention_heads=HEADS, image_size=INPUT_SIDE, patch_size=self.patch,
+                                  projection_dim=WIDTH)
+        return LlavaConfig(vision_config=vision, text_config=llama_config(tok),
+                           image_token_index=tok.convert_tokens_to_ids("<image>"),
+                           vision_feature_layer=-1, vision_feature_select_strategy="default",
+                           projector_hidden_act="gelu")
+
+    def frame(self, region):
+        from model_adapters.llava import llava_frame
+        return llava_frame(region, crop=(INPUT_SIDE, INPUT_SIDE), shortest_edge=INPUT_SIDE)
+
+    def pixels(self, images):
+        return list(self.processor.image_processor(images, return_tensors="pt")["pixel_values"].to(torch.float16))
+
+    def grid(self, pixels):
+        return INPUT_SIDE // self.patch, INPUT_SIDE // self.patch
+
+    def prompt_ids(self, text, image_tokens):
+        return chat_prompt_ids(self.processor, self.tokenizer, text, image_tokens, "<image>")
+
+    def answer_ids(self, answer):
+        # After "ASSISTANT:" an answer starts with a space, as in LLaVA's training data.
+        return self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def collate_images(self, images, texts):
+        return {"pixel_values": torch.stack(images).float()}
+
+    def forward(self, model, batch, with_maps, layer):
+        captured = {}
+        hook = model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
+        try:
+            out = model(**batch.inputs, labels=batch.labels, output_attentions=with_maps, output_hidden_states=True)
+        finally:
+            hook.remove()
+        maps = normalised(self.first_image_rows(self.lm_rows(out.attentions, batch, layer), batch)) if with_maps else None
+        return Pass(out, maps, list(captured["f"]))
+
+
+# ----- Qwen2-VL -----------------------------------------------------------------------------
+class Qwen2VL(Family):
+    name = "qwen2-vl"
+    vicrop_layer = (22, 28)
+    patch, merge = 6, 2  # 12 px per language token: 8 x 8 tokens for a square 96 x 96 image
+    max_pixels = INPUT_SIDE * INPUT_SIDE
+    min_pixels = 24 * 24
+    # Its vision tower is half as wide as the others': with 6 px patches it sees four times
+    # as many patches (as the real Qwen2-VL does per language token), and at full width it
+    # trained at 1.25 s a step against LLaVA's 0.5 on 2 CPU threads.
+    vision_width = WIDTH // 2
+
+    @property
+    def model_class(self):
+        from transformers import Qwen2VLForConditionalGeneration
+        return Qwen2VLForConditionalGeneration
+
+    def make_tokenizer(self, corpus):
+        return train_tokenizer(QWEN2_VL_SPECIAL, vocab_size=512, corpus=corpus)
+
+    def make_processor(self):
+        from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+        image_processor = Qwen2VLImageProcessor(min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+                                                patch_size=self.patch, merge_size=self.merge, temporal_patch_size=2)
+        return Qwen2VLProcessor(image_processor=image_processor, tokenizer=self.tokenizer,
+                                video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN2_VL_CHAT_TEMPLATE)
+
+    def make_config(self):
+        from transformers import Qwen2VLConfig
+        tok = self.tokenizer
+        ids = {token: tok.convert_tokens_to_ids(token) for token in QWEN2_VL_SPECIAL}
+        head_dim = WIDTH // HEADS
+        return Qwen2VLConfig(
+            vision_config=dict(depth=DEPTH, embed_dim=self.vision_width, hidden_size=WIDTH, mlp_ratio=2, num_heads=HEADS,
+                               in_channels=3, patch_size=self.patch, spatial_merge_size=self.merge,
+                               temporal_patch_size=2),
+            text_config=dict(vocab_size=len(tok), hidden_size=WIDTH, intermediate_size=2 * WIDTH,
+                             num_hidden_layers=DEPTH, num_attention_heads=HEADS, num_key_value_heads=HEADS,
+                             max_position_embeddings=1024,
+                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                              "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]},
+                             bos_token_id=tok.bos_token_id, eos_token_id=ids["<|im_end|>"],
+                             pad_token_id=tok.pad_token_id),
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+
+    def frame(self, region):
+        from model_adapters.qwen2_vl import qwen2_vl_frame
+        return qwen2_vl_frame(region, self.patch * self.merge, self.min_pixels, self.max_pixels)
+
+    def pixels(self, images):
+        out = []
+        for image in images:  # one at a time: each has its own grid
+            p = self.processor.image_processor([image], return_tensors="pt")
+            out.append((p["pixel_values"].to(torch.float16), p["image_grid_thw"][0]))
+        return out
+
+    def grid(self, pixels):
+        _, h, w = pixels[1].tolist()
+        return h // self.merge, w // self.merge
+
+    def prompt_ids(self, text, image_tokens):
+        return chat_prompt_ids(self.processor, self.tokenizer, text, image_tokens, "<|image_pad|>")
+
+    def answer_ids(self, answer):
+        return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.config.text_config.eos_token_id]
+
+    def collate_images(self, images, texts):
+        return {"pixel_values": torch.cat([px for px, _ in images]).float(),
+                "image_grid_thw": torch.stack([thw for _, thw in images])}
+
+    def collate(self, rows, device="cpu"):
+        batch = super().collate(rows, device)
+        # As the processor marks them: 1 for image tokens (the M-RoPE positions need it).
+        batch.inputs["mm_token_type_ids"] = (batch.inputs["input_ids"] == self.config.image_token_id).long()
+        return batch
+
+    def forward(self, model, batch, with_maps, layer):
+        captured = {}
+        hook = model.model.visual.merger.register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
+        try:
+            out = model(**batch.inputs, labels=batch.labels, output_attentions=with_maps, output_hidden_states=True)
+        finally:
+            hook.remove()
+        maps = normalised(self.first_image_rows(self.lm_rows(out.attentions, batch, layer), batch)) if with_maps else None
+        return Pass(out, maps, list(torch.split(captured["f"], batch.image_tokens)))
+
+
+# ----- InstructBLIP -----------------------------------------------------------------------
+class InstructBlip(Family):
+    name = "instructblip"
+    vicrop_layer = (15, 32)
+    vicrop_qformer_layer = (2, 6)
+    patch = 12
+    queries = 32
+
+    @property
+    def model_class(self):
+        from transformers import InstructBlipForConditionalGeneration
+        return InstructBlipForConditionalGeneration
+
+    def make_tokenizer(self, corpus):
+        from tokenizers.processors import TemplateProcessing
+        tok = train_tokenizer([], vocab_size=512, corpus=corpus)
+        # Vicuna's tokenizer starts every text with <s>; the processor puts the query tokens before it.
+        tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A",
+                                                                  special_tokens=[("<s>", tok.bos_token_id)])
+        self.qformer_tokenizer = train_tokenizer([], vocab_size=512, corpus=corpus)
+        return tok
+
+    def make_processor(self):
+        from transformers import BlipImageProcessor, InstructBlipProcessor
+        image_processor = BlipImageProcessor(size={"height": INPUT_SIDE, "width": INPUT_SIDE}, do_resize=True)
+        # The processor adds the <image> token to the tokenizer, as for the released checkpoint.
+        return InstructBlipProcessor(image_processor=image_processor, tokenizer=self.tokenizer,
+                                     qformer_tokenizer=self.qformer_tokenizer, num_query_tokens=self.queries)
+
+    def make_config(self):
+        from transformers import InstructBlipConfig, InstructBlipQFormerConfig, InstructBlipVisionConfig
+        tok = self.tokenizer
+        vision = InstructBlipVisionConfig(hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=DEPTH,
+                                          num_attention_heads=HEADS, image_size=INPUT_SIDE, patch_size=self.patch)
+        # No dropout, as in the other two families' towers.
+        qformer = InstructBlipQFormerConfig(vocab_size=len(self.qformer_tokenizer), hidden_size=WIDTH,
+                                            num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                                            intermediate_size=2 * WIDTH, cross_attention_frequency=2,
+                                            encoder_hidden_size=WIDTH, max_position_embeddings=512,
+                                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                            pad_token_id=self.qformer_tokenizer.pad_token_id)
+        return InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=llama_config(tok),
+                                  num_query_tokens=self.queries,
+                                  image_token_index=tok.convert_tokens_to_ids("<image>"))
+
+    def build_model(self):
+        """transformers starts the 32 query tokens at zero: identical queries with no position
+        embedding stay identical under training (one query in effect; reading stayed at
+        chance for 600 steps). The released model's queries come from BLIP-2's pretraining;
+        here they start as the Q-Former's other weights do."""
+        model = super().build_model()
+        with torch.no_grad():
+            model.query_tokens.normal_(0.0, self.config.qformer_config.initializer_range)
+        return model
+
+    def qformer_layer(self) -> int:
+        qc = self.config.qformer_config
+        n_cross = len(range(0, qc.num_hidden_layers, qc.cross_attention_frequency))
+        num, den = self.vicrop_qformer_layer
+        return n_cross * num // den
+
+    def frame(self, region):
+        from model_adapters.instructblip import instructblip_frame
+        return instructblip_frame(region, (INPUT_SIDE, INPUT_SIDE))
+
+    def pixels(self, images):
+        return list(self.processor.image_processor(images, return_tensors="pt")["pixel_values"].to(torch.float16))
+
+    def grid(self, pixels):
+        return INPUT_SIDE // self.patch, INPUT_SIDE // self.patch
+
+    def tokens(self, pixels):
+        return self.queries
+
+    def prompt_ids(self, text, image_tokens):
+        """As the adapter builds them: 32 query slots per image, then <s> and the text."""
+        key = (text, len(image_tokens))
+        cache = self.__dict__.setdefault("_prompts", {})
+        if key not in cache:
+            image = self.config.image_token_id
+            cache[key] = [image] * (self.queries * len(image_tokens)) + self.tokenizer(text)["input_ids"]
+        return cache[key]
+
+    def answer_ids(self, answer):
+        return self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def collate_images(self, images, texts):
+        q = self.qformer_tokenizer(texts, padding=True, return_tensors="pt")
+        return {"pixel_values": torch.stack(images).float(), "qformer_input_ids": q["input_ids"],
+                "qformer_attention_mask": q["attention_mask"]}
+
+    def forward(self, model, batch, with_maps, layer):
+        """The adapter's path: vision encoder, Q-Former (its cross-attention kept for the map),
+        projection into the query slots, then the language model on the embeddings."""
+        inputs = batch.inputs
+        image_embeds = model.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
+        query_tokens = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        query_mask = torch.ones(query_tokens.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        q = model.qformer(input_ids=inputs["qformer_input_ids"],
+                          attention_mask=torch.cat([query_mask, inputs["qformer_attention_mask"]], dim=1),
+                          query_embeds=query_tokens, encoder_hidden_states=image_embeds,
+                          encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long,
+                                                            device=image_embeds.device),
+                          output_attentions=with_maps)
+        features = model.language_projection(q.last_hidden_state[:, :self.queries])
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        slots = (inputs["input_ids"] == self.config.image_token_id).unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(slots, features.to(embeds.dtype))
+        out = model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+                                   labels=batch.labels, output_attentions=with_maps, output_hidden_states=True)
+        maps = None
+        if with_maps:
+            cross = q.cross_attentions[self.qformer_layer()].mean(1)[:, :self.queries, 1:]  # (images, 32, patches)
+            rows = self.first_image_rows(self.lm_rows(out.attentions, batch, layer), batch)
+            maps = normalised([row @ cross[first] for row, first in zip(rows, batch.first_images())])
+        # The digit head reads the vision tower's patches: behind the Q-Former's bottleneck
+        # (32 queries) it gave the tower no gradient it could use (chance for 400 steps).
+        return Pass(out, maps, list(image_embeds[:, 1:]))
+
+
+def llama_config(tokenizer):
+    from transformers import LlamaConfig
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH,
+                       num_hidden_layers=DEPTH, num_attention_heads=HEADS, num_key_value_heads=HEADS,
+                       max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+_CHAT_CACHE: dict = {}
+
+
+def chat_prompt_ids(processor, tokenizer, text, image_tokens, image_token) -> list[int]:
+    """The processor's chat template with one image entry per image, tokenised, each image
+    token expanded to that image's number of language tokens (as the processor expands it)."""
+    key = (id(processor), text, len(image_tokens))
+    if key not in _CHAT_CACHE:
+        content = [{"type": "image"}] * len(image_tokens) + [{"type": "text", "text": text}]
+        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        _CHAT_CACHE[key] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    token = tokenizer.convert_tokens_to_ids(image_token)
+    out, counts = [], iter(image_tokens)
+    for t in _CHAT_CACHE[key]:
+        out += [t] * next(counts) if t == token else [t]
+    return out
+
+
+FAMILIES = {f.name: f for f in (Llava, Qwen2VL, InstructBlip)}
