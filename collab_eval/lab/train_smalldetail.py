@@ -225,21 +225,21 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int = 2500, n_train
                   torch.tensor([prompts.answer_ids[a][0] for a in ("yes", "no")], device=device)]
     running = []
 
-    def question(i, images, data, visible):
-        """A reading or an existence question (half yes) on ``images``: the row, the asked
-        digit (-1 for reading) and whether the digit is visible in ``images``."""
+    def question(i, images, data):
+        """A reading or an existence question (half yes) on ``images``: the row, and the
+        asked digit (-1 for reading)."""
         d = DIGITS[int(data["digit"][i])]
         if rng.random() < 0.5:
-            return (prompts.read, prompts.answer_ids[d], images), -1, visible
+            return (prompts.read, prompts.answer_ids[d], images), -1
         yes = rng.random() < 0.5
         asked = d if yes else rng.choice([x for x in DIGITS if x != d])
-        return (prompts.exist[asked], prompts.answer_ids["yes" if yes else "no"], images), DIGITS.index(asked), visible
+        return (prompts.exist[asked], prompts.answer_ids["yes" if yes else "no"], images), DIGITS.index(asked)
 
     def single_rows(idx, data):
         rows, targets, asked, visible = [], [], [], []
         for i in idx:
             if rng.random() < 0.8:
-                row, a, v = question(i, [data["global"][i]], data, bool(data["readable"][i]))
+                (row, a), v = question(i, [data["global"][i]], data), bool(data["readable"][i])
                 targets.append(data["target"][i])
             else:
                 row, a, v = (GENERIC_PROMPT, [], [data["global"][i]]), -1, False
@@ -252,7 +252,7 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int = 2500, n_train
         for i in idx:
             good.append(zoom_levels == 1 or rng.random() < 0.8)  # wrong crops once reading has started
             local = data["local"][i][rng.randrange(zoom_levels)] if good[-1] else data["wrong"][i]
-            row, a, _ = question(i, [data["global"][i], local], data, good[-1])
+            row, a = question(i, [data["global"][i], local], data)
             rows.append(row), asked.append(a), reads.append(a < 0)
         return rows, torch.tensor(reads), torch.tensor(good), torch.tensor(asked)
 
