@@ -43,8 +43,8 @@ class Batch:
 class Pass:
     """What a forward pass gives the training loop: the model output (loss, logits,
     hidden states), each row's patch map at the adapter's layer (None unless asked; a
-    probability map over that row's first image's grid) and each image's projected
-    features (tokens, width)."""
+    probability map over that row's first image's grid) and each image's features for the
+    digit head (tokens, width)."""
     output: object
     maps: list[torch.Tensor] | None
     features: list[torch.Tensor]
@@ -55,6 +55,7 @@ class Family:
     vicrop_layer = (14, 32)
 
     def __init__(self, corpus: list[str]):
+        self.prompt_cache: dict = {}  # (text, images) -> token ids before image tokens are expanded
         self.tokenizer = self.make_tokenizer(corpus)
         self.processor = self.make_processor()
         self.config = self.make_config()
@@ -95,7 +96,22 @@ class Family:
         raise NotImplementedError
 
     def forward(self, model, batch: Batch, with_maps: bool, layer: int) -> Pass:
+        """The model's own forward; the image features are read at the family's projector."""
+        captured = {}
+        hook = self.projector(model).register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
+        try:
+            out = model(**batch.inputs, labels=batch.labels, output_attentions=with_maps, output_hidden_states=True)
+        finally:
+            hook.remove()
+        maps = normalised(self.first_image_rows(self.lm_rows(out.attentions, batch, layer), batch)) if with_maps else None
+        return Pass(out, maps, self.per_image(captured["f"], batch))
+
+    def projector(self, model) -> torch.nn.Module:
+        """The module whose output is the image features the language model receives."""
         raise NotImplementedError
+
+    def per_image(self, features, batch: Batch) -> list[torch.Tensor]:
+        return list(features)
 
     # ----- shared ---------------------------------------------------------------------
     def attention_layer(self) -> int:
@@ -200,7 +216,7 @@ class Llava(Family):
         return INPUT_SIDE // self.patch, INPUT_SIDE // self.patch
 
     def prompt_ids(self, text, image_tokens):
-        return chat_prompt_ids(self.processor, self.tokenizer, text, image_tokens, "<image>")
+        return chat_prompt_ids(self, text, image_tokens, "<image>")
 
     def answer_ids(self, answer):
         # After "ASSISTANT:" an answer starts with a space, as in LLaVA's training data.
@@ -209,15 +225,8 @@ class Llava(Family):
     def collate_images(self, images, texts):
         return {"pixel_values": torch.stack(images).float()}
 
-    def forward(self, model, batch, with_maps, layer):
-        captured = {}
-        hook = model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
-        try:
-            out = model(**batch.inputs, labels=batch.labels, output_attentions=with_maps, output_hidden_states=True)
-        finally:
-            hook.remove()
-        maps = normalised(self.first_image_rows(self.lm_rows(out.attentions, batch, layer), batch)) if with_maps else None
-        return Pass(out, maps, list(captured["f"]))
+    def projector(self, model):
+        return model.model.multi_modal_projector  # (images, 64, width)
 
 
 # ----- Qwen2-VL -----------------------------------------------------------------------------
@@ -282,7 +291,7 @@ class Qwen2VL(Family):
         return h // self.merge, w // self.merge
 
     def prompt_ids(self, text, image_tokens):
-        return chat_prompt_ids(self.processor, self.tokenizer, text, image_tokens, "<|image_pad|>")
+        return chat_prompt_ids(self, text, image_tokens, "<|image_pad|>")
 
     def answer_ids(self, answer):
         return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.config.text_config.eos_token_id]
@@ -297,15 +306,11 @@ class Qwen2VL(Family):
         batch.inputs["mm_token_type_ids"] = (batch.inputs["input_ids"] == self.config.image_token_id).long()
         return batch
 
-    def forward(self, model, batch, with_maps, layer):
-        captured = {}
-        hook = model.model.visual.merger.register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
-        try:
-            out = model(**batch.inputs, labels=batch.labels, output_attentions=with_maps, output_hidden_states=True)
-        finally:
-            hook.remove()
-        maps = normalised(self.first_image_rows(self.lm_rows(out.attentions, batch, layer), batch)) if with_maps else None
-        return Pass(out, maps, list(torch.split(captured["f"], batch.image_tokens)))
+    def projector(self, model):
+        return model.model.visual.merger  # (all images' merged cells, width)
+
+    def per_image(self, features, batch):
+        return list(torch.split(features, batch.image_tokens))
 
 
 # ----- InstructBLIP -----------------------------------------------------------------------
@@ -385,11 +390,10 @@ class InstructBlip(Family):
     def prompt_ids(self, text, image_tokens):
         """As the adapter builds them: 32 query slots per image, then <s> and the text."""
         key = (text, len(image_tokens))
-        cache = self.__dict__.setdefault("_prompts", {})
-        if key not in cache:
+        if key not in self.prompt_cache:
             image = self.config.image_token_id
-            cache[key] = [image] * (self.queries * len(image_tokens)) + self.tokenizer(text)["input_ids"]
-        return cache[key]
+            self.prompt_cache[key] = [image] * (self.queries * len(image_tokens)) + self.tokenizer(text)["input_ids"]
+        return self.prompt_cache[key]
 
     def answer_ids(self, answer):
         return self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
@@ -436,20 +440,17 @@ def llama_config(tokenizer):
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
-_CHAT_CACHE: dict = {}
-
-
-def chat_prompt_ids(processor, tokenizer, text, image_tokens, image_token) -> list[int]:
+def chat_prompt_ids(family: Family, text, image_tokens, image_token) -> list[int]:
     """The processor's chat template with one image entry per image, tokenised, each image
     token expanded to that image's number of language tokens (as the processor expands it)."""
-    key = (id(processor), text, len(image_tokens))
-    if key not in _CHAT_CACHE:
+    key = (text, len(image_tokens))
+    if key not in family.prompt_cache:
         content = [{"type": "image"}] * len(image_tokens) + [{"type": "text", "text": text}]
-        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-        _CHAT_CACHE[key] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    token = tokenizer.convert_tokens_to_ids(image_token)
+        prompt = family.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        family.prompt_cache[key] = family.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    token = family.tokenizer.convert_tokens_to_ids(image_token)
     out, counts = [], iter(image_tokens)
-    for t in _CHAT_CACHE[key]:
+    for t in family.prompt_cache[key]:
         out += [t] * next(counts) if t == token else [t]
     return out
 
