@@ -74,17 +74,8 @@ class CollabInstructBlip(CollabModel):
     def image_features(self, inputs):
         """Vision encoder, Q-Former and projection, as the model's get_image_features runs
         them: (images, 32, hidden)."""
-        model = self.model
-        image_embeds = model.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
-        query_tokens = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        query_mask = torch.ones(query_tokens.shape[:-1], dtype=torch.long, device=image_embeds.device)
-        out = model.qformer(
-            input_ids=inputs["qformer_input_ids"],
-            attention_mask=torch.cat([query_mask, inputs["qformer_attention_mask"]], dim=1),
-            query_embeds=query_tokens, encoder_hidden_states=image_embeds,
-            encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device),
-        )
-        return model.language_projection(out.last_hidden_state[:, :self.queries])
+        _, out = run_qformer(self.model, inputs)
+        return self.model.language_projection(out.last_hidden_state[:, :self.queries])
 
     def generate(self, inputs, **kwargs):
         # Given input_ids beside the embeddings, generate returns the prompt too: the base
@@ -153,3 +144,20 @@ def instructblip_frame(region: Box, size: tuple[int, int]) -> tuple[Box, tuple[i
     """What InstructBLIP's processor shows of ``region``: all of it, squashed to ``size``
     (w, h) without keeping the aspect ratio, each grid cell an equal fraction of it."""
     return region, size
+
+
+def run_qformer(model, inputs, output_attentions: bool = False):
+    """The vision encoder and the Q-Former over ``inputs`` (pixel_values, qformer_input_ids,
+    qformer_attention_mask), as the model's get_image_features runs them: the patch
+    embeddings and the Q-Former's output (with its cross-attentions when asked)."""
+    image_embeds = model.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
+    query_tokens = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
+    query_mask = torch.ones(query_tokens.shape[:-1], dtype=torch.long, device=image_embeds.device)
+    out = model.qformer(
+        input_ids=inputs["qformer_input_ids"],
+        attention_mask=torch.cat([query_mask, inputs["qformer_attention_mask"]], dim=1),
+        query_embeds=query_tokens, encoder_hidden_states=image_embeds,
+        encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device),
+        output_attentions=output_attentions,
+    )
+    return image_embeds, out

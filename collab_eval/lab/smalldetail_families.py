@@ -406,19 +406,12 @@ class InstructBlip(Family):
     def forward(self, model, batch, with_maps, layer):
         """The adapter's path: vision encoder, Q-Former (its cross-attention kept for the map),
         projection into the query slots, then the language model on the embeddings."""
+        from model_adapters.instructblip import run_qformer
         inputs = batch.inputs
-        image_embeds = model.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state
-        query_tokens = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        query_mask = torch.ones(query_tokens.shape[:-1], dtype=torch.long, device=image_embeds.device)
-        q = model.qformer(input_ids=inputs["qformer_input_ids"],
-                          attention_mask=torch.cat([query_mask, inputs["qformer_attention_mask"]], dim=1),
-                          query_embeds=query_tokens, encoder_hidden_states=image_embeds,
-                          encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long,
-                                                            device=image_embeds.device),
-                          output_attentions=with_maps)
+        image_embeds, q = run_qformer(model, inputs, output_attentions=with_maps)
         features = model.language_projection(q.last_hidden_state[:, :self.queries])
         embeds = model.get_input_embeddings()(inputs["input_ids"])
-        slots = (inputs["input_ids"] == self.config.image_token_id).unsqueeze(-1).expand_as(embeds)
+        slots = model.get_placeholder_mask(inputs["input_ids"], inputs_embeds=embeds)
         embeds = embeds.masked_scatter(slots, features.to(embeds.dtype))
         out = model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
                                    labels=batch.labels, output_attentions=with_maps, output_hidden_states=True)
