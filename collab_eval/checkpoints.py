@@ -19,9 +19,8 @@ BUILDERS = {
 
 
 # Trained checkpoints shipped inside the package (collab_eval/weights/<name>/), reproduced by the
-# training script: python -m collab_eval.lab.train_smalldetail --family <family>. The script
-# trains Qwen2-VL and InstructBLIP too; their checkpoints are not shipped yet (README).
-PACKAGED = {name: WEIGHTS_DIR / name for name in ("smalldetail-llava",)}
+# training script: python -m collab_eval.lab.train_smalldetail --family <family>.
+PACKAGED = {name: WEIGHTS_DIR / name for name in ("smalldetail-llava", "smalldetail-qwen2-vl")}
 
 
 def cache_dir() -> Path:

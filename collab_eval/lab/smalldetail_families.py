@@ -3,8 +3,9 @@
 (the adapter's own pure function), how its prompt is tokenised, how its images become
 tensors, and where its attention map comes from. Everything else is shared.
 
-The three checkpoints have the same vision and language widths and depths (128 wide, 4
-layers each) and a 96 px encoder input, so they differ where the real families differ: LLaVA
+The three checkpoints have the same language model (128 wide, 4 layers), vision towers of 4
+layers (128 wide; Qwen2-VL's 64, for its four times as many patches) and a 96 px encoder
+input, so they differ where the real families differ: LLaVA
 centre-crops to a square of 8 x 8 patches; Qwen2-VL keeps the aspect ratio inside a 96 x 96
 pixel budget and merges 2 x 2 patches into one language token; InstructBLIP squashes to
 96 x 96 and hands the language model 32 Q-Former query tokens, its map being the language
@@ -43,16 +44,18 @@ class Batch:
 class Pass:
     """What a forward pass gives the training loop: the model output (loss, logits,
     hidden states), each row's patch map at the adapter's layer (None unless asked; a
-    probability map over that row's first image's grid) and each image's features for the
-    digit head (tokens, width)."""
+    probability map over that row's first image's grid) and, for each place a digit head
+    reads (Family.digit_places), each image's features there (tokens, width)."""
     output: object
     maps: list[torch.Tensor] | None
-    features: list[torch.Tensor]
+    features: list[list[torch.Tensor]]
 
 
 class Family:
     name = ""
     vicrop_layer = (14, 32)
+    digit_places = 1  # the projected image features the language model receives
+    steps = 2500  # training steps of the shipped checkpoint
 
     def __init__(self, corpus: list[str]):
         self.prompt_cache: dict = {}  # (text, images) -> token ids before image tokens are expanded
@@ -104,7 +107,11 @@ class Family:
         finally:
             hook.remove()
         maps = normalised(self.first_image_rows(self.lm_rows(out.attentions, batch, layer), batch)) if with_maps else None
-        return Pass(out, maps, self.per_image(captured["f"], batch))
+        return Pass(out, maps, [self.per_image(captured["f"], batch)])
+
+    def param_groups(self, model, lr: float) -> list[dict]:
+        """The optimizer's parameter groups: one learning rate for the whole model."""
+        return [{"params": list(model.parameters()), "lr": lr}]
 
     def projector(self, model) -> torch.nn.Module:
         """The module whose output is the image features the language model receives."""
@@ -240,6 +247,8 @@ class Qwen2VL(Family):
     # as many patches (as the real Qwen2-VL does per language token), and at full width it
     # trained at 1.25 s a step against LLaVA's 0.5 on 2 CPU threads.
     vision_width = WIDTH // 2
+    # Its steps cost twice LLaVA's (four times the patches); it reads as well by 1500.
+    steps = 1500
 
     @property
     def model_class(self):
@@ -320,6 +329,7 @@ class InstructBlip(Family):
     vicrop_qformer_layer = (2, 6)
     patch = 12
     queries = 32
+    digit_places = 2  # the vision tower's patches and the projected query outputs
 
     @property
     def model_class(self):
@@ -367,6 +377,14 @@ class InstructBlip(Family):
         with torch.no_grad():
             model.query_tokens.normal_(0.0, self.config.qformer_config.initializer_range)
         return model
+
+    def param_groups(self, model, lr):
+        """The Q-Former (post-LN, as BERT) and its query tokens learn at a quarter of the
+        rate of the rest (pre-LN towers, which train at the full rate)."""
+        qformer = [*model.qformer.parameters(), model.query_tokens]
+        ids = {id(p) for p in qformer}
+        return [{"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr},
+                {"params": qformer, "lr": lr / 4}]
 
     def qformer_layer(self) -> int:
         qc = self.config.qformer_config
@@ -420,9 +438,11 @@ class InstructBlip(Family):
             cross = q.cross_attentions[self.qformer_layer()].mean(1)[:, :self.queries, 1:]  # (images, 32, patches)
             rows = self.first_image_rows(self.lm_rows(out.attentions, batch, layer), batch)
             maps = normalised([row @ cross[first] for row, first in zip(rows, batch.first_images())])
-        # The digit head reads the vision tower's patches: behind the Q-Former's bottleneck
-        # (32 queries) it gave the tower no gradient it could use (chance for 400 steps).
-        return Pass(out, maps, list(image_embeds[:, 1:]))
+        # Two digit heads: one on the vision tower's patches (behind the Q-Former's 32-query
+        # bottleneck alone the tower got no gradient it could use: chance for 400 steps), one
+        # on the projected queries (with the first alone the tower read digits, the map found
+        # the sign, and the answers stayed at chance: the queries did not pass the digit on).
+        return Pass(out, maps, [list(image_embeds[:, 1:]), list(features)])
 
 
 def llama_config(tokenizer):

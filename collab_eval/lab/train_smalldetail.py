@@ -28,6 +28,7 @@ Extra supervision (stated plainly; a proxy for what pretraining gives real VLMs)
   for questions, and toward a flat map for the generic prompt;
 - the digit in the image: an auxiliary head (not saved) reads the digit from the projected
   image features of correct local crops and of global views where it is readable (>= 10 px);
+  InstructBLIP has two, on its vision tower's patches and on its projected query outputs;
 - the existence question's two halves: on question rows, two auxiliary heads (not saved) read,
   from the language model's hidden state of the last prompt token halfway up, the digit the
   question asks about (existence questions) and the digit in the image (where it is visible).
@@ -180,11 +181,17 @@ def last_hidden(output, batch, depth: int) -> torch.Tensor:
 class Heads(torch.nn.Module):
     """The auxiliary heads (training only, not saved)."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, places: int):
         super().__init__()
-        self.image_digit = torch.nn.Linear(width, len(DIGITS))  # from pooled image features
+        # One per place the family's image features are read (Family.digit_places), from pooled features.
+        self.image_digit = torch.nn.ModuleList([torch.nn.Linear(width, len(DIGITS)) for _ in range(places)])
         self.seen_digit = torch.nn.Linear(width, len(DIGITS))  # from the last prompt token, halfway up
         self.asked_digit = torch.nn.Linear(width, len(DIGITS))
+
+
+def pooled(features: list[torch.Tensor]) -> torch.Tensor:
+    """Each image's features, max-pooled over its tokens: (images, width)."""
+    return torch.stack([f.amax(0) for f in features])
 
 
 def masked_ce(head, x, target, mask):
@@ -194,7 +201,7 @@ def masked_ce(head, x, target, mask):
 
 
 # ----- training --------------------------------------------------------------------
-def train(family_name: str, out: Path, seed: int = 0, steps: int = 2500, n_train: int = 3000, n_val: int = 300,
+def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, n_train: int = 3000, n_val: int = 300,
           batch: int = 20, lr: float = 2e-3, att_weight: float = 1.0, threads: int = 2, device: str = "cpu",
           log=print):
     started = time.perf_counter()
@@ -202,6 +209,7 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int = 2500, n_train
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=device != "cpu")  # bit-identical reruns are promised on the CPU
     family = build_family(family_name)
+    steps = steps or family.steps
     prompts = Prompts(family)
     layer = family.attention_layer()
     middle = family.config.text_config.num_hidden_layers // 2
@@ -213,8 +221,9 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int = 2500, n_train
     model = family.build_model().to(device)
     model.train()
     log(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
-    heads = Heads(family.config.text_config.hidden_size).to(device)
-    optim = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=lr, weight_decay=0.01)
+    heads = Heads(family.config.text_config.hidden_size, family.digit_places).to(device)
+    optim = torch.optim.AdamW([*family.param_groups(model, lr), {"params": list(heads.parameters()), "lr": lr}],
+                              weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     rng = random.Random(seed + 3)
@@ -292,8 +301,8 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int = 2500, n_train
         l_att = torch.stack([-(t.to(device) * torch.log(m + 1e-9)).sum() for t, m in zip(targets, pass1.maps)]).mean()
         digits1 = train_data["digit"][idx1].to(device)
         readable = train_data["readable"][idx1].to(device)
-        pooled1 = torch.stack([f.amax(0) for f in pass1.features])
-        l_global_digit = masked_ce(heads.image_digit, pooled1, digits1, readable)
+        l_global_digit = sum(masked_ce(head, pooled(features), digits1, readable)
+                             for head, features in zip(heads.image_digit, pass1.features))
         l_q1 = question_heads(pass1.output, b1, digits1, asked1.to(device), visible1.to(device))
 
         idx2 = [rng.randrange(n_train) for _ in range(batch)]
@@ -305,8 +314,9 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int = 2500, n_train
         b2.labels, blind2 = unknowable_loss(b2, asked2.to(device), visible2)
         pass2 = family.forward(model, b2, with_maps=False, layer=layer)
         digits2 = train_data["digit"][idx2].to(device)
-        pooled2 = torch.stack([f.amax(0) for f in pass2.features[1::2]])  # each row's local crop
-        l_digit = masked_ce(heads.image_digit, pooled2, digits2, good)
+        l_digits = [masked_ce(head, pooled(features[1::2]), digits2, good)  # each row's local crop
+                    for head, features in zip(heads.image_digit, pass2.features)]
+        l_digit = sum(l_digits)
         l_q2 = question_heads(pass2.output, b2, digits2, asked2.to(device), good)
         l_blind = blind1(pass1.output.logits) + blind2(pass2.output.logits)
         loss = (pass1.output.loss + pass2.output.loss + att_weight * l_att + l_digit + l_global_digit
@@ -327,7 +337,7 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int = 2500, n_train
             zoom = n_local
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step} loss {pass1.output.loss.item():.3f}/{pass2.output.loss.item():.3f} "
-                f"att {l_att.item():.3f} digit {l_digit.item():.3f} q {l_q1.item():.3f}/{l_q2.item():.3f} "
+                f"att {l_att.item():.3f} digit {'+'.join(f'{d.item():.3f}' for d in l_digits)} q {l_q1.item():.3f}/{l_q2.item():.3f} "
                 f"blind {l_blind.item():.3f} "
                 f"zoom {zoom} read2 {np.mean(running) if running else float('nan'):.2f} "
                 f"t {time.perf_counter() - started:.0f}s")
@@ -399,7 +409,7 @@ def main(argv=None):
     parser.add_argument("--family", choices=sorted(FAMILIES), required=True)
     parser.add_argument("--out", required=True, help="e.g. collab_eval/weights/smalldetail-<family>")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, help="default: the family's own (its shipped checkpoint's)")
     parser.add_argument("--n-train", type=int, default=3000)
     parser.add_argument("--n-val", type=int, default=300)
     parser.add_argument("--batch", type=int, default=20)
