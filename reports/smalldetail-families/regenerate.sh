@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# This report and the CI baseline: the three trained families (smalldetail-llava, -qwen2-vl,
+# -instructblip) through their adapters on the small-detail test splits, five policies each
+# (threshold tau=0.5 nats: between the sure and the unsure stage-1 scores of both tasks; an
+# existence answer is at most ln 2 = 0.69 unsure). Run from the repository root, venv active.
+exec "$(dirname "$0")/../regenerate.sh" smalldetail-families smalldetail_read,smalldetail_exist 0.5 \
+  collab_llava=smalldetail-llava collab_qwen2_vl=smalldetail-qwen2-vl collab_instructblip=smalldetail-instructblip
