@@ -194,6 +194,11 @@ def pooled(features: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([f.amax(0) for f in features])
 
 
+def image_digit_losses(heads: Heads, features: list[list[torch.Tensor]], digits, mask) -> list[torch.Tensor]:
+    """The image-digit loss at each place the family's features are read (one head each)."""
+    return [masked_ce(head, pooled(images), digits, mask) for head, images in zip(heads.image_digit, features)]
+
+
 def masked_ce(head, x, target, mask):
     if not mask.any():
         return x.sum() * 0
@@ -301,8 +306,7 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
         l_att = torch.stack([-(t.to(device) * torch.log(m + 1e-9)).sum() for t, m in zip(targets, pass1.maps)]).mean()
         digits1 = train_data["digit"][idx1].to(device)
         readable = train_data["readable"][idx1].to(device)
-        l_global_digit = sum(masked_ce(head, pooled(features), digits1, readable)
-                             for head, features in zip(heads.image_digit, pass1.features))
+        l_global_digit = sum(image_digit_losses(heads, pass1.features, digits1, readable))
         l_q1 = question_heads(pass1.output, b1, digits1, asked1.to(device), visible1.to(device))
 
         idx2 = [rng.randrange(n_train) for _ in range(batch)]
@@ -314,8 +318,8 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
         b2.labels, blind2 = unknowable_loss(b2, asked2.to(device), visible2)
         pass2 = family.forward(model, b2, with_maps=False, layer=layer)
         digits2 = train_data["digit"][idx2].to(device)
-        l_digits = [masked_ce(head, pooled(features[1::2]), digits2, good)  # each row's local crop
-                    for head, features in zip(heads.image_digit, pass2.features)]
+        local = [images[1::2] for images in pass2.features]  # each row's local crop
+        l_digits = image_digit_losses(heads, local, digits2, good)
         l_digit = sum(l_digits)
         l_q2 = question_heads(pass2.output, b2, digits2, asked2.to(device), good)
         l_blind = blind1(pass1.output.logits) + blind2(pass2.output.logits)
