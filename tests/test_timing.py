@@ -1,7 +1,10 @@
-"""The timing benchmark's memory measurement sees what a block allocates."""
+"""The timing benchmark's memory measurement sees what a block allocates; the training-step
+benchmark's arithmetic takes each family's best round against LLaVA's."""
+import pytest
 import torch
 
 from collab_eval.lab.timing import peak_rise
+from collab_eval.lab.train_timing import step_costs
 
 
 def test_peak_rise_sees_an_allocation_on_the_cpu():
@@ -15,7 +18,6 @@ def test_peak_rise_sees_an_allocation_on_the_cpu():
 
 
 def test_step_costs_take_each_familys_best_round_against_llavas():
-    from collab_eval.lab.train_timing import step_costs
     costs = {c.family: c for c in step_costs({"llava": [0.5, 0.4], "qwen2-vl": [0.9, 0.8]},
                                              {"llava": 2500, "qwen2-vl": 1500})}
     assert costs["llava"].seconds == 0.4 and costs["llava"].ratio == 1.0
@@ -24,7 +26,5 @@ def test_step_costs_take_each_familys_best_round_against_llavas():
 
 
 def test_step_costs_name_a_missing_reference():
-    import pytest
-    from collab_eval.lab.train_timing import step_costs
     with pytest.raises(ValueError, match="'llava' was not measured"):
         step_costs({"qwen2-vl": [0.9]}, {"qwen2-vl": 1500})
