@@ -208,7 +208,9 @@ def masked_ce(head, x, target, mask):
 # ----- training --------------------------------------------------------------------
 def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, n_train: int = 3000, n_val: int = 300,
           batch: int = 20, lr: float = 2e-3, att_weight: float = 1.0, threads: int = 2, device: str = "cpu",
-          log=print):
+          log=print, on_step=None):
+    """``log`` receives the progress lines; ``on_step(step)``, when given, is called as each
+    step's update is done (train_timing times the steps with it)."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
@@ -330,6 +332,8 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         sched.step()
+        if on_step is not None:
+            on_step(step)
 
         logits, answer = first_answer_logits(pass2.output.logits.detach(), labels2)
         correct = (logits.argmax(-1) == answer)[reads]

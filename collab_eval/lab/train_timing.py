@@ -33,18 +33,15 @@ class StepCost:
 
 
 def step_seconds(family: str, steps: int, threads: int) -> float:
-    """Seconds per step of a short real training run (the script logs its first and last step)."""
-    stamps = []
-
-    def log(line: str):
-        if line.startswith("step "):
-            stamps.append(time.perf_counter())
-
+    """Seconds per step of a short real training run, from the end of its first step to the
+    end of its last."""
+    if steps < 2:
+        raise ValueError(f"steps must be at least 2 (the first one is not timed), got {steps}")
+    done = []
     with tempfile.TemporaryDirectory() as out:
-        train(family, out, steps=steps, n_train=60, n_val=10, threads=threads, log=log)
-    if len(stamps) < 2:
-        raise RuntimeError(f"{family}: the training script logged {len(stamps)} steps of {steps}; expected the first and last")
-    return (stamps[-1] - stamps[0]) / (steps - 1)
+        train(family, out, steps=steps, n_train=60, n_val=10, threads=threads, log=lambda line: None,
+              on_step=lambda step: done.append(time.perf_counter()))
+    return (done[-1] - done[0]) / (steps - 1)
 
 
 def step_costs(seconds: dict[str, list[float]], default_steps: dict[str, int]) -> list[StepCost]:
