@@ -3,19 +3,26 @@ intervals of the two gains, on samples whose answers are known."""
 import numpy as np
 import pytest
 
+from collab_eval.analysis.curves import Samples
 from collab_eval.lab.smalldetail_bars import gain_intervals, gate_gain, markdown
+
+
+def samples(acc1, acc2, score) -> Samples:
+    """Samples with the given accuracies and scores (costs are not what these tests read)."""
+    zeros = np.zeros(len(acc1))
+    return Samples.build(acc1, acc2, score, zeros, zeros, zeros, zeros)
 
 
 def test_gate_gain_retransmits_the_top_share_by_score():
     acc1, acc2 = [0, 1, 0, 1], [1, 1, 1, 1]
     # Random at 50%: 0.5 * 0.5 + 0.5 * 1.0 = 0.75.
-    assert gate_gain(acc1, acc2, [3, 0, 2, 1], 0.5) == pytest.approx(1.0 - 0.75)  # both wrong answers resent
-    assert gate_gain(acc1, acc2, [0, 3, 1, 2], 0.5) == pytest.approx(0.5 - 0.75)  # both right answers resent
+    assert gate_gain(samples(acc1, acc2, [3, 0, 2, 1]), 0.5) == pytest.approx(1.0 - 0.75)  # both wrong answers resent
+    assert gate_gain(samples(acc1, acc2, [0, 3, 1, 2]), 0.5) == pytest.approx(0.5 - 0.75)  # both right answers resent
 
 
 def test_intervals_collapse_when_every_sample_gains_the_same():
     n = 50
-    ci = gain_intervals(np.zeros(n), np.ones(n), np.arange(n), 0.5)
+    ci = gain_intervals(samples(np.zeros(n), np.ones(n), np.arange(n)), 0.5)
     assert ci["gap_points_ci"] == pytest.approx((100.0, 100.0))
     assert ci["gate_gain_points_ci"] == pytest.approx((0.0, 0.0))  # any half gains what a random half does
 
@@ -25,7 +32,7 @@ def test_gap_interval_matches_the_binomial_spread():
     of 100 * sqrt(0.25 / 400) = 2.5 points, so its 95% interval is about 50 -/+ 4.9."""
     gains = np.arange(400) % 2 == 0
     acc1, acc2 = np.where(gains, 0.0, 1.0), np.ones(400)
-    low, high = gain_intervals(acc1, acc2, np.zeros(400), 0.5)["gap_points_ci"]
+    low, high = gain_intervals(samples(acc1, acc2, np.zeros(400)), 0.5)["gap_points_ci"]
     assert 44.0 < low < 46.5 and 53.5 < high < 56.0, (low, high)
 
 
@@ -35,7 +42,7 @@ def test_gate_is_reranked_in_each_resample():
     top can reach 25 but not pass it, which it would if a resample kept the original ranking."""
     gains = np.arange(400) % 2 == 0
     acc1, acc2 = np.where(gains, 0.0, 1.0), np.ones(400)
-    low, high = gain_intervals(acc1, acc2, gains.astype(float), 0.5)["gate_gain_points_ci"]
+    low, high = gain_intervals(samples(acc1, acc2, gains.astype(float)), 0.5)["gate_gain_points_ci"]
     assert 20.0 < low < high <= 25.0 + 1e-9, (low, high)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from scipy.stats import bootstrap
 
 from collab_eval.analysis import curves
+from collab_eval.analysis.calibrate import subset
 from collab_eval.analysis.runs import find_runs
 from collab_eval.analysis.scoring import Scorer
 from collab_eval.analysis.summary import system_of, task_view
@@ -37,28 +38,28 @@ def roi_hits(records: list[dict]) -> tuple[float, float]:
     return (float(np.mean(whole)) if whole else float("nan"), float(np.mean(centre)) if centre else float("nan"))
 
 
-def gate_gain(acc1, acc2, score, rate: float) -> float:
-    """Accuracy of retransmitting the top ``rate`` share by score (stable order, as the
-    records' curves rank them) minus the expected accuracy of retransmitting a random share."""
-    n = len(acc1)
-    top = np.argsort(-np.asarray(score), kind="stable")[: int(round(rate * n))]
-    gated = np.array(acc1, dtype=float)
-    gated[top] = np.asarray(acc2)[top]
-    return float(gated.mean() - ((1 - rate) * np.mean(acc1) + rate * np.mean(acc2)))
+def gated_at(s: curves.Samples, rate: float) -> curves.Point:
+    """The entropy gate retransmitting the top ``rate`` share of samples by score (stable order)."""
+    return curves.point_after(s, np.argsort(-s.score, kind="stable"), int(round(rate * s.n)), None)
 
 
-def gain_intervals(acc1, acc2, score, rate: float, level: float = 0.95, resamples: int = 2000,
+def gate_gain(s: curves.Samples, rate: float) -> float:
+    """The gate's accuracy at ``rate`` minus random retransmission's expected accuracy there."""
+    return gated_at(s, rate).accuracy - curves.random_expected(s, rate).accuracy
+
+
+def gain_intervals(s: curves.Samples, rate: float, level: float = 0.95, resamples: int = 2000,
                    seed: int = 0) -> dict[str, tuple[float, float]]:
     """Paired bootstrap (percentile) intervals, in accuracy points, of always - never and of
-    the gate's gain over random at ``rate``: the samples are resampled together, and the gate
+    the gate's gain over random at ``rate``: the samples are resampled whole, and the gate
     re-ranks each resample."""
-    data = (np.asarray(acc1, dtype=float), np.asarray(acc2, dtype=float), np.asarray(score, dtype=float))
-    statistics = {"gap_points": lambda a1, a2, sc: 100 * (np.mean(a2) - np.mean(a1)),
-                  "gate_gain_points": lambda a1, a2, sc: 100 * gate_gain(a1, a2, sc, rate)}
+    statistics = {"gap_points": lambda t: 100 * (t.acc2.mean() - t.acc1.mean()),
+                  "gate_gain_points": lambda t: 100 * gate_gain(t, rate)}
     out = {}
     for name, statistic in statistics.items():
-        ci = bootstrap(data, statistic, paired=True, vectorized=False, n_resamples=resamples,
-                       confidence_level=level, method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+        ci = bootstrap((np.arange(s.n),), lambda index: statistic(subset(s, index.astype(int))), vectorized=False,
+                       n_resamples=resamples, confidence_level=level, method="percentile",
+                       rng=np.random.default_rng(seed)).confidence_interval
         out[f"{name}_ci"] = (float(ci.low), float(ci.high))
     return out
 
@@ -75,8 +76,7 @@ def bars(run_dirs, rate: float = 0.5) -> dict:
             records = [r for r in run.records if r["task"] == task]
             view = task_view(run.name, task, records, scorer)
             s = view.samples
-            order = np.argsort(-s.score, kind="stable")
-            gated = curves.point_after(s, order, int(round(rate * s.n)), None)
+            gated = gated_at(s, rate)
             whole, centre = roi_hits(records)
             model, codec = system_of(records)
             out.setdefault(f"{run.adapter} {model}:{codec}", {})[task] = {
@@ -86,7 +86,7 @@ def bars(run_dirs, rate: float = 0.5) -> dict:
                 "auroc_stage1_error": curves.auroc(s.score, s.acc1 < 1.0),
                 "roi_contains_target": whole, "roi_contains_target_centre": centre,
                 f"gated_at_{rate:g}": gated.accuracy, f"random_at_{rate:g}": curves.random_expected(s, rate).accuracy,
-                **gain_intervals(s.acc1, s.acc2, s.score, rate),
+                **gain_intervals(s, rate),
             }
     return out
 
