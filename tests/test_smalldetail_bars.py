@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from collab_eval.analysis.curves import Samples
-from collab_eval.lab.smalldetail_bars import gain_intervals, gate_gain, markdown
+from collab_eval.lab.smalldetail_bars import by_original_size, gain_intervals, gate_gain, markdown
 
 
 def samples(acc1, acc2, score) -> Samples:
@@ -49,6 +49,22 @@ def test_gate_is_reranked_in_each_resample():
 def test_markdown_prints_each_gain_with_its_interval():
     row = {"n": 150, "never": 0.5, "always": 0.9, "gap_points": 40.0, "gap_points_ci": (31.3, 48.7),
            "gated_at_0.5": 0.86, "random_at_0.5": 0.7, "gate_gain_points_ci": (12.7, 21.0),
-           "auroc_stage1_error": 0.91, "roi_contains_target": 0.8, "roi_contains_target_centre": 0.96}
+           "auroc_stage1_error": 0.91, "roi_contains_target": 0.8, "roi_contains_target_centre": 0.96,
+           "by_original_size": {"large": {"n": 77, "never": 0.078, "always": 0.792, "median_score": 2.262,
+                                          "gated_at_0.5": 75}}}
     table = markdown({"collab_llava m:png": {"smalldetail_read": row}})
     assert "| **+40.0** [+31.3, +48.7] | 86.0 vs 70.0 (**+16.0**) [+12.7, +21.0] |" in table
+    assert "| `smalldetail_read`: large (77) | 7.8 | 79.2 | 2.262 | 75 |" in table
+
+
+def test_by_original_size_splits_at_the_small_originals_short_side():
+    """Two small originals (short side <= 256) read at stage 1, three large ones that only the
+    crop reads, and one failed sample without an image: the gate at 50% (3 of 6) sends the
+    three highest scores, two large and one small."""
+    sizes = [[200, 160], [256, 300], [800, 600], [1024, 576], [448, 700], None]
+    records = [{"image_size": size} for size in sizes]
+    s = samples(acc1=[1, 1, 0, 0, 1, 0], acc2=[1, 0, 1, 1, 1, 0], score=[0.1, 2.0, 2.2, 0.5, 2.3, 0.0])
+    split = by_original_size(records, s, 0.5)
+    assert split["small"] == {"n": 2, "never": 1.0, "always": 0.5, "median_score": pytest.approx(1.05), "gated_at_0.5": 1}
+    assert split["large"] == {"n": 3, "never": pytest.approx(1 / 3), "always": 1.0, "median_score": pytest.approx(2.2),
+                              "gated_at_0.5": 2}

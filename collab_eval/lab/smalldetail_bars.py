@@ -9,6 +9,10 @@ of samples whose RoI holds the whole digit box (and the digit's centre), and the
 of the entropy gate vs random retransmission at a 50% rate. The two gains (always - never,
 gate - random) come with a 95% paired bootstrap interval over the task's samples: on 150
 samples a bar a few points wide is within the noise of the test split itself.
+
+Where the gains come from, per task: the same numbers on the small originals (the digit
+survives the downscale, so stage 1 can read it) and on the large ones (only the crop shows
+it), with the median stage-1 score and how many of each the gate retransmits.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from collab_eval.analysis.calibrate import subset
 from collab_eval.analysis.runs import find_runs
 from collab_eval.analysis.scoring import Scorer
 from collab_eval.analysis.summary import system_of, task_view
+from collab_eval.lab.smalldetail import SMALL_SHORT_SIDE
 
 
 def roi_hits(records: list[dict]) -> tuple[float, float]:
@@ -38,9 +43,31 @@ def roi_hits(records: list[dict]) -> tuple[float, float]:
     return (float(np.mean(whole)) if whole else float("nan"), float(np.mean(centre)) if centre else float("nan"))
 
 
+def gate_order(s: curves.Samples) -> np.ndarray:
+    """The samples in the order the entropy gate retransmits them: highest score first (stable)."""
+    return np.argsort(-s.score, kind="stable")
+
+
 def gated_at(s: curves.Samples, rate: float) -> curves.Point:
-    """The entropy gate retransmitting the top ``rate`` share of samples by score (stable order)."""
-    return curves.point_after(s, np.argsort(-s.score, kind="stable"), int(round(rate * s.n)), None)
+    """The entropy gate retransmitting the top ``rate`` share of samples by score."""
+    return curves.point_after(s, gate_order(s), int(round(rate * s.n)), None)
+
+
+def by_original_size(records: list[dict], s: curves.Samples, rate: float) -> dict[str, dict]:
+    """Per kind of original ("small": short side within SMALL_SHORT_SIDE, the digit readable in
+    the global view; "large": the rest): samples, never and always accuracy, the median stage-1
+    score, and how many of them the gate retransmits at ``rate``. Samples without an image size
+    (failed ones) are left out."""
+    sizes = [r.get("image_size") for r in records]
+    sent = np.zeros(s.n, dtype=bool)
+    sent[gate_order(s)[:int(round(rate * s.n))]] = True
+    out = {}
+    for kind, small in (("small", True), ("large", False)):
+        mask = np.array([bool(size) and (min(size) <= SMALL_SHORT_SIDE[1]) == small for size in sizes], dtype=bool)
+        if mask.any():
+            out[kind] = {"n": int(mask.sum()), "never": float(s.acc1[mask].mean()), "always": float(s.acc2[mask].mean()),
+                         "median_score": float(np.median(s.score[mask])), f"gated_at_{rate:g}": int(sent[mask].sum())}
+    return out
 
 
 def gate_gain(s: curves.Samples, rate: float) -> float:
@@ -87,6 +114,7 @@ def bars(run_dirs, rate: float = 0.5) -> dict:
                 "roi_contains_target": whole, "roi_contains_target_centre": centre,
                 f"gated_at_{rate:g}": gated.accuracy, f"random_at_{rate:g}": curves.random_expected(s, rate).accuracy,
                 **gain_intervals(s, rate),
+                "by_original_size": by_original_size(records, s, rate),
             }
     return out
 
@@ -105,6 +133,12 @@ def markdown(measured: dict, rate: float = 0.5) -> str:
                        f"**{b['gap_points']:+.1f}** {interval(b['gap_points_ci'])} | {gated:.1f} vs {random:.1f} "
                        f"(**{gated - random:+.1f}**) {interval(b['gate_gain_points_ci'])} | {auc} | "
                        f"{100 * b['roi_contains_target']:.1f}% ({100 * b['roi_contains_target_centre']:.1f}%) |")
+        out += ["", f"| task: originals (samples) | never | always | median stage-1 score | retransmitted by the gate at "
+                f"{rate:.0%} |", "|---|---|---|---|---|"]
+        for task, b in sorted(tasks.items()):
+            for kind, g in b["by_original_size"].items():
+                out.append(f"| `{task}`: {kind} ({g['n']}) | {100 * g['never']:.1f} | {100 * g['always']:.1f} | "
+                           f"{g['median_score']:.3f} | {g[f'gated_at_{rate:g}']} |")
         out.append("")
     return "\n".join(out)
 
