@@ -240,6 +240,7 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
     candidates = [torch.tensor([prompts.answer_ids[d][0] for d in DIGITS], device=device),
                   torch.tensor([prompts.answer_ids[a][0] for a in ("yes", "no")], device=device)]
     running = []
+    exist_running = []  # two-image existence accuracy, for the log: existence is learned late and suddenly
 
     def question(i, images, data):
         """A reading or an existence question (half yes) on ``images``: the row, and the
@@ -336,8 +337,9 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
             on_step(step)
 
         logits, answer = first_answer_logits(pass2.output.logits.detach(), labels2)
-        correct = (logits.argmax(-1) == answer)[reads]
-        running = (running + correct.tolist())[-4 * batch:]
+        right = logits.argmax(-1) == answer
+        running = (running + right[reads].tolist())[-4 * batch:]
+        exist_running = (exist_running + right[~reads].tolist())[-4 * batch:]
         if zoom < n_local and len(running) >= 2 * batch and np.mean(running) > 0.5:
             zoom += 1
             running = []
@@ -348,6 +350,7 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
                 f"att {l_att.item():.3f} digit {'+'.join(f'{d.item():.3f}' for d in l_digits)} q {l_q1.item():.3f}/{l_q2.item():.3f} "
                 f"blind {l_blind.item():.3f} "
                 f"zoom {zoom} read2 {np.mean(running) if running else float('nan'):.2f} "
+                f"exist2 {np.mean(exist_running) if exist_running else float('nan'):.2f} "
                 f"t {time.perf_counter() - started:.0f}s")
 
     model.eval()
