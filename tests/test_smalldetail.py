@@ -33,7 +33,7 @@ def test_scene_geometry():
     for sc in sd.scenes("validation", n):
         w, h = sc.image.size
         side = min(w, h)
-        is_small = side <= sd.SMALL_SHORT_SIDE[1]
+        is_small = sd.is_small_original((w, h))
         small += is_small
         low, high = sd.SMALL_SHORT_SIDE if is_small else sd.SHORT_SIDE
         assert low <= side <= high and max(w, h) <= sd.LONG_SIDE_MAX

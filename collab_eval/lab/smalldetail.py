@@ -58,6 +58,11 @@ class Scene:
     jpeg: bytes  # the stored encoding of ``image``
 
 
+def is_small_original(size) -> bool:
+    """Whether an original of ``size`` (width, height) is a small one: its digit survives the downscale."""
+    return min(size) <= SMALL_SHORT_SIDE[1]
+
+
 def _size(rng: random.Random, short_side: tuple[int, int]) -> tuple[int, int]:
     aspect = rng.choice(ASPECTS)
     short_max = min(short_side[1], int(LONG_SIDE_MAX / aspect))

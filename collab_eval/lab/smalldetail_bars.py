@@ -27,7 +27,7 @@ from collab_eval.analysis.calibrate import subset
 from collab_eval.analysis.runs import find_runs
 from collab_eval.analysis.scoring import Scorer
 from collab_eval.analysis.summary import system_of, task_view
-from collab_eval.lab.smalldetail import SMALL_SHORT_SIDE
+from collab_eval.lab.smalldetail import is_small_original
 
 
 def roi_hits(records: list[dict]) -> tuple[float, float]:
@@ -43,27 +43,27 @@ def roi_hits(records: list[dict]) -> tuple[float, float]:
     return (float(np.mean(whole)) if whole else float("nan"), float(np.mean(centre)) if centre else float("nan"))
 
 
-def gate_order(s: curves.Samples) -> np.ndarray:
-    """The samples in the order the entropy gate retransmits them: highest score first (stable)."""
-    return np.argsort(-s.score, kind="stable")
+def sent_by_gate(s: curves.Samples, rate: float) -> np.ndarray:
+    """Which samples the entropy gate retransmits at ``rate``: the top share by score (stable order)."""
+    sent = np.zeros(s.n, dtype=bool)
+    sent[np.argsort(-s.score, kind="stable")[:int(round(rate * s.n))]] = True
+    return sent
 
 
 def gated_at(s: curves.Samples, rate: float) -> curves.Point:
-    """The entropy gate retransmitting the top ``rate`` share of samples by score."""
-    return curves.point_after(s, gate_order(s), int(round(rate * s.n)), None)
+    """The entropy gate's outcome at ``rate``."""
+    return curves.point(s, sent_by_gate(s, rate))
 
 
 def by_original_size(records: list[dict], s: curves.Samples, rate: float) -> dict[str, dict]:
-    """Per kind of original ("small": short side within SMALL_SHORT_SIDE, the digit readable in
-    the global view; "large": the rest): samples, never and always accuracy, the median stage-1
-    score, and how many of them the gate retransmits at ``rate``. Samples without an image size
-    (failed ones) are left out."""
+    """Per kind of original ("small": the digit readable in the global view; "large": the rest):
+    samples, never and always accuracy, the median stage-1 score, and how many of them the gate
+    retransmits at ``rate``. Samples without an image size (failed ones) are left out."""
     sizes = [r.get("image_size") for r in records]
-    sent = np.zeros(s.n, dtype=bool)
-    sent[gate_order(s)[:int(round(rate * s.n))]] = True
+    sent = sent_by_gate(s, rate)
     out = {}
     for kind, small in (("small", True), ("large", False)):
-        mask = np.array([bool(size) and (min(size) <= SMALL_SHORT_SIDE[1]) == small for size in sizes], dtype=bool)
+        mask = np.array([bool(size) and is_small_original(size) == small for size in sizes], dtype=bool)
         if mask.any():
             out[kind] = {"n": int(mask.sum()), "never": float(s.acc1[mask].mean()), "always": float(s.acc2[mask].mean()),
                          "median_score": float(np.median(s.score[mask])), f"gated_at_{rate:g}": int(sent[mask].sum())}
