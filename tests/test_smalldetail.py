@@ -137,6 +137,27 @@ def test_training_sees_what_the_adapter_sends(family, tmp_path):
     assert all(len(ids) == 2 and ids[-1] in adapter.eos_ids() for ids in prompts.answer_ids.values())
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_forward_gives_the_map_the_attention_loss_needs(family):
+    """The language model runs eager while training (its attention weights are the map), even
+    where the vision tower runs SDPA for speed (Qwen2-VL): one probability map per row over
+    the first image's grid."""
+    from collab_eval.edge import transmit
+    from collab_eval.lab.train_smalldetail import CODEC, Prompts, build_family
+    built = build_family(family)
+    model = built.build_model()
+    scene = next(sd.scenes("test", 1))
+    w, h = scene.image.size
+    image = transmit(scene.image, *built.frame((0.0, 0.0, float(w), float(h))), CODEC).image
+    pixels = built.pixels([image])
+    batch = built.collate([(Prompts(built).read, [], pixels), (Prompts(built).exist["3"], [], pixels)])
+    with torch.no_grad():
+        maps = built.forward(model, batch, with_maps=True, layer=built.attention_layer()).maps
+    rows, cols = built.grid(pixels[0])
+    assert [len(m) for m in maps] == [rows * cols] * 2
+    torch.testing.assert_close(torch.stack([m.sum() for m in maps]), torch.ones(2))
+
+
 @pytest.mark.parametrize("family", SHIPPED)
 def test_checkpoint_loads_through_adapter(family, tmp_path):
     model = adapter_class(family)(pretrained=f"smalldetail-{family}", policy="always", records_dir=str(tmp_path))

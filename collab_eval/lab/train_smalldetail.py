@@ -29,11 +29,11 @@ Extra supervision (stated plainly; a proxy for what pretraining gives real VLMs)
 - the digit in the image: an auxiliary head (not saved) reads the digit from the projected
   image features of correct local crops and of global views where it is readable (>= 10 px);
   InstructBLIP has two, on its vision tower's patches and on its projected query outputs;
-- the existence question's two halves: on question rows, two auxiliary heads (not saved) read,
+- the existence question's two halves: on question rows, one auxiliary head (not saved) reads,
   from the language model's hidden state of the last prompt token halfway up, the digit the
-  question asks about (existence questions) and the digit in the image (where it is visible).
-  Without them the language model never learned to compare the two: the first checkpoint
-  answered "no" to every existence question.
+  question asks about (existence questions) and, with the same weights, the digit in the image
+  (where it is visible). Without it the language model never learned to compare the two: the
+  first checkpoint answered "no" to every existence question.
 - what cannot be known: where the digit is visible neither in the global view (under 10 px)
   nor in a correct crop, the first answer token is trained toward the uniform distribution
   over the task's answers (10 digits, or yes/no) instead of the true answer, which the image
@@ -181,12 +181,15 @@ def last_hidden(output, batch, depth: int) -> torch.Tensor:
 class Heads(torch.nn.Module):
     """The auxiliary heads (training only, not saved)."""
 
-    def __init__(self, width: int, places: int):
+    def __init__(self, width: int, places: int, shared_prompt_digit: bool):
         super().__init__()
         # One per place the family's image features are read (Family.digit_places), from pooled features.
         self.image_digit = torch.nn.ModuleList([torch.nn.Linear(width, len(DIGITS)) for _ in range(places)])
-        self.seen_digit = torch.nn.Linear(width, len(DIGITS))  # from the last prompt token, halfway up
-        self.asked_digit = torch.nn.Linear(width, len(DIGITS))
+        # From the last prompt token, halfway up: the digit seen and the digit asked. Shared
+        # (Family.shared_prompt_digit), both are coded in one basis and "yes" is whether the two
+        # agree; with a head each the top layers must learn ten AND-pairs to compare them.
+        self.seen_digit = torch.nn.Linear(width, len(DIGITS))
+        self.asked_digit = self.seen_digit if shared_prompt_digit else torch.nn.Linear(width, len(DIGITS))
 
 
 def pooled(features: list[torch.Tensor]) -> torch.Tensor:
@@ -216,6 +219,7 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=device != "cpu")  # bit-identical reruns are promised on the CPU
     family = build_family(family_name)
+    torch.set_flush_denormal(family.flush_denormal)
     steps = steps or family.steps
     prompts = Prompts(family)
     layer = family.attention_layer()
@@ -228,7 +232,7 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
     model = family.build_model().to(device)
     model.train()
     log(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
-    heads = Heads(family.config.text_config.hidden_size, family.digit_places).to(device)
+    heads = Heads(family.config.text_config.hidden_size, family.digit_places, family.shared_prompt_digit).to(device)
     optim = torch.optim.AdamW([*family.param_groups(model, lr), {"params": list(heads.parameters()), "lr": lr}],
                               weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
