@@ -29,11 +29,12 @@ Extra supervision (stated plainly; a proxy for what pretraining gives real VLMs)
 - the digit in the image: an auxiliary head (not saved) reads the digit from the projected
   image features of correct local crops and of global views where it is readable (>= 10 px);
   InstructBLIP has two, on its vision tower's patches and on its projected query outputs;
-- the existence question's two halves: on question rows, one auxiliary head (not saved) reads,
+- the existence question's two halves: on question rows, auxiliary heads (not saved) read,
   from the language model's hidden state of the last prompt token halfway up, the digit the
-  question asks about (existence questions) and, with the same weights, the digit in the image
-  (where it is visible). Without it the language model never learned to compare the two: the
-  first checkpoint answered "no" to every existence question.
+  question asks about (existence questions) and the digit in the image (where it is visible):
+  one head for both where the family shares it (Family.shared_prompt_digit), else one each.
+  Without them the language model never learned to compare the two: the first checkpoint
+  answered "no" to every existence question.
 - what cannot be known: where the digit is visible neither in the global view (under 10 px)
   nor in a correct crop, the first answer token is trained toward the uniform distribution
   over the task's answers (10 digits, or yes/no) instead of the true answer, which the image
