@@ -142,19 +142,16 @@ def test_training_forward_gives_the_map_the_attention_loss_needs(family):
     """The language model runs eager while training (its attention weights are the map), even
     where the vision tower runs SDPA for speed (Qwen2-VL): one probability map per row over
     the first image's grid."""
-    from collab_eval.edge import transmit
-    from collab_eval.lab.train_smalldetail import CODEC, Prompts, build_family
+    from collab_eval.lab.train_smalldetail import Prompts, build_family, make_data
     built = build_family(family)
-    model = built.build_model()
-    scene = next(sd.scenes("test", 1))
-    w, h = scene.image.size
-    image = transmit(scene.image, *built.frame((0.0, 0.0, float(w), float(h))), CODEC).image
-    pixels = built.pixels([image])
-    batch = built.collate([(Prompts(built).read, [], pixels), (Prompts(built).exist["3"], [], pixels)])
+    data = make_data(built, "test", 1, seed=0)  # the global view and map target training uses
+    prompts = Prompts(built)
+    pixels = data["global"][:1]
+    batch = built.collate([(prompts.read, [], pixels), (prompts.exist["3"], [], pixels)])
     with torch.no_grad():
-        maps = built.forward(model, batch, with_maps=True, layer=built.attention_layer()).maps
+        maps = built.forward(built.build_model(), batch, with_maps=True, layer=built.attention_layer()).maps
     rows, cols = built.grid(pixels[0])
-    assert [len(m) for m in maps] == [rows * cols] * 2
+    assert [m.shape for m in maps] == [data["target"][0].shape] * 2 == [(rows * cols,)] * 2
     torch.testing.assert_close(torch.stack([m.sum() for m in maps]), torch.ones(2))
 
 
