@@ -1,19 +1,32 @@
-"""The two-stage, entropy-gated edge-to-server pipeline for one sample, family-agnostic.
+"""The two-stage, entropy-gated edge-to-server method, for a batch of samples, top to bottom.
 
-One data path, top to bottom: edge sends the global image -> server answers (stage 1)
--> gate -> server asks for its RoI -> edge sends the crop -> server answers from both.
+``run_batch`` is the whole data path; the lmms-eval adapter and the tests both call it:
+
+1. edge: each sample's global image(s), resized to the encoder's input, encoded, counted;
+2. server, stage 1: every sample answered from its global image(s) in one batched pass
+   (logits per token; the question's attention map where a RoI may be needed);
+3. gate: the answer's min-entropy score against the policy;
+4. server: the region of interest (ViCrop's relative attention), sent back as a request;
+5. edge: the crop of the ORIGINAL image at the encoder's input, encoded, counted;
+6. server, stage 2: every retransmitted sample answered from both images in one batched pass;
+7. the sample's outcome: answers, scores, RoI, bytes, FLOPs, seconds.
+
+Family-agnostic: a model family is a ``Server`` (model_adapters). A sample that fails fails
+only itself; a batched pass that fails is retried sample by sample to find which.
 """
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from collab_eval.edge import Box, Codec, encode_request, encoded_size, sanitize, transmit
+from collab_eval.edge import Box, Codec, Transmission, encode_request, encoded_size, sanitize, strict_decoding, transmit
 from collab_eval.policy import Policy
 from collab_eval.records import STAGE1_PARTS, Outcome, finite
 from collab_eval.roi import find_roi, relative_attention
@@ -22,38 +35,13 @@ from collab_eval.uncertainty import token_uncertainties
 GENERIC_PROMPT = "Write a general description of the image."
 
 
-@dataclass
-class Answer:
-    """What the server's model produced for one prompt."""
-    text: str
-    logits: "torch.Tensor"  # (steps, vocab) raw logits of the generated tokens  # noqa: F821
-    flops: dict[str, int]  # vision, projector, prefill, decode
-    attentions: list[np.ndarray] | None = None  # last prompt token -> each image's patch grid, in image order
-    prefix: object | None = None  # the prompt's start through the first image, cached for later passes (opaque)
-
-
-class Server(Protocol):
-    """The part of a model family the pipeline needs (implemented in model_adapters)."""
-    input_side: int  # encoder input side, pixels: the base RoI window side in original pixels
-
-    def frame(self, region: Box) -> tuple[Box, tuple[int, int]]:
-        """The part of ``region`` (original pixels) the encoder will see, and the (w, h)
-        the edge should resample it to."""
-
-    def answer(self, images: list[Image.Image], question: str, limits: "Limits", with_attention: bool,
-               prefix: object | None = None, keep_prefix: bool = False) -> Answer:
-        """``prefix``: an earlier answer's, reused where the prompts share it; ``keep_prefix``: return this one's."""
-
-    def attention(self, image: Image.Image, prompt: str, prefix: object | None = None) -> tuple[np.ndarray, dict[str, int]]:
-        """Patch-grid attention of the last token of ``prompt`` (one prefill), and its FLOPs."""
-
-
+# ----- what goes in ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Settings:
+class Method:
     """How a run answers every sample (fixed at start from the model args)."""
     policy: Policy
     codec: Codec
-    aggregation: str = "max"  # how token min-entropies become the gate's score: max / mean / first
+    score: str = "max"  # how token min-entropies become the gate's score: max / mean / first
 
 
 @dataclass(frozen=True)
@@ -71,37 +59,246 @@ class Limits:
         return cls(min(cap, int(asked)) if asked else cap, (until,) if isinstance(until, str) else tuple(until))
 
 
+@dataclass(frozen=True)
+class SampleInput:
+    """One sample asked of the pipeline."""
+    key: str  # fixes the random policy's draw (the adapter uses "task/doc_id")
+    scope: str  # which cached generic maps and original sizes the sample may reuse (the task)
+    question: str
+    limits: Limits
+    visuals: Callable[[], object]  # the document's visuals; read (and decoded) by the edge, step 1
+
+
+@dataclass
+class SampleResult:
+    """A sample's end: its outcome, or the error that failed it (``seconds`` then holds its total)."""
+    sample: SampleInput
+    outcome: Outcome | None = None
+    error: Exception | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ----- what a model family provides ------------------------------------------------------------
+@dataclass
+class Answer:
+    """What the server's model produced for one prompt."""
+    text: str
+    logits: "torch.Tensor"  # (steps, vocab) raw logits of the generated tokens  # noqa: F821
+    flops: dict[str, int]  # vision, projector, prefill, decode
+    attentions: list[np.ndarray] | None = None  # last prompt token -> each image's patch grid, in image order
+    prefix: object | None = None  # the prompt's start through the first image, cached for later passes (opaque)
+
+
+class Server(Protocol):
+    """The part of a model family the pipeline needs (model_adapters.server.ServerModel)."""
+    input_side: int  # encoder input side, pixels: the base RoI window side in original pixels
+
+    def frame(self, region: Box) -> tuple[Box, tuple[int, int]]:
+        """The part of ``region`` (original pixels) the encoder will see, and the (w, h)
+        the edge should resample it to."""
+
+    def answer_batch(self, requests: list[tuple[list[Image.Image], str]], limits: Limits, with_attention: bool,
+                     keep_prefix: bool = False, prefixes: list | None = None) -> list[Answer]:
+        """Each (images, question) answered as it would be alone. ``prefixes``: each request's
+        earlier answer's prefix, reused where the prompts share it; ``keep_prefix``: return each one's."""
+
+    def attention(self, image: Image.Image, prompt: str, prefix: object | None = None) -> tuple[np.ndarray, dict[str, int]]:
+        """Patch-grid attention of the last token of ``prompt`` (one prefill), and its FLOPs."""
+
+
+# ----- state shared by the samples of a run -------------------------------------------------
 def image_key(image: Image.Image) -> str:
     """Identity of an image by its pixels: the generic-map cache key, kept in the record."""
     return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
 
 
 @dataclass
-class GenericMaps:
-    """The generic-prompt map depends only on the image the server received: cache it per
-    scope (the task), so that each task's costs stand alone whatever else ran in the process."""
-    maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+class RunCaches:
+    """What depends only on an image, computed once per scope (the task), so that each
+    task's costs stand alone whatever else ran in the process: the generic prompt's map of a
+    received image, and ``bytes_original`` of an original under the codec."""
+    generic_maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    original_sizes: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
-    def get(self, server: Server, image: Image.Image, key: tuple[str, str],
-            prefix: object | None = None) -> tuple[np.ndarray, dict[str, int], bool]:
-        if key in self.maps:
-            return self.maps[key], {}, True
+    def generic_map(self, server: Server, image: Image.Image, scope: str, key: str,
+                    prefix: object | None) -> tuple[np.ndarray, dict[str, int], bool]:
+        """(map, FLOPs spent on it now, whether it was cached)."""
+        if (scope, key) in self.generic_maps:
+            return self.generic_maps[scope, key], {}, True
         grid, flops = server.attention(image, GENERIC_PROMPT, prefix=prefix)
-        self.maps[key] = grid
+        self.generic_maps[scope, key] = grid
         return grid, flops, False
 
-
-@dataclass
-class OriginalSizes:
-    """``bytes_original`` depends only on the original's pixels and the codec: each distinct
-    original is encoded once per scope (the task), not once per question about it."""
-    sizes: dict[tuple[str, str, str], int] = field(default_factory=dict)
-
-    def get(self, original: Image.Image, codec: Codec, scope: str) -> int:
+    def original_size(self, original: Image.Image, codec: Codec, scope: str) -> int:
         key = (scope, image_key(original), str(codec))  # hashing the pixels: ~1% of a PNG encode
-        if key not in self.sizes:
-            self.sizes[key] = encoded_size(original, codec)
-        return self.sizes[key]
+        if key not in self.original_sizes:
+            self.original_sizes[key] = encoded_size(original, codec)
+        return self.original_sizes[key]
+
+
+# ----- the method ----------------------------------------------------------------------------
+@dataclass
+class InFlight:
+    """A sample between the steps of a batch."""
+    sample: SampleInput
+    laps: "Laps"
+    out: Outcome = field(default_factory=Outcome)
+    originals: list[Image.Image] = field(default_factory=list)
+    sent: list[Transmission] = field(default_factory=list)  # each global image as the server received it
+    regions: list[Box] = field(default_factory=list)  # each global image's framing, original pixels
+    stage1: Answer | None = None
+    local: list[Transmission] = field(default_factory=list)  # the crop(s) sent in step 5
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The global images as the server received them: what stage 1 answers from."""
+        return [image.image for image in self.sent]
+
+
+def run_batch(server: Server, samples: list[SampleInput], *, method: Method, caches: RunCaches) -> Iterator[SampleResult]:
+    """Every sample of the batch through the method; each result yielded as soon as it is
+    final (the caller writes it: a crash loses no finished record). Each outcome equals the
+    one the sample gets alone."""
+    flying = []
+    for sample in samples:
+        laps = Laps()
+        try:
+            with strict_decoding():  # a broken (even truncated) image is this sample's failure
+                with laps.reading():
+                    visuals = images_in(sample.visuals())
+                flying.append(send_globals(server, sample, visuals, laps, method=method, caches=caches))
+        except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
+            yield failed(sample, laps, err)
+    for limits in dict.fromkeys(f.sample.limits for f in flying):  # one generate per generation limit
+        group = [f for f in flying if f.sample.limits == limits]
+        yield from run_group(server, group, limits, method=method, caches=caches)
+
+
+def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: Method,
+              caches: RunCaches) -> Iterator[SampleResult]:
+    locate, keep = method.policy.locates, method.policy.name != "never"
+    with Laps.shared("stage1", [f.laps for f in group]):
+        stage1 = answer_each(server, [(f.images, f.sample.question) for f in group], limits,
+                             with_attention=locate, keep_prefix=keep)
+    ready = []
+    for f, answer in zip(group, stage1):
+        try:
+            if isinstance(answer, Exception):
+                raise answer
+            f.stage1 = answer
+            gate(f, method)
+            if f.out.retransmitted:
+                crops = locate_crops(server, f, method, caches)
+                send_crops(server, f, crops, method)
+            ready.append(f)
+        except Exception as err:  # noqa: BLE001
+            yield failed(f.sample, f.laps, err)
+    done = [f for f in ready if not f.out.retransmitted]
+    again = [f for f in ready if f.out.retransmitted]
+    if again:
+        with Laps.shared("stage2", [f.laps for f in again]):
+            stage2 = answer_each(server, [([*f.images, *(c.image for c in f.local)], f.sample.question) for f in again],
+                                 limits, with_attention=False, prefixes=[f.stage1.prefix for f in again])
+        for f, answer in zip(again, stage2):
+            if isinstance(answer, Exception):
+                yield failed(f.sample, f.laps, answer)
+                continue
+            f.out.answer_stage2 = f.out.answer = answer.text
+            f.out.flops["stage2"] = sum(answer.flops.values())
+            done.append(f)
+    for f in sorted(done, key=group.index):
+        f.stage1 = None  # the prefix it holds is freed once the sample is done
+        yield finish(f)
+
+
+def send_globals(server: Server, sample: SampleInput, images: list, laps: "Laps", *, method: Method,
+                 caches: RunCaches) -> InFlight:
+    """Step 1, edge -> server: every global image the task gives, each framed as the encoder sees it."""
+    f = InFlight(sample, laps)
+    with laps.lap("edge_global"):
+        f.originals = [sanitize(image) for image in images]
+        for original in f.originals:
+            region, size = server.frame((0.0, 0.0, float(original.width), float(original.height)))
+            f.sent.append(transmit(original, region, size, method.codec))
+            f.regions.append(region)
+        f.out.image_sizes = [list(original.size) for original in f.originals]
+        f.out.bytes_global_images = [image.nbytes for image in f.sent]
+        f.out.bytes_global = sum(f.out.bytes_global_images)
+        f.out.bytes_original = sum(caches.original_size(original, method.codec, sample.scope) for original in f.originals)
+    return f
+
+
+def gate(f: InFlight, method: Method) -> None:
+    """Step 3: stage 1's answer, its uncertainty, and whether the sample is retransmitted."""
+    uncertainty = token_uncertainties(f.stage1.logits)
+    score = uncertainty.score(method.score)
+    f.out.answer_stage1 = f.out.answer = f.stage1.text
+    f.out.min_entropy = uncertainty.min_entropy
+    f.out.shannon_entropy = uncertainty.shannon_entropy
+    f.out.scores = {k: finite(v) for k, v in uncertainty.scores().items()}
+    f.out.score = finite(score)
+    f.out.flops.update({part: f.stage1.flops[part] for part in STAGE1_PARTS})
+    f.out.retransmitted = method.policy.retransmit(score, f.sample.key)
+
+
+def locate_crops(server: Server, f: InFlight, method: Method, caches: RunCaches) -> list[tuple[int, Box]]:
+    """Step 4, server: the region(s) to ask for, as (image index, box in original pixels)."""
+    if method.policy.name == "tiles":  # no request: the edge always sends each image's 2x2 tiles
+        return [(i, tile) for i, original in enumerate(f.originals) for tile in quadrants(*original.size)]
+    with f.laps.lap("roi"):
+        # The question's attention is one softmax row over every image's tokens: the image
+        # holding most of it is the one the question is about.
+        look = int(np.argmax([float(np.nansum(grid)) for grid in f.stage1.attentions]))
+        # The stage-1 prefix holds the first image: the generic pass reuses it when that is the one looked at.
+        generic, generic_flops, f.out.generic_cached = caches.generic_map(
+            server, f.sent[look].image, f.sample.scope, image_key(f.sent[look].image), prefix=f.stage1.prefix)
+        f.out.flops["generic"] = sum(generic_flops.values())
+        roi = find_roi(relative_attention(f.stage1.attentions[look], generic), f.regions[look], f.originals[look].size,
+                       server.input_side)
+        f.out.roi, f.out.roi_image = list(roi), look
+        f.out.bytes_request = len(encode_request(roi))
+    return [(look, roi)]
+
+
+def send_crops(server: Server, f: InFlight, crops: list[tuple[int, Box]], method: Method) -> None:
+    """Step 5, edge -> server: the crop(s), each from its own ORIGINAL image, at the encoder's input size."""
+    with f.laps.lap("edge_local"):
+        f.local = [transmit(f.originals[i], *server.frame(crop), method.codec) for i, crop in crops]
+        f.out.bytes_local = sum(crop.nbytes for crop in f.local)
+
+
+def finish(f: InFlight) -> SampleResult:
+    """Step 7: totals, and the one-image fields of the image the RoI came from (else the first)."""
+    out, shown = f.out, f.out.roi_image or 0
+    out.image_size = out.image_sizes[shown]
+    out.global_region = [round(v, 3) for v in f.regions[shown]]
+    out.image_key = image_key(f.sent[shown].image)
+    out.bytes_total = out.bytes_global + out.bytes_request + out.bytes_local
+    out.flops_total = sum(out.flops.values())
+    out.seconds = f.laps.with_total()
+    return SampleResult(f.sample, out, seconds=out.seconds)
+
+
+def failed(sample: SampleInput, laps: "Laps", err: Exception) -> SampleResult:
+    return SampleResult(sample, error=err, seconds={"total": laps.total()})
+
+
+def answer_each(server: Server, requests: list, limits: Limits, **kwargs) -> list[Answer | Exception]:
+    """One batched pass; if it fails, each request alone, so only the failing ones fail.
+    Per-request keyword lists (``prefixes``) are split with their requests."""
+    try:
+        return server.answer_batch(requests, limits, **kwargs)
+    except Exception as err:  # noqa: BLE001  -- which sample? each tries again alone
+        if len(requests) == 1:
+            return [err]
+    answers = []
+    for i, request in enumerate(requests):
+        alone = {k: [v[i]] if k == "prefixes" and v is not None else v for k, v in kwargs.items()}
+        try:
+            answers.append(server.answer_batch([request], limits, **alone)[0])
+        except Exception as err:  # noqa: BLE001  -- becomes this sample's failed result
+            answers.append(err)
+    return answers
 
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".wmv", ".m4v", ".mpeg", ".mpg")
@@ -127,135 +324,46 @@ def images_in(visuals) -> list:
     return found
 
 
-def run_sample(server: Server, images: list, question: str, *, settings: Settings, limits: Limits,
-               sample_key: str, cache_scope: str, generic_maps: GenericMaps,
-               original_sizes: OriginalSizes | None = None) -> Outcome:
-    """Run the pipeline on one sample with one or more images. ``sample_key`` fixes the
-    random policy's draw, ``cache_scope`` the generic maps this sample may reuse. Raises on
-    bad input; the caller turns that into a failed sample."""
-    globals_ = send_globals(server, images, settings=settings, cache_scope=cache_scope, original_sizes=original_sizes)
-    stage1 = server.answer(globals_.images, question, limits, with_attention=settings.policy.locates,
-                           keep_prefix=settings.policy.name != "never")
-    globals_.clock.lap("stage1")
-    return finish_sample(server, globals_, stage1, question, settings=settings, limits=limits,
-                         sample_key=sample_key, cache_scope=cache_scope, generic_maps=generic_maps)
-
-
-@dataclass
-class SentGlobals:
-    """One sample after the edge sent its global images: what stage 1 answers from and what
-    the later steps need. A batch runs every sample's stage 1 together between the two halves."""
-    out: Outcome
-    originals: list[Image.Image]
-    sent: list  # edge.Sent per global image
-    regions: list[Box]
-    keys: list[str]
-    clock: "Stopwatch"
-
-    @property
-    def images(self) -> list[Image.Image]:
-        return [image.image for image in self.sent]
-
-    def describe(self, index: int) -> None:
-        """The record's one-image fields (image_size, global_region, image_key) are image ``index``'s:
-        the first image's, or the one the RoI was cropped from."""
-        self.out.image_size = self.out.image_sizes[index]
-        self.out.global_region = [round(v, 3) for v in self.regions[index]]
-        self.out.image_key = self.keys[index]
-
-
-def send_globals(server: Server, images: list, *, settings: Settings, cache_scope: str,
-                 original_sizes: OriginalSizes | None = None) -> SentGlobals:
-    """Edge -> server: every global image the task gives, each framed as the encoder sees it."""
-    out = Outcome()
-    clock = Stopwatch()
-    originals = [sanitize(image) for image in images]
-    sent, regions = [], []
-    for original in originals:
-        region, size = server.frame((0.0, 0.0, float(original.width), float(original.height)))
-        sent.append(transmit(original, region, size, settings.codec))
-        regions.append(region)
-    out.image_sizes = [list(original.size) for original in originals]
-    out.bytes_global_images = [image.nbytes for image in sent]
-    out.bytes_global = sum(out.bytes_global_images)
-    sizes = original_sizes or OriginalSizes()
-    out.bytes_original = sum(sizes.get(original, settings.codec, cache_scope) for original in originals)
-    keys = [image_key(image.image) for image in sent]
-    clock.lap("edge_global")
-    globals_ = SentGlobals(out, originals, sent, regions, keys, clock)
-    globals_.describe(0)
-    return globals_
-
-
-def finish_sample(server: Server, globals_: SentGlobals, stage1: Answer, question: str, *, settings: Settings,
-                  limits: Limits, sample_key: str, cache_scope: str, generic_maps: GenericMaps) -> Outcome:
-    """Everything after stage 1's answer: gate, RoI, the edge's crop(s), stage 2."""
-    out, originals, sent, regions, keys, clock = (globals_.out, globals_.originals, globals_.sent, globals_.regions,
-                                                  globals_.keys, globals_.clock)
-    uncertainty = token_uncertainties(stage1.logits)
-    score = uncertainty.score(settings.aggregation)
-    out.answer_stage1 = out.answer = stage1.text
-    out.min_entropy = uncertainty.min_entropy
-    out.shannon_entropy = uncertainty.shannon_entropy
-    out.scores = {k: finite(v) for k, v in uncertainty.scores().items()}
-    out.score = finite(score)
-    out.flops.update({part: stage1.flops[part] for part in STAGE1_PARTS})
-
-    out.retransmitted = settings.policy.retransmit(score, sample_key)
-    if out.retransmitted:
-        if settings.policy.name == "tiles":  # no request: the edge always sends each image's 2x2 tiles
-            crops = [(i, tile) for i, original in enumerate(originals) for tile in quadrants(*original.size)]
-        else:
-            # Server: where to look. The question's attention is one softmax row over every
-            # image's tokens: the image holding most of it is the one the question is about.
-            look = int(np.argmax([float(np.nansum(grid)) for grid in stage1.attentions]))
-            original = originals[look]
-            # The prefix holds the first image: the generic pass reuses it when that is the one looked at.
-            generic, generic_flops, out.generic_cached = generic_maps.get(server, sent[look].image, (cache_scope, keys[look]),
-                                                                          prefix=stage1.prefix)
-            out.flops["generic"] = sum(generic_flops.values())
-            roi = find_roi(relative_attention(stage1.attentions[look], generic), regions[look], original.size,
-                           server.input_side)
-            out.roi, out.roi_image = list(roi), look
-            globals_.describe(look)
-            out.bytes_request = len(encode_request(roi))
-            crops = [(look, roi)]
-            clock.lap("roi")
-
-        # Edge -> server: the crop(s), each from its own image, at the encoder's input size.
-        local = [transmit(originals[i], *server.frame(crop), settings.codec) for i, crop in crops]
-        out.bytes_local = sum(sent_crop.nbytes for sent_crop in local)
-        clock.lap("edge_local")
-
-        stage2 = server.answer([*(image.image for image in sent), *(sent_crop.image for sent_crop in local)],
-                               question, limits, with_attention=False, prefix=stage1.prefix)
-        out.answer_stage2 = out.answer = stage2.text
-        out.flops["stage2"] = sum(stage2.flops.values())
-        clock.lap("stage2")
-
-    out.bytes_total = out.bytes_global + out.bytes_request + out.bytes_local
-    out.flops_total = sum(out.flops.values())
-    out.seconds = clock.laps
-    return out
-
-
 def quadrants(width: int, height: int) -> list[Box]:
     """The 2x2 tiles of a width x height image, row by row (original pixels)."""
     xs, ys = (0.0, width / 2, float(width)), (0.0, height / 2, float(height))
     return [(xs[i], ys[j], xs[i + 1], ys[j + 1]) for j in range(2) for i in range(2)]
 
 
-class Stopwatch:
+class Laps:
+    """A sample's seconds per step (the record's ``seconds``); reading its document is
+    counted in the total only."""
+
     def __init__(self):
         self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
+        self.read = 0.0
 
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self._last, 6)
-        self._last = now
+    @contextmanager
+    def lap(self, name: str):
+        started = time.perf_counter()
+        yield
+        self.laps[name] = round(time.perf_counter() - started, 6)
 
-    def share(self, name: str, seconds: float) -> None:
-        """A lap spent on several samples at once (a batch's stage 1): this sample's share."""
-        self.laps[name] = round(seconds, 6)
-        self._last = time.perf_counter()
+    @contextmanager
+    def reading(self):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.read += time.perf_counter() - started
+
+    @staticmethod
+    @contextmanager
+    def shared(name: str, laps: list["Laps"]):
+        """A step run for several samples at once (a batched stage): each its share."""
+        started = time.perf_counter()
+        yield
+        share = (time.perf_counter() - started) / max(len(laps), 1)
+        for each in laps:
+            each.laps[name] = round(share, 6)
+
+    def total(self) -> float:
+        return round(self.read + sum(self.laps.values()), 6)
+
+    def with_total(self) -> dict[str, float]:
+        return {**self.laps, "total": self.total()}

@@ -17,31 +17,33 @@ from __future__ import annotations
 import torch
 from transformers import InstructBlipForConditionalGeneration
 
-from collab_eval import flops as F
+from collab_eval import flops as flop_counts
 from collab_eval.edge import Box
 from collab_eval.model_args import optional_integer
 from model_adapters.attention_capture import Probe
-from model_adapters.base import CollabModel
+from model_adapters.lmms_adapter import CollabAdapter
+from model_adapters.server import ServerModel
 
 
-class CollabInstructBlip(CollabModel):
-    model_id = "collab_instructblip"
+class InstructBlipServer(ServerModel):
     model_class = InstructBlipForConditionalGeneration
     # ViCrop (InstructBLIP-Vicuna-7B): language-model layer 15 of 32, and the third of the
     # Q-Former's six cross-attention layers; the defaults scale both to the checkpoint.
     vicrop_layer = (15, 32)
     vicrop_qformer_layer = (2, 6)
 
-    def __init__(self, pretrained: str = "Salesforce/instructblip-vicuna-7b", qformer_layer: int | None = None, **kwargs):
-        with self.checking_args():  # before the model loads, like the shared args
-            qformer_layer = optional_integer("qformer_layer", qformer_layer, minimum=0)
-        super().__init__(pretrained=pretrained, family_settings={"qformer_layer": qformer_layer}, **kwargs)
+    @staticmethod
+    def family_args(qformer_layer: int | None = None) -> dict:
+        return {"qformer_layer": optional_integer("qformer_layer", qformer_layer, minimum=0)}
+
+    def __init__(self, pretrained: str, *, qformer_layer: int | None = None, **common):
+        super().__init__(pretrained, **common)
         qc = self.model.config.qformer_config
         n_cross = len(range(0, qc.num_hidden_layers, qc.cross_attention_frequency))
         num, den = self.vicrop_qformer_layer
         self.qformer_layer = qformer_layer if qformer_layer is not None else n_cross * num // den
         if not 0 <= self.qformer_layer < n_cross:
-            raise ValueError(f"{self.model_id}: qformer_layer indexes the Q-Former's {n_cross} cross-attention "
+            raise ValueError(f"{self.name}: qformer_layer indexes the Q-Former's {n_cross} cross-attention "
                              f"layers: must be in 0..{n_cross - 1}, got {qformer_layer}")
         size = self.processor.image_processor.size
         self.size = (size["width"], size["height"])  # the processor squashes every image to this
@@ -128,16 +130,24 @@ class CollabInstructBlip(CollabModel):
         vc, qc, tc = self.model.config.vision_config, self.model.config.qformer_config, self.model.config.text_config
         n_images = inputs["pixel_values"].shape[0] - first
         patches = self.grid[0] * self.grid[1]
-        vision = n_images * (F.patch_embedding(patches, 3, vc.patch_size, vc.hidden_size)
-                             + F.vit_encoder(patches + 1, vc.hidden_size, vc.intermediate_size,
+        vision = n_images * (flop_counts.patch_embedding(patches, 3, vc.patch_size, vc.hidden_size)
+                             + flop_counts.vit_encoder(patches + 1, vc.hidden_size, vc.intermediate_size,
                                              vc.num_attention_heads, vc.num_hidden_layers))
         # The connector: the Q-Former (queries + instruction text) and the projection into the LM.
         projector = n_images * (
-            F.qformer(self.queries, inputs["qformer_input_ids"].shape[1], patches + 1, hidden=qc.hidden_size,
+            flop_counts.qformer(self.queries, inputs["qformer_input_ids"].shape[1], patches + 1, hidden=qc.hidden_size,
                       intermediate=qc.intermediate_size, heads=qc.num_attention_heads, encoder_hidden=vc.hidden_size,
                       layers=qc.num_hidden_layers, cross_attention_frequency=qc.cross_attention_frequency)
-            + F.linear(self.queries, qc.hidden_size, tc.hidden_size))
+            + flop_counts.linear(self.queries, qc.hidden_size, tc.hidden_size))
         return {"vision": vision, "projector": projector}
+
+
+class CollabInstructBlip(CollabAdapter):
+    model_id = "collab_instructblip"
+    server_class = InstructBlipServer
+
+    def __init__(self, pretrained: str = "Salesforce/instructblip-vicuna-7b", **kwargs):
+        super().__init__(pretrained=pretrained, **kwargs)
 
 
 def instructblip_frame(region: Box, size: tuple[int, int]) -> tuple[Box, tuple[int, int]]:

@@ -5,17 +5,17 @@ import numpy as np
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from collab_eval import flops as F
+from collab_eval import flops as flop_counts
 from collab_eval.edge import Box
-from model_adapters.base import CollabModel
+from model_adapters.lmms_adapter import CollabAdapter
+from model_adapters.server import ServerModel
 
 
-class CollabLlava(CollabModel):
-    model_id = "collab_llava"
+class LlavaServer(ServerModel):
     model_class = LlavaForConditionalGeneration
 
-    def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", **kwargs):
-        super().__init__(pretrained=pretrained, **kwargs)
+    def __init__(self, pretrained: str, **common):
+        super().__init__(pretrained, **common)
         ip = self.processor.image_processor
         self.crop = (ip.crop_size["width"], ip.crop_size["height"])
         self.shortest_edge = ip.size["shortest_edge"]
@@ -52,16 +52,24 @@ class CollabLlava(CollabModel):
         vc, tc = self.model.config.vision_config, self.model.config.text_config
         n_images = inputs["pixel_values"].shape[0] - first
         patches = self.grid[0] * self.grid[1]
-        vision = n_images * (F.patch_embedding(patches, vc.num_channels, vc.patch_size, vc.hidden_size)
-                             + F.vit_encoder(patches + 1, vc.hidden_size, vc.intermediate_size,
+        vision = n_images * (flop_counts.patch_embedding(patches, vc.num_channels, vc.patch_size, vc.hidden_size)
+                             + flop_counts.vit_encoder(patches + 1, vc.hidden_size, vc.intermediate_size,
                                              vc.num_attention_heads, self.vision_layers_run()))
-        projector = n_images * (F.linear(patches, vc.hidden_size, tc.hidden_size)
-                                + F.linear(patches, tc.hidden_size, tc.hidden_size))
+        projector = n_images * (flop_counts.linear(patches, vc.hidden_size, tc.hidden_size)
+                                + flop_counts.linear(patches, tc.hidden_size, tc.hidden_size))
         return {"vision": vision, "projector": projector}
 
     def vision_layers_run(self) -> int:
         """CLIP runs every layer even though LLaVA reads the second to last."""
         return self.model.config.vision_config.num_hidden_layers
+
+
+class CollabLlava(CollabAdapter):
+    model_id = "collab_llava"
+    server_class = LlavaServer
+
+    def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", **kwargs):
+        super().__init__(pretrained=pretrained, **kwargs)
 
 
 def llava_frame(region: Box, crop: tuple[int, int], shortest_edge: int) -> tuple[Box, tuple[int, int]]:

@@ -15,29 +15,29 @@ import torch
 from transformers import Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-from collab_eval import flops as F
+from collab_eval import flops as flop_counts
 from collab_eval.edge import Box
 from collab_eval.model_args import optional_integer
-from model_adapters.base import CollabModel
+from model_adapters.lmms_adapter import CollabAdapter
+from model_adapters.server import ServerModel
 
 # LLaVA-1.5's 336 x 336 input area: 12 x 12 = 144 language tokens for a square image.
 DEFAULT_MAX_PIXELS = 336 * 336
 DEFAULT_MIN_PIXELS = 56 * 56  # the processor's own lower bound
 
 
-class CollabQwen2VL(CollabModel):
-    model_id = "collab_qwen2_vl"
+class Qwen2VLServer(ServerModel):
     model_class = Qwen2VLForConditionalGeneration
     # ViCrop publishes no layer for Qwen2-VL; its Qwen2.5-VL-7B choice is layer 22 of 28.
     vicrop_layer = (22, 28)
 
-    def __init__(self, pretrained: str = "Qwen/Qwen2-VL-7B-Instruct", max_pixels: int | None = None,
-                 min_pixels: int | None = None, **kwargs):
-        with self.checking_args():  # before the model loads, like the shared args
-            max_pixels = optional_integer("max_pixels", max_pixels, minimum=1)
-            min_pixels = optional_integer("min_pixels", min_pixels, minimum=1)
-        super().__init__(pretrained=pretrained, family_settings={"max_pixels": max_pixels, "min_pixels": min_pixels},
-                         **kwargs)
+    @staticmethod
+    def family_args(max_pixels: int | None = None, min_pixels: int | None = None) -> dict:
+        return {"max_pixels": optional_integer("max_pixels", max_pixels, minimum=1),
+                "min_pixels": optional_integer("min_pixels", min_pixels, minimum=1)}
+
+    def __init__(self, pretrained: str, *, max_pixels: int | None = None, min_pixels: int | None = None, **common):
+        super().__init__(pretrained, **common)
         ip = self.processor.image_processor
         self.merge = ip.merge_size
         self.factor = ip.patch_size * ip.merge_size
@@ -47,7 +47,7 @@ class CollabQwen2VL(CollabModel):
         self.max_pixels = max_pixels if max_pixels is not None else min(DEFAULT_MAX_PIXELS, own_max)
         self.min_pixels = min_pixels if min_pixels is not None else min(DEFAULT_MIN_PIXELS, own_min, self.max_pixels)
         if not self.factor ** 2 <= self.min_pixels <= self.max_pixels:
-            raise ValueError(f"{self.model_id}: need {self.factor ** 2} <= min_pixels <= max_pixels, "
+            raise ValueError(f"{self.name}: need {self.factor ** 2} <= min_pixels <= max_pixels, "
                              f"got min_pixels={self.min_pixels}, max_pixels={self.max_pixels}")
         # The processor applies the same budget, so what the edge sends is not resized again.
         ip.size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
@@ -106,11 +106,19 @@ class CollabQwen2VL(CollabModel):
         vision = projector = 0
         for t, h, w in inputs["image_grid_thw"][first:].tolist():
             patches = t * h * w  # attention is per image (the encoder splits the sequence by image)
-            vision += (F.patch_embedding(patches, vc.in_channels, vc.patch_size, vc.embed_dim, temporal=vc.temporal_patch_size)
-                       + F.vit_encoder(patches, vc.embed_dim, vc.embed_dim * vc.mlp_ratio, vc.num_heads, vc.depth))
+            vision += (flop_counts.patch_embedding(patches, vc.in_channels, vc.patch_size, vc.embed_dim, temporal=vc.temporal_patch_size)
+                       + flop_counts.vit_encoder(patches, vc.embed_dim, vc.embed_dim * vc.mlp_ratio, vc.num_heads, vc.depth))
             tokens = patches // vc.spatial_merge_size ** 2  # the patch merger is the projector
-            projector += F.linear(tokens, merged_width, merged_width) + F.linear(tokens, merged_width, vc.hidden_size)
+            projector += flop_counts.linear(tokens, merged_width, merged_width) + flop_counts.linear(tokens, merged_width, vc.hidden_size)
         return {"vision": vision, "projector": projector}
+
+
+class CollabQwen2VL(CollabAdapter):
+    model_id = "collab_qwen2_vl"
+    server_class = Qwen2VLServer
+
+    def __init__(self, pretrained: str = "Qwen/Qwen2-VL-7B-Instruct", **kwargs):
+        super().__init__(pretrained=pretrained, **kwargs)
 
 
 def qwen2_vl_frame(region: Box, factor: int, min_pixels: int, max_pixels: int) -> tuple[Box, tuple[int, int]]:

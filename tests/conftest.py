@@ -55,3 +55,31 @@ def tiny_llava_run(tiny_llava_path, tmp_path_factory):
                 ",".join(tasks), out, extra=("--limit", str(MINI_LIMIT)))
         return done[policy_args, tasks]
     return run
+
+
+SERVERS = {"llava": "model_adapters.llava.LlavaServer", "qwen2_vl": "model_adapters.qwen2_vl.Qwen2VLServer",
+           "instructblip": "model_adapters.instructblip.InstructBlipServer"}
+
+
+@pytest.fixture(scope="session")
+def tiny_server():
+    """server(family, **args): the family's model wrapper (model_adapters.server) on its tiny
+    checkpoint, loaded once per session and argument set (``fresh=True``: a new one, for a
+    test that changes it); family is llava, qwen2_vl or instructblip. Tests that change a
+    shared server's state restore it."""
+    import importlib
+
+    from collab_eval.checkpoints import resolve
+    loaded = {}
+
+    def server(family: str, fresh: bool = False, **args):
+        key = (family, tuple(sorted(args.items())))
+        if fresh or key not in loaded:
+            module, name = SERVERS[family].rsplit(".", 1)
+            server_class = getattr(importlib.import_module(module), name)
+            made = server_class(resolve(f"tiny-{family.replace('_', '-')}"), name=f"collab_{family}", **args)
+            if fresh:
+                return made
+            loaded[key] = made
+        return loaded[key]
+    return server

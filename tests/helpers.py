@@ -1,6 +1,5 @@
 """Running the real lmms-eval command line from tests, reading what it wrote, and the
 invariants every run and every record must hold."""
-import dataclasses
 import glob
 import json
 import os
@@ -11,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from collab_eval.pipeline import Settings
+from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, run_batch
 from collab_eval.records import FLOP_PARTS, Outcome, SampleRecord, finite, read_records
 from collab_eval.shipped import TASKS_DIR
 from collab_eval.uncertainty import AGGREGATES, aggregate
 
 LMMS_EVAL = str(Path(sys.executable).with_name("lmms-eval"))
-RECORD_FIELDS = {f.name for f in dataclasses.fields(SampleRecord)}
+RECORD_FIELDS = set(SampleRecord.model_fields)
 # The tiny LLaVA command-line runs (conftest.tiny_llava_run): every local task, the first
 # MINI_LIMIT documents of each.
 MINI_TASKS = ("collab_textvqa_mini", "collab_textvqa_mini_ocr", "collab_pope_mini")
@@ -64,20 +63,32 @@ def samples(out: Path, task: str) -> list[dict]:
 
 
 def records(records_dir: Path) -> list[dict]:
-    return read_records(sorted(Path(records_dir).glob("*.jsonl")))
+    """The run's records as read back (typed), each as a dict of its fields for the tests' checks."""
+    return [record.model_dump() for record in read_records(sorted(Path(records_dir).glob("*.jsonl")))]
 
 
-def check_record(record, settings: Settings | None = None) -> None:
+def run_one(server, images: list, question: str, *, method: Method, limits: Limits, key: str = "t/0",
+            scope: str = "t", caches: RunCaches | None = None) -> Outcome:
+    """One sample through the pipeline's run_batch (as the adapter runs it): its outcome,
+    or the error that failed it, raised."""
+    sample = SampleInput(key=key, scope=scope, question=question, limits=limits, visuals=lambda: images)
+    (result,) = run_batch(server, [sample], method=method, caches=caches if caches is not None else RunCaches())
+    if result.error is not None:
+        raise result.error
+    return result.outcome
+
+
+def check_record(record, method: Method | None = None) -> None:
     """The invariants of one sample's record, whatever the family, task or policy: totals are
     the sum of their parts, the score is the aggregate of the token entropies, and a sample
     costs exactly what its policy sent. ``record``: a dict as read from a records file, a
-    SampleRecord, or the pipeline's Outcome with the Settings it ran under."""
+    SampleRecord, or the pipeline's Outcome with the Method it ran under."""
     if isinstance(record, Outcome) and not isinstance(record, SampleRecord):
-        assert settings is not None, "an Outcome does not say its policy: pass its Settings"
-        r = {**dataclasses.asdict(record), "policy": settings.policy.name, "score_name": settings.aggregation,
+        assert method is not None, "an Outcome does not say its policy: pass its Method"
+        r = {**record.model_dump(), "policy": method.policy.name, "score_name": method.score,
              "error": None}
     else:
-        r = dataclasses.asdict(record) if isinstance(record, SampleRecord) else record
+        r = record.model_dump() if isinstance(record, SampleRecord) else record
         assert set(r) == RECORD_FIELDS, set(r) ^ RECORD_FIELDS
     assert r["bytes_total"] == r["bytes_global"] + r["bytes_request"] + r["bytes_local"]
     assert set(r["flops"]) == set(FLOP_PARTS) and r["flops_total"] == sum(r["flops"].values())

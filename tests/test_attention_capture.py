@@ -31,16 +31,6 @@ def test_attention_rows_match_a_written_out_softmax():
     assert torch.allclose(attention_probs(q[:, :, -1:], k, keep, 0.3)[0, :, 0].mean(0), expected[-1], atol=1e-6)
 
 
-def adapter(family, path, records):
-    if family == "llava":
-        from model_adapters.llava import CollabLlava as cls
-    elif family == "qwen2_vl":
-        from model_adapters.qwen2_vl import CollabQwen2VL as cls
-    else:
-        from model_adapters.instructblip import CollabInstructBlip as cls
-    return cls(pretrained=path, records_dir=str(records), policy="always", max_new_tokens=LIMITS.max_new_tokens)
-
-
 @torch.inference_mode()
 def eager_map(model, prompt):
     """The map as read from eager attention's output_attentions (InstructBLIP: through the
@@ -67,10 +57,9 @@ def eager_map(model, prompt):
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip"])
-def test_sdpa_probes_equal_eager_maps_and_answers(family, request, tmp_path):
-    path = request.getfixturevalue(f"tiny_{family}_path")
-    sdpa = adapter(family, path, tmp_path / "a")
-    eager = adapter(family, path, tmp_path / "b")
+def test_sdpa_probes_equal_eager_maps_and_answers(family, tiny_server):
+    sdpa = tiny_server(family)
+    eager = tiny_server(family, fresh=True)
     eager.model.set_attn_implementation("eager")
     assert sdpa.model.config._attn_implementation == KERNEL
     assert eager.model.config.get_text_config()._attn_implementation == "eager"

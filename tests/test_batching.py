@@ -1,7 +1,6 @@
-"""batch_size: stage 1 of a batch in one left-padded generate, stage 2 per retransmitted
-sample. Every record equals the one batch_size=1 writes (answers, RoI, bytes, FLOPs; scores
+"""batch_size: stage 1 of a batch in one left-padded generate, stage 2 of its retransmitted
+samples in one more. Every record equals the one batch_size=1 writes (answers, RoI, bytes, FLOPs; scores
 within 1e-4), for each family and policy, in process on the tiny checkpoints."""
-import dataclasses
 import math
 
 import numpy as np
@@ -9,10 +8,10 @@ import pytest
 from PIL import Image
 
 from collab_eval.model_args import ModelArgError
-from collab_eval.pipeline import GenericMaps, Limits, OriginalSizes, Settings
+from collab_eval.edge import Codec
+from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, run_batch
 from collab_eval.policy import Policy
 from collab_eval.records import SampleRecord
-from model_adapters.base import _Args
 
 SIZES = [(210, 500), (400, 260), (300, 300), (120, 90), (333, 517), (64, 700), (256, 200)]  # (h, w), all different
 QUESTIONS = ["is there a red square in the image ?", "what is written", "which colour is the car , and why",
@@ -33,43 +32,20 @@ def visuals(doc):
 
 
 @pytest.fixture(scope="module", params=["llava", "qwen2_vl", "instructblip"])
-def adapter(request, tmp_path_factory):
-    records = str(tmp_path_factory.mktemp("records"))
-    if request.param == "llava":
-        from model_adapters.llava import CollabLlava
-        model = CollabLlava(pretrained=request.getfixturevalue("tiny_llava_path"), records_dir=records, max_new_tokens=4)
-    elif request.param == "qwen2_vl":
-        from model_adapters.qwen2_vl import CollabQwen2VL
-        model = CollabQwen2VL(pretrained=request.getfixturevalue("tiny_qwen2_vl_path"), max_pixels=112 * 112,
-                              records_dir=records, max_new_tokens=4)
-    else:
-        from model_adapters.instructblip import CollabInstructBlip
-        model = CollabInstructBlip(pretrained=request.getfixturevalue("tiny_instructblip_path"), records_dir=records,
-                                   max_new_tokens=4)
-    model.task_dict = {"t": {"test": documents()}}
-    return model
+def adapter(request, tiny_server):
+    return tiny_server(request.param, **({"max_pixels": 112 * 112} if request.param == "qwen2_vl" else {}))
 
 
-def run(adapter, policy: Policy, batch_size: int):
-    """The adapter's records for every document through generate_until, as a fresh run would
-    make them (nothing answered, no generic map cached)."""
-    adapter.settings = Settings(policy, adapter.settings.codec)
-    adapter.batch_size = batch_size
-    adapter.answered, adapter.generic_maps, adapter.original_sizes = {}, GenericMaps(), OriginalSizes()
-    records = []
-    write = adapter.records.write
-
-    def keep(record):
-        records.append(record)
-        return write(record)
-
-    adapter.records.write = keep
-    try:
-        requests = [_Args((q, {"max_new_tokens": 4}, visuals, i, "t", "test")) for i, q in enumerate(QUESTIONS)]
-        answers = [r.text for r in adapter.generate_until(requests)]
-    finally:
-        adapter.records.write = write
-    return answers, sorted(records, key=lambda r: r.doc_id)
+def run(server, policy: Policy, batch_size: int, visuals_of=visuals) -> tuple[list[str], list]:
+    """Every document through the pipeline in batches of ``batch_size``, as the adapter runs a
+    fresh run (no generic map cached): the answers and outcomes in document order."""
+    method, caches = Method(policy, Codec.parse("png")), RunCaches()
+    samples = [SampleInput(key=f"t/{i}", scope="t", question=q, limits=Limits(max_new_tokens=4),
+                           visuals=lambda doc=doc: visuals_of(doc)) for i, (doc, q) in enumerate(zip(documents(), QUESTIONS))]
+    results = [result for first in range(0, len(samples), batch_size)
+               for result in run_batch(server, samples[first:first + batch_size], method=method, caches=caches)]
+    results.sort(key=lambda r: samples.index(r.sample))
+    return [r.outcome.answer if r.outcome else "" for r in results], results
 
 
 def assert_same(a, b, path="record"):
@@ -88,12 +64,13 @@ def assert_same(a, b, path="record"):
 
 
 def compare(alone, batched, count=len(SIZES)):
+    """Pipeline results (or records read back): equal but for seconds and run id."""
     assert len(alone) == len(batched) == count
-    for a, b in zip(alone, batched):
+    for i, (a, b) in enumerate(zip(alone, batched)):
         assert a.error is None and b.error is None, (a.error, b.error)
-        fields = {f.name for f in dataclasses.fields(a)} - {"seconds", "run_id"}
-        for name in sorted(fields):
-            assert_same(getattr(a, name), getattr(b, name), f"doc {a.doc_id}.{name}")
+        a, b = (getattr(x, "outcome", None) or x for x in (a, b))
+        for name in sorted(set(vars(a)) - {"seconds", "run_id"}):
+            assert_same(getattr(a, name), getattr(b, name), f"sample {i}.{name}")
 
 
 @pytest.mark.parametrize("policy_name", POLICIES)
@@ -103,14 +80,14 @@ def test_batch_of_four_records_what_one_at_a_time_records(adapter, policy_name):
         _, never = run(adapter, Policy("never"), 1)
         # Halfway between the two middle scores: a median of an odd count is one sample's own
         # score, whose decision then flips with batching's ~1e-6 rounding.
-        scores = sorted(r.score for r in never)
+        scores = sorted(r.outcome.score for r in never)
         threshold = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
     policy = Policy(policy_name, threshold=threshold, rate=0.5, seed=3)
     answers1, alone = run(adapter, policy, 1)
     answers4, batched = run(adapter, policy, 4)
     assert answers1 == answers4
     compare(alone, batched)
-    sent = [r.retransmitted for r in alone]
+    sent = [r.outcome.retransmitted for r in alone]
     if policy_name in ("threshold", "random"):
         assert any(sent) and not all(sent), sent  # both kinds of sample in one batch
     else:
@@ -127,7 +104,7 @@ def test_rows_end_at_their_own_eos(adapter):
     planted = next((t for ids in free for t in ids[1:]
                     if t not in ids[:1] and any(t not in other for other in free)), None)
     if planted is None:
-        pytest.skip(f"{adapter.model_id}'s tiny checkpoint generates one token everywhere: no EOS to plant")
+        pytest.skip(f"{adapter.name}'s tiny checkpoint generates one token everywhere: no EOS to plant")
     config = adapter.model.generation_config
     saved = config.eos_token_id
     try:
@@ -178,17 +155,12 @@ def test_a_bad_sample_fails_alone_in_its_batch(adapter):
     def with_a_video(doc):
         return ["clip.mp4"] if doc["question_id"] == 1 else visuals(doc)
 
-    policy = Policy("always")
-    runs = {}
-    for batch in (1, 4):
-        adapter.settings, adapter.batch_size = Settings(policy, adapter.settings.codec), batch
-        adapter.answered, adapter.generic_maps, adapter.original_sizes = {}, GenericMaps(), OriginalSizes()
-        requests = [_Args((q, {"max_new_tokens": 4}, with_a_video, i, "t", "test")) for i, q in enumerate(QUESTIONS)]
-        adapter.generate_until(requests)
-        runs[batch] = [adapter.answered[("t", i)] for i in range(len(QUESTIONS))]
+    runs = {batch: run(adapter, Policy("always"), batch, visuals_of=with_a_video)[1] for batch in (1, 4)}
     for i, (alone, batched) in enumerate(zip(runs[1], runs[4])):
-        assert (alone.answer, alone.bytes_total, alone.flops_total) == (batched.answer, batched.bytes_total, batched.flops_total)
-        assert (batched.bytes_total == 0) == (i == 1), (i, batched)
+        assert (alone.error is None) == (batched.error is None) == (i != 1), (i, alone.error, batched.error)
+        assert str(alone.error) == str(batched.error)
+    compare([r for i, r in enumerate(runs[1]) if i != 1], [r for i, r in enumerate(runs[4]) if i != 1],
+            count=len(SIZES) - 1)
 
 
 def test_without_prefix_reuse_too(adapter):
@@ -203,4 +175,4 @@ def test_without_prefix_reuse_too(adapter):
     assert answers1 == answers4
     compare(alone, batched)
     _, reused = run(adapter, Policy("always"), 4)
-    assert all(off.flops["stage2"] > on.flops["stage2"] for off, on in zip(batched, reused))  # the prefix recomputed
+    assert all(off.outcome.flops["stage2"] > on.outcome.flops["stage2"] for off, on in zip(batched, reused))  # the prefix recomputed

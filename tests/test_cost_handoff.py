@@ -12,7 +12,7 @@ from collab_eval import cost_handoff
 from collab_eval.pipeline import images_in
 from collab_eval.records import SampleRecord, strip_media
 from collab_eval.task_functions import CostedTask
-from model_adapters.base import without_media
+from model_adapters.task_documents import without_media
 from collab_eval.shipped import TASKS_DIR
 
 TEXTVQA = TASKS_DIR / "_textvqa_template_yaml"

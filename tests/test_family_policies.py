@@ -5,10 +5,10 @@ import pytest
 from PIL import Image
 
 from collab_eval.edge import Codec, transmit
-from collab_eval.pipeline import GenericMaps, Limits, Settings, quadrants, run_sample
+from collab_eval.pipeline import Limits, Method, RunCaches, quadrants
 from collab_eval.policy import POLICIES, Policy
 from collab_eval.records import Outcome
-from tests.helpers import check_record
+from tests.helpers import check_record, run_one
 
 QUESTION = "is there a red square in the image ?"
 IMAGES = [  # noise compresses badly, so every image costs bytes; one landscape, one portrait
@@ -28,25 +28,17 @@ def test_tiles_needs_no_attention_and_always_sends():
 
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "instructblip"])
-def adapter(request, tmp_path_factory):
-    if request.param == "qwen2_vl":
-        from model_adapters.qwen2_vl import CollabQwen2VL
-        model = CollabQwen2VL(pretrained=request.getfixturevalue("tiny_qwen2_vl_path"), max_pixels=112 * 112,
-                              records_dir=str(tmp_path_factory.mktemp("records")))
-    else:
-        from model_adapters.instructblip import CollabInstructBlip
-        model = CollabInstructBlip(pretrained=request.getfixturevalue("tiny_instructblip_path"),
-                                   records_dir=str(tmp_path_factory.mktemp("records")))
-    return model
+def adapter(request, tiny_server):
+    return tiny_server(request.param, **({"max_pixels": 112 * 112} if request.param == "qwen2_vl" else {}))
 
 
-def settings(policy: str, threshold: float = 1.0) -> Settings:
-    return Settings(Policy(policy, threshold=threshold, rate=0.5, seed=1), Codec.parse("png"))
+def settings(policy: str, threshold: float = 1.0) -> Method:
+    return Method(Policy(policy, threshold=threshold, rate=0.5, seed=1), Codec.parse("png"))
 
 
 def run(adapter, policy: str, image, key: str, threshold: float = 1.0) -> Outcome:
-    return run_sample(adapter, [image], QUESTION, settings=settings(policy, threshold), limits=Limits(max_new_tokens=3),
-                      sample_key=key, cache_scope="t", generic_maps=GenericMaps())
+    return run_one(adapter, [image], QUESTION, method=settings(policy, threshold), limits=Limits(max_new_tokens=3),
+                      key=key, scope="t", caches=RunCaches())
 
 
 @pytest.mark.parametrize("policy", POLICIES)

@@ -63,20 +63,8 @@ SQUARE = noise_image(150, 150, seed=3)  # a different Qwen2-VL grid again
 
 
 @pytest.fixture(scope="module", params=sorted(PARTS))
-def family(request, tmp_path_factory):
-    name = request.param
-    if name == "llava":
-        from model_adapters.llava import CollabLlava as cls
-        path = request.getfixturevalue("tiny_llava_path")
-    elif name == "qwen2_vl":
-        from model_adapters.qwen2_vl import CollabQwen2VL as cls
-        path = request.getfixturevalue("tiny_qwen2_vl_path")
-    else:
-        from model_adapters.instructblip import CollabInstructBlip as cls
-        path = request.getfixturevalue("tiny_instructblip_path")
-    adapter = cls(pretrained=path, records_dir=str(tmp_path_factory.mktemp("records")),
-                  policy="always", max_new_tokens=MAX_NEW_TOKENS)
-    return adapter, PARTS[name]
+def family(request, tiny_server):
+    return tiny_server(request.param), PARTS[request.param]
 
 
 def tracker_names(model, path: str) -> set[str]:

@@ -15,10 +15,8 @@ QUESTION = "what is the number on the sign ?"
 
 
 @pytest.fixture(scope="module")
-def blip(tiny_instructblip_path, tmp_path_factory):
-    from model_adapters.instructblip import CollabInstructBlip
-    adapter = CollabInstructBlip(pretrained=tiny_instructblip_path, records_dir=str(tmp_path_factory.mktemp("records")))
-    return adapter
+def blip(tiny_server):
+    return tiny_server("instructblip")
 
 
 def hot_cell(pixel_values: np.ndarray, patch: int) -> tuple[int, int]:
@@ -129,6 +127,6 @@ def test_layers_are_model_args_scaled_from_vicrop(blip, tiny_instructblip_path, 
     # The tiny model: 3 LM layers (15/32 -> 1), 2 cross-attention layers (2/6 -> 0).
     assert (blip.layer, blip.qformer_layer) == (1, 0)
     other = CollabInstructBlip(pretrained=tiny_instructblip_path, layer=2, qformer_layer=1, records_dir=str(tmp_path))
-    assert (other.layer, other.qformer_layer) == (2, 1)
+    assert (other.server.layer, other.server.qformer_layer) == (2, 1)
     with pytest.raises(ValueError, match="qformer_layer"):
         CollabInstructBlip(pretrained=tiny_instructblip_path, qformer_layer=2, records_dir=str(tmp_path))

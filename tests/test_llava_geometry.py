@@ -9,9 +9,8 @@ from collab_eval.roi import find_roi
 
 
 @pytest.fixture(scope="module")
-def llava(tiny_llava_path, tmp_path_factory):
-    from model_adapters.llava import CollabLlava
-    return CollabLlava(pretrained=tiny_llava_path, records_dir=str(tmp_path_factory.mktemp("records")))
+def llava(tiny_server):
+    return tiny_server("llava")
 
 
 def hot_cell(pixel_values: np.ndarray, patch: int) -> tuple[int, int]:

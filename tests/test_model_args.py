@@ -67,5 +67,5 @@ def test_infinite_thresholds_mean_never_and_always(threshold, retransmits, tiny_
     (-inf) fires, an empty answer's infinite score included, and the run starts."""
     from model_adapters.llava import CollabLlava
     model = CollabLlava(pretrained=tiny_llava_path, records_dir=str(tmp_path), policy="threshold", threshold=threshold)
-    policy = model.settings.policy
+    policy = model.method.policy
     assert [policy.retransmit(s, "k") for s in (0.0, 2.5, float("inf"))] == [retransmits] * 3

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from collab_eval.edge import Codec, transmit
-from collab_eval.pipeline import GenericMaps, Limits, Settings, run_sample
+from tests.helpers import run_one
+from collab_eval.pipeline import Limits, Method, RunCaches
 from collab_eval.policy import Policy
 
 QUESTION = "which picture shows the red square ?"
@@ -18,17 +19,8 @@ IMAGES = [  # different shapes, so a map read from the wrong image's grid would 
 
 
 @pytest.fixture(scope="module", params=["llava", "qwen2_vl", "instructblip"])
-def adapter(request, tmp_path_factory):
-    records_dir = str(tmp_path_factory.mktemp("records"))
-    if request.param == "llava":
-        from model_adapters.llava import CollabLlava
-        return CollabLlava(pretrained=request.getfixturevalue("tiny_llava_path"), records_dir=records_dir)
-    if request.param == "qwen2_vl":
-        from model_adapters.qwen2_vl import CollabQwen2VL
-        return CollabQwen2VL(pretrained=request.getfixturevalue("tiny_qwen2_vl_path"), max_pixels=112 * 112,
-                             records_dir=records_dir)
-    from model_adapters.instructblip import CollabInstructBlip
-    return CollabInstructBlip(pretrained=request.getfixturevalue("tiny_instructblip_path"), records_dir=records_dir)
+def adapter(request, tiny_server):
+    return tiny_server(request.param, **({"max_pixels": 112 * 112} if request.param == "qwen2_vl" else {}))
 
 
 def sent(adapter, image):
@@ -52,9 +44,9 @@ def test_one_map_per_image_in_its_own_grid(adapter):
 
 
 def test_every_image_sent_and_the_crop_from_the_one_attended(adapter):
-    settings = Settings(Policy("always"), Codec.parse("png"))
-    out = run_sample(adapter, IMAGES, QUESTION, settings=settings, limits=Limits(max_new_tokens=2),
-                     sample_key="t/0", cache_scope="multi", generic_maps=GenericMaps())
+    settings = Method(Policy("always"), Codec.parse("png"))
+    out = run_one(adapter, IMAGES, QUESTION, method=settings, limits=Limits(max_new_tokens=2),
+                     key="t/0", scope="multi", caches=RunCaches())
     payloads = [sent(adapter, im).nbytes for im in IMAGES]
     assert out.bytes_global_images == payloads and out.bytes_global == sum(payloads)
     assert out.image_sizes == [list(im.size) for im in IMAGES]

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from collab_eval.edge import Codec
-from collab_eval.pipeline import GENERIC_PROMPT, GenericMaps, Limits, Settings, run_sample
+from tests.helpers import run_one
+from collab_eval.pipeline import GENERIC_PROMPT, Limits, Method, RunCaches
 from collab_eval.policy import Policy
 
 LIMITS = Limits(max_new_tokens=6)
@@ -16,19 +17,9 @@ GLOBAL = Image.fromarray(np.random.default_rng(5).integers(0, 256, (70, 110, 3),
 CROP = Image.fromarray(np.random.default_rng(6).integers(0, 256, (90, 40, 3), dtype=np.uint8))
 
 
-def adapter(family, path, records, **args):
-    if family == "llava":
-        from model_adapters.llava import CollabLlava as cls
-    elif family == "qwen2_vl":
-        from model_adapters.qwen2_vl import CollabQwen2VL as cls
-    else:
-        from model_adapters.instructblip import CollabInstructBlip as cls
-    return cls(pretrained=path, records_dir=str(records), policy="always", max_new_tokens=LIMITS.max_new_tokens, **args)
-
-
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip"])
-def test_continuing_from_the_prefix_answers_as_a_fresh_pass(family, request, tmp_path):
-    model = adapter(family, request.getfixturevalue(f"tiny_{family}_path"), tmp_path)
+def test_continuing_from_the_prefix_answers_as_a_fresh_pass(family, tiny_server):
+    model = tiny_server(family)
     stage1 = model.answer([GLOBAL], QUESTION, LIMITS, with_attention=True, keep_prefix=True)
     assert stage1.prefix is not None and stage1.prefix.length == model.prefix_length(model.inputs([GLOBAL], QUESTION))
 
@@ -65,13 +56,13 @@ def test_continuing_from_the_prefix_answers_as_a_fresh_pass(family, request, tmp
     assert (model.reusable(stage1.prefix, model.inputs([GLOBAL, CROP], "another question")) is None) == (family == "instructblip")
 
 
-def test_reuse_off_recomputes_and_records_equal_all_but_flops(tiny_llava_path, tmp_path):
-    settings = Settings(Policy("always"), Codec.parse("png"))
+def test_reuse_off_recomputes_and_records_equal_all_but_flops(tiny_server):
+    settings = Method(Policy("always"), Codec.parse("png"))
     outcomes = {}
     for reuse in (True, False):
-        model = adapter("llava", tiny_llava_path, tmp_path / str(reuse), reuse_prefix=str(reuse).lower())
-        outcomes[reuse] = run_sample(model, [GLOBAL], QUESTION, settings=settings, limits=LIMITS, sample_key="t/0",
-                                     cache_scope="t", generic_maps=GenericMaps())
+        model = tiny_server("llava", reuse_prefix=reuse)
+        outcomes[reuse] = run_one(model, [GLOBAL], QUESTION, method=settings, limits=LIMITS, key="t/0",
+                                     scope="t", caches=RunCaches())
     on, off = vars(outcomes[True]), vars(outcomes[False])
     for key in ("answer", "answer_stage1", "answer_stage2", "roi", "bytes_total", "scores", "retransmitted"):
         assert on[key] == off[key], key
@@ -81,5 +72,6 @@ def test_reuse_off_recomputes_and_records_equal_all_but_flops(tiny_llava_path, t
 
 
 def test_reuse_prefix_must_be_a_boolean(tiny_llava_path, tmp_path):
+    from model_adapters.llava import CollabLlava
     with pytest.raises(ValueError, match="reuse_prefix must be true or false"):
-        adapter("llava", tiny_llava_path, tmp_path, reuse_prefix="sometimes")
+        CollabLlava(pretrained=tiny_llava_path, records_dir=str(tmp_path), reuse_prefix="sometimes")

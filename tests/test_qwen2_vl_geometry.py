@@ -14,10 +14,8 @@ MAX_PIXELS = 336 * 336
 
 
 @pytest.fixture(scope="module")
-def qwen(tiny_qwen2_vl_path, tmp_path_factory):
-    from model_adapters.qwen2_vl import CollabQwen2VL
-    return CollabQwen2VL(pretrained=tiny_qwen2_vl_path, max_pixels=MAX_PIXELS,
-                         records_dir=str(tmp_path_factory.mktemp("records")))
+def qwen(tiny_server):
+    return tiny_server("qwen2_vl", max_pixels=MAX_PIXELS)
 
 
 def painted(size, spot, half):
@@ -116,14 +114,14 @@ def test_attention_grid_is_the_first_images_merged_grid(qwen):
     assert np.isfinite(answer.attentions[0]).all() and answer.attentions[0].sum() > 0
 
 
-def test_pixel_budget_is_a_model_arg_and_is_checked(qwen, tiny_qwen2_vl_path, tmp_path):
+def test_pixel_budget_is_a_model_arg_and_is_checked(qwen, tiny_server, tiny_qwen2_vl_path, tmp_path):
     from model_adapters.qwen2_vl import CollabQwen2VL
     assert qwen.input_side == 336
     # The processor itself applies the budget: an original sent as is gets the framed grid.
     _, (w, h) = qwen.frame((0.0, 0.0, 900.0, 300.0))
     grid = qwen.inputs([Image.new("RGB", (900, 300))], "q")["image_grid_thw"][0].tolist()
     assert grid == [1, h // 14, w // 14] and w * h <= MAX_PIXELS
-    small = CollabQwen2VL(pretrained=tiny_qwen2_vl_path, max_pixels=112 * 112, records_dir=str(tmp_path))
+    small = tiny_server("qwen2_vl", max_pixels=112 * 112)
     region, size = small.frame((0.0, 0.0, 1000.0, 1000.0))
     assert size == (112, 112) and small.input_side == 112
     with pytest.raises(ValueError, match="min_pixels <= max_pixels"):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from collab_eval import resume
-from collab_eval.run_identity import append_event, new_run_id, plan_run, settings_fingerprint
+from collab_eval import run_session
+from collab_eval.run_session import RunFinished, RunStarted, append_event, new_run_id, open_run, plan_run, settings_fingerprint
 from collab_eval.shipped import TASKS_DIR
 from tests.helpers import LMMS_EVAL, records, results_json, run_lmms_eval, samples
 
@@ -27,8 +27,8 @@ def record_line(run_id, doc_id, error=None, task="t"):
 
 
 def start(directory, run_id, settings, session, world_size=1):
-    append_event(directory, run_id, {"event": "start", "session": session, "world_size": world_size,
-                                     "settings": settings_fingerprint(settings)})
+    append_event(directory, RunStarted(run_id=run_id, session=session, world_size=world_size,
+                                       settings=settings_fingerprint(settings)))
 
 
 # ---- fast: the pieces -------------------------------------------------------
@@ -61,7 +61,7 @@ def test_without_resume_an_unfinished_run_says_how_to_resume_it(tmp_path):
     assert "unfinished run killed" in plan.notes[0] and "(2 samples recorded)" in plan.notes[0]
     assert "add resume=true to --model_args (or run_id=killed,resume=true)" in plan.notes[0]
     # once every rank of its last session finished, it is not offered again
-    append_event(tmp_path, "killed", {"event": "finish", "session": "s1", "rank": 0})
+    append_event(tmp_path, RunFinished(run_id="killed", session="s1", rank=0))
     assert plan_run(tmp_path, "collab_llava", SETTINGS, run_id=None, resume=False).notes == ()
 
 
@@ -79,13 +79,46 @@ def test_tidying_keeps_each_good_sample_once_across_ranks(tmp_path):
                                             + record_line("r", 2)[:40])  # killed mid-write
     (tmp_path / "r.rank1.jsonl").write_text(record_line("r", 3) + record_line("r", 0))  # a repeat of doc 0
     (tmp_path / "other.rank0.jsonl").write_text(record_line("other", 9))
-    dropped = resume.tidy(tmp_path, "r")
+    dropped = run_session.tidy(tmp_path, "r")
     assert dropped == {"failed": 1, "partial": 1, "repeated": 1}
     assert (tmp_path / "r.rank0.jsonl").read_text() == record_line("r", 0)
     assert (tmp_path / "r.rank1.jsonl").read_text() == record_line("r", 3)
-    done = resume.answered(tmp_path, "r")
+    done = run_session.answered(tmp_path, "r")
     assert sorted(done) == [("t", 0), ("t", 3)]
-    assert done[("t", 3)] == resume.Answered("a3", 2, 30, 1, True)
+    assert done[("t", 3)] == run_session.Answered("a3", 2, 30, 1, True)
+
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_APPEND)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_running_run_refuses_a_second_process_until_its_holder_dies(tmp_path):
+    """A live process holding the run (here: a plain process holding the journal's lock, as
+    rank 0 does) makes open_run refuse, naming the run and that process; once it is killed
+    with SIGKILL the same resume goes ahead."""
+    start(tmp_path, "busy", SETTINGS, "s1")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "busy.run.ndjson")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        append_event(tmp_path, RunStarted(run_id="busy", session="s2", settings=settings_fingerprint(SETTINGS),
+                                          pid=holder.pid, host="edge-box"))
+        for run_id in ("busy", None):  # named, or found by resume=true
+            refused, _, lock = open_run(tmp_path, "collab_llava", SETTINGS, run_id=run_id, resume=True, world_size=1)
+            assert refused.error == (f"run busy is running now (process {holder.pid} on edge-box, started s2); wait for "
+                                     "it to finish before resuming it, or start a new run") and lock is None
+    finally:
+        holder.kill()
+        holder.wait()
+    resumed, log, lock = open_run(tmp_path, "collab_llava", SETTINGS, run_id=None, resume=True, world_size=1)
+    assert (resumed.run_id, resumed.resumed, resumed.error) == ("busy", True, None)
+    assert "resuming run busy" in log[-1]
+    lock.release()
 
 
 # ---- slow: through lmms-eval ------------------------------------------------
@@ -140,6 +173,31 @@ def test_a_run_killed_halfway_resumes_into_one_run_with_the_same_results(tmp_pat
         assert resumed[metric] == whole[metric], metric
     answers = {r["doc_id"]: r["answer"] for r in records(uninterrupted / "records")}
     assert {r["doc_id"]: r["answer"] for r in recs} == answers
+
+
+@pytest.mark.slow
+def test_a_second_process_cannot_append_to_a_running_run(tmp_path):
+    """While a run is running, the same command with resume=true is refused before its model
+    loads, in one line naming the run and the process; the first run ends with each of its
+    samples recorded once."""
+    records_dir = tmp_path / "records"
+    cmd = [LMMS_EVAL, "--model", "collab_llava", "--model_args", f"{ARGS},records_dir={records_dir}",
+           "--tasks", "smalldetail_read,smalldetail_exist", "--include_path", str(TASKS_DIR),
+           "--output_path", str(tmp_path / "first"), "--verbosity", "DEBUG"]  # 300 samples: long enough to be caught running
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and first.poll() is None and not list(records_dir.glob("*.rank0.jsonl")):
+        time.sleep(0.02)
+    (journal,) = records_dir.glob("*.run.ndjson")
+    run_id = journal.name.split(".run.")[0]
+    second = run_lmms_eval("collab_llava", f"{ARGS},records_dir={records_dir},resume=true", "smalldetail_read",
+                           tmp_path / "second", extra=("--limit", "60"))
+    assert first.wait(timeout=900) == 0
+    assert second.returncode == 1  # the CLI's failure exit under --verbosity DEBUG
+    assert f"run {run_id} is running now (process {first.pid} on " in second.stdout + second.stderr
+    assert "records ->" not in second.stdout + second.stderr and not (tmp_path / "second").exists()
+    recs = records(records_dir)
+    assert len(recs) == len({(r["task"], r["doc_id"]) for r in recs}) == 300 and run_ids_of(records_dir) == {run_id}
 
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))

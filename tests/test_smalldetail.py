@@ -117,7 +117,7 @@ def test_training_sees_what_the_adapter_sends(family, tmp_path):
     from collab_eval.lab.train_smalldetail import CODEC, Prompts, build_family
     built = build_family(family)
     built.save(built.build_model(), tmp_path / "ckpt")  # random weights: only the inputs matter here
-    adapter = adapter_class(family)(pretrained=str(tmp_path / "ckpt"), records_dir=str(tmp_path / "records"))
+    adapter = adapter_class(family)(pretrained=str(tmp_path / "ckpt"), records_dir=str(tmp_path / "records")).server
     prompts = Prompts(built)
     if family == "qwen2-vl":  # unset, the budget is the checkpoint's own 96 x 96, not LLaVA-1.5's area
         assert (adapter.max_pixels, adapter.min_pixels, adapter.factor) == (96 * 96, 24 * 24, 12)
@@ -157,7 +157,7 @@ def test_training_forward_gives_the_map_the_attention_loss_needs(family):
 
 @pytest.mark.parametrize("family", SHIPPED)
 def test_checkpoint_loads_through_adapter(family, tmp_path):
-    model = adapter_class(family)(pretrained=f"smalldetail-{family}", policy="always", records_dir=str(tmp_path))
+    model = adapter_class(family)(pretrained=f"smalldetail-{family}", policy="always", records_dir=str(tmp_path)).server
     assert model.input_side == 96
     assert model.layer == {"llava": 1, "qwen2-vl": 3, "instructblip": 1}[family]
 

@@ -1,0 +1,315 @@
+"""The model wrapper shared by the three families: it loads a checkpoint and runs passes.
+
+``ServerModel`` is the server of the pipeline (collab_eval.pipeline.Server): load (device,
+dtype, threads), answer and answer_batch (greedy, with logits, and the question's attention
+map when asked), the generic prompt's map, reuse of a prompt's prefix, and the FLOPs of
+each pass. A family subclass supplies only: the model class, the prompt for one or several
+images, where each image's tokens sit, how an attention row becomes a patch grid, the
+encoder's framing of a region, and the encoder's FLOPs from its config.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from collab_eval import flops as flop_counts
+from collab_eval.edge import Box
+from collab_eval.pipeline import Answer, Limits
+from model_adapters.attention_capture import KERNEL, Probe, probing
+from model_adapters.prefix_cache import Prefix
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ServerModel:
+    """A checkpoint of one family, ready to answer (see the module docstring)."""
+    model_class = None  # a transformers *ForConditionalGeneration class
+    # ViCrop's attention layer for the family, as (layer, of depth): the default layer is
+    # that depth scaled to the checkpoint (ViCrop reads LLaVA-1.5-7B's layer 14 of 32).
+    vicrop_layer = (14, 32)
+    input_side: int  # set by each family once its processor is known
+
+    def __init__(self, pretrained: str, *, name: str = "collab", device: torch.device | str = "cpu",
+                 dtype: str = "auto", device_map: str | None = None, threads: int = 1, layer: int | None = None,
+                 reuse_prefix: bool = True):
+        """``name``: who speaks in error messages (the adapter's model id)."""
+        self.name, self.reuse_prefix = name, reuse_prefix
+        self.device = torch.device(device)
+        self.use_threads(threads)
+        self.model, self.processor = self.load(pretrained, DTYPES[dtype], device_map)
+        n_layers = self.language_config().num_hidden_layers
+        self.layer = layer if layer is not None else n_layers * self.vicrop_layer[0] // self.vicrop_layer[1]
+        if not 0 <= self.layer < n_layers:
+            raise ValueError(f"{self.name}: layer must be in 0..{n_layers - 1}, got {layer}")
+
+    @staticmethod
+    def family_args() -> dict:
+        """The family's own model args, checked (a family with some overrides this with its
+        keyword arguments; the adapter calls it before anything loads)."""
+        return {}
+
+    # ----- loading -------------------------------------------------------------
+    def use_threads(self, threads: int) -> None:
+        """CPU threads for torch (process-wide). One by default: several threads on a
+        machine whose cores are busy slow every sample down many times over (README, "CPU
+        threads"), while on idle cores they gain at most their number. 0 keeps torch's own."""
+        if threads and self.device.type == "cpu":
+            torch.set_num_threads(threads)
+
+    def load(self, pretrained, dtype, device_map):
+        from transformers import AutoProcessor
+        if dtype == "auto" and self.device.type == "cpu":
+            dtype = torch.float32  # half precision is slow or unsupported on CPUs
+        # SDPA everywhere; the map's rows come from probes on the layers read (attention_capture).
+        model = self.model_class.from_pretrained(pretrained, dtype=dtype, device_map=device_map or None,
+                                                 attn_implementation=KERNEL)
+        if not device_map:
+            model.to(self.device)
+        return model.eval(), AutoProcessor.from_pretrained(pretrained)
+
+    def to_device(self, inputs):
+        inputs = inputs.to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
+
+    def without_image_placeholders(self, context: str) -> str:
+        """The prompt without image placeholders: lmms-eval's generic ``<image>`` (some
+        tasks, MUIRBench's questions among them, write one per image into the text) and the
+        processor's own image token. The images go ahead of the text in every prompt; a
+        placeholder left in would ask the processor for one image too many."""
+        own = getattr(self.processor, "image_token", None)  # a str, or a tokenizers AddedToken (InstructBLIP)
+        for token in {"<image>", str(own) if own is not None else ""} - {""}:
+            context = context.replace(token, "")
+        return context
+
+    # ----- passes the pipeline runs ----------------------------------------------
+    @torch.inference_mode()
+    def answer(self, images, question, limits: Limits, with_attention, prefix: Prefix | None = None,
+               keep_prefix: bool = False) -> Answer:
+        """Greedy answer to ``question`` on ``images``. ``prefix``: a previous pass's keys and
+        values of the same first image and prompt start, reused when it matches;
+        ``keep_prefix``: return this prompt's, for the passes after it."""
+        probes = self.attention_probes(stop=False) if with_attention else {}
+        with probing(probes):  # the probes fill during the prefill (their module's first call)
+            inputs = self.inputs(images, question)
+            reused = self.reusable(prefix, inputs)
+            out = self.generate(self.continue_from(inputs, reused), max_new_tokens=limits.max_new_tokens,
+                                do_sample=False, num_beams=1, output_logits=True, return_dict_in_generate=True,
+                                **self.cache_arg(reused))
+        prompt_len = inputs["input_ids"].shape[1]
+        new_tokens = out.sequences[0, prompt_len:] if out.sequences.shape[1] > prompt_len else out.sequences[0, :0]
+        new_tokens = new_tokens[: len(out.logits)]
+        text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        logits = torch.stack([step[0] for step in out.logits])
+        attentions = self.image_attentions(probes, inputs, len(images)) if with_attention else None
+        kept = self.prefix_to_keep(getattr(out, "cache", None), inputs) if keep_prefix else None
+        # The probe's one extra row of scores (about 1e-6 of the prefill) is not counted:
+        # stage 1 costs what it costs under a policy that reads no map, as the records assume.
+        return Answer(cut_at_stop(text, limits.until), logits,
+                      self.flops(inputs, generated=len(out.logits), cached=reused), attentions, prefix=kept)
+
+    @torch.inference_mode()
+    def answer_batch(self, requests: list[tuple[list, str]], limits: Limits, with_attention: bool,
+                     keep_prefix: bool = False, prefixes: list[Prefix | None] | None = None) -> list[Answer]:
+        """``answer`` for several (images, question) requests in one left-padded generate.
+        Each Answer is the request's own: tokens up to its row's EOS, its logits, its map
+        from its row of the probe (padding dropped), FLOPs of its own unpadded prompt (what
+        it costs alone: the padding is not counted), its prefix from its row of the cache.
+        ``prefixes``: each request's earlier prefix to continue from (stage 2)."""
+        prefixes = prefixes or [None] * len(requests)
+        if len(requests) == 1 or any(prefix is not None for prefix in prefixes):
+            return [self.answer(images, question, limits, with_attention, prefix=prefix, keep_prefix=keep_prefix)
+                    for (images, question), prefix in zip(requests, prefixes)]
+        samples = []
+        for images, question in requests:  # each prompt as it is alone (InstructBLIP's Q-Former probe fills here)
+            probes = self.attention_probes(stop=False) if with_attention else {}
+            with probing(probes):
+                samples.append((self.inputs(images, question), probes))
+        batch, pads = self.left_padded([inputs for inputs, _ in samples])
+        lm = {self.lm_module(): Probe(last_only=True)} if with_attention else {}
+        with probing(lm):
+            out = self.generate(batch, max_new_tokens=limits.max_new_tokens, do_sample=False, num_beams=1,
+                                output_logits=True, return_dict_in_generate=True)
+        width, steps = batch["input_ids"].shape[1], len(out.logits)
+        eos = self.eos_ids()
+        cache = getattr(out, "cache", None)
+        answers = []
+        for row, ((inputs, probes), (images, _)) in enumerate(zip(samples, requests)):
+            new_tokens = out.sequences[row, width:width + steps]
+            ends = [k for k, token in enumerate(new_tokens.tolist()) if token in eos]
+            generated = ends[0] + 1 if ends else steps  # alone, its generate stops at its first EOS
+            text = self.processor.tokenizer.decode(new_tokens[:generated], skip_special_tokens=True)
+            logits = torch.stack([step[row] for step in out.logits[:generated]])
+            attentions = None
+            if with_attention:
+                probes[self.lm_module()] = Probe(last_only=True, weights=lm[self.lm_module()].weights[row:row + 1, :, pads[row]:])
+                attentions = self.image_attentions(probes, inputs, len(images))
+            kept = self.prefix_to_keep(cache, inputs, row=row, start=pads[row]) if keep_prefix else None
+            answers.append(Answer(cut_at_stop(text, limits.until), logits, self.flops(inputs, generated=generated),
+                                  attentions, prefix=kept))
+        return answers
+
+    # Per-token inputs, padded on the left in a batch; every other input is per image, stacked.
+    TOKEN_INPUTS = ("input_ids", "attention_mask", "inputs_embeds", "mm_token_type_ids", "token_type_ids")
+
+    def left_padded(self, samples: list[dict]) -> tuple[dict, list[int]]:
+        """One batch from single-prompt inputs: per-token tensors padded on the left (the
+        mask zero there), per-image tensors (pixels, grids) concatenated in sample order,
+        which is the order the models scatter image features into their image tokens.
+        Returns the batch and each row's padding length."""
+        width = max(inputs["input_ids"].shape[1] for inputs in samples)
+        pads = [width - inputs["input_ids"].shape[1] for inputs in samples]
+        pad_id = self.processor.tokenizer.pad_token_id
+        pad_id = pad_id if pad_id is not None else next(iter(self.eos_ids()))
+        batch = {}
+        for key in self.generate_inputs(samples[0]):
+            values = [inputs[key] for inputs in samples]
+            if key in self.TOKEN_INPUTS:
+                fill = pad_id if key == "input_ids" else 0
+                batch[key] = torch.cat([torch.cat([v.new_full((1, pad, *v.shape[2:]), fill), v], dim=1)
+                                        for v, pad in zip(values, pads)])
+            else:
+                batch[key] = torch.cat(values)
+        return batch, pads
+
+    def generate_inputs(self, inputs) -> list[str]:
+        """The inputs generate takes (a family whose inputs carry more overrides it)."""
+        return list(inputs.keys())
+
+    def eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+
+    def lm_module(self) -> torch.nn.Module:
+        """The attention module whose row the map reads."""
+        return self.model.get_decoder().layers[self.layer].self_attn
+
+    @torch.inference_mode()
+    def attention(self, image, prompt, prefix: Prefix | None = None):
+        """The map of ``prompt`` alone: the pass stops inside the map layer, once its row is
+        known; from ``prefix`` (the image's keys and values) when it matches."""
+        probes = self.attention_probes(stop=True)
+        with probing(probes):
+            inputs = self.inputs([image], prompt)
+            reused = self.reusable(prefix, inputs)
+            self.generate(self.continue_from(inputs, reused), max_new_tokens=1, do_sample=False, num_beams=1,
+                          **self.cache_arg(reused))
+        return (self.image_attentions(probes, inputs, 1)[0],
+                self.flops(inputs, generated=1, stop_at=self.layer, cached=reused))
+
+    def generate(self, inputs, **kwargs):
+        """The model's own generate; a family whose generate hides what its map needs overrides it."""
+        return self.model.generate(**inputs, **kwargs)
+
+    # ----- reusing a prompt's prefix (prefix_cache) ----------------------------
+    def prefix_length(self, inputs) -> int:
+        """Where the shared prefix ends: after the first (global) image's tokens."""
+        return int(self.image_token_positions(inputs, image_index=0)[-1]) + 1
+
+    def prefix_facts(self, inputs) -> dict:
+        """What, besides the token ids, the prefix's keys and values depend on: the first
+        image's pixels as the encoder gets them (and a family's own)."""
+        return {"pixels": self.first_image_pixels(inputs)}
+
+    def first_image_pixels(self, inputs) -> torch.Tensor:
+        return inputs["pixel_values"][0]
+
+    def prefix_to_keep(self, cache, inputs, row: int = 0, start: int = 0) -> Prefix | None:
+        """This prompt's prefix from ``cache`` (batch row ``row``, its prompt from position
+        ``start``), for the passes after it; None when reuse is off or generate kept no cache."""
+        if cache is None or not self.reuse_prefix:
+            return None
+        return Prefix.of(cache, inputs["input_ids"][0], self.prefix_length(inputs), row=row, start=start,
+                         **self.prefix_facts(inputs))
+
+    def reusable(self, prefix: Prefix | None, inputs) -> Prefix | None:
+        if prefix is None or not self.reuse_prefix:
+            return None
+        return prefix if prefix.matches(inputs["input_ids"][0], **self.prefix_facts(inputs)) else None
+
+    def cache_arg(self, prefix: Prefix | None) -> dict:
+        return {"cache": prefix.cache(self.model.config)} if prefix is not None else {}
+
+    def continue_from(self, inputs, prefix: Prefix | None):
+        """``inputs`` for generate when ``prefix`` is cached: without what only the cached
+        positions needed (LLaVA: the first image's pixels). Default: unchanged."""
+        return inputs
+
+    def encoded_from(self, prefix: Prefix | None) -> int:
+        """The first image the vision encoder runs on (the cached first image is not encoded again)."""
+        return 0 if prefix is None else 1
+
+    def attention_probes(self, stop: bool) -> dict[torch.nn.Module, Probe]:
+        """What a map reads: the last prompt token's row at the configured decoder layer
+        (``stop``: nothing after it is computed). Families add their own (InstructBLIP's Q-Former)."""
+        return {self.lm_module(): Probe(last_only=True, stop=stop)}
+
+    def image_attentions(self, probes, inputs, n_images: int) -> list[np.ndarray]:
+        """Head-averaged attention of the last prompt token to each image's tokens, at the
+        configured layer, as each image's patch grid (one softmax row: the grids' sums say
+        how the attention splits between the images)."""
+        row = self.lm_probe(probes).weights[0, -1]
+        return [self.patch_grid(row[self.image_token_positions(inputs, image_index=i)].cpu().numpy(), inputs,
+                                image_index=i, probes=probes)
+                for i in range(n_images)]
+
+    def lm_probe(self, probes) -> Probe:
+        probe = probes[self.lm_module()]
+        if probe.weights is None:
+            raise RuntimeError(f"{self.name}: the attention probe at layer {self.layer} was never called "
+                               f"(the model's attention kernel is {self.model.config._attn_implementation!r}, not {KERNEL!r})")
+        return probe
+
+    # ----- what each family provides -------------------------------------------
+    input_side: int
+
+    def language_config(self):
+        return self.model.config.text_config
+
+    def inputs(self, images, question):
+        raise NotImplementedError
+
+    def image_token_positions(self, inputs, image_index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def patch_grid(self, row: np.ndarray, inputs, image_index: int, probes=None) -> np.ndarray:
+        """``row``: the attention to image ``image_index``'s tokens, as that image's grid;
+        ``probes``: what attention_probes captured."""
+        raise NotImplementedError
+
+    def frame(self, region: Box):
+        raise NotImplementedError
+
+    def encoder_flops(self, inputs, first: int = 0) -> dict[str, int]:
+        """FLOPs of the vision encoder and of the connector into the LM (``vision``,
+        ``projector``) on the images from index ``first`` on."""
+        raise NotImplementedError
+
+    # ----- derived from the hooks above ----------------------------------------
+    def flops(self, inputs, generated: int, stop_at: int | None = None, cached: Prefix | None = None) -> dict[str, int]:
+        """FLOPs of one pass over ``inputs`` generating ``generated`` tokens (``stop_at``: a
+        map-only pass that ends inside that decoder layer, once its attention row is known;
+        ``cached``: the prefix whose keys and values were reused, not computed)."""
+        tc = self.language_config()
+        decoder = dict(hidden=tc.hidden_size, intermediate=tc.intermediate_size, heads=tc.num_attention_heads,
+                       kv_heads=tc.num_key_value_heads, layers=tc.num_hidden_layers,
+                       head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads)
+        prompt = inputs["input_ids"].shape[1]
+        skip = cached.length if cached is not None else 0
+        encoder = self.encoder_flops(inputs, first=self.encoded_from(cached))
+        if stop_at is not None:
+            return {**encoder, "prefill": flop_counts.map_pass(prompt, stop_at, cached=skip, **decoder), "decode": 0}
+        prefill, decode_flops = flop_counts.generation(prompt, generated, tc.vocab_size, cached=skip, **decoder)
+        return {**encoder, "prefill": prefill, "decode": decode_flops}
+
+
+
+def cut_at_stop(text: str, until: tuple[str, ...]) -> str:
+    """lmms-eval's stop strings end the answer, as every built-in adapter does."""
+    for stop in until:
+        if stop:
+            text = text.split(stop)[0]
+    return text.strip()
