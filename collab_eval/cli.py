@@ -176,7 +176,7 @@ def run_check(args) -> int:
     if result.notes:
         print("Not compared, or compared on fewer samples:\n"
               + "\n".join(f"- {n}" for n in result.notes) + "\n")
-    print(check.table(result.rows))
+    print(check.regression_table(result.rows))
     bad = result.regressions
     print(f"\n{bad} regression(s) in {len(result.rows)} comparisons against {args.baseline}" if bad
           else f"\nno regression in {len(result.rows)} comparisons against {args.baseline}")
@@ -207,7 +207,7 @@ def run_calibrate(args) -> int:
     result = calibrate.calibrate(samples, names, target, task=args.task, system=system, score=score,
                                  calib_fraction=args.calib_fraction, seed=args.seed, test=test,
                                  randomise=not args.deterministic)
-    print(json.dumps(result.to_dict(), allow_nan=False) if args.json else calibrate.table(result))
+    print(json.dumps(result.model_dump(), allow_nan=False) if args.json else calibrate.calibration_table(result))
     return 0
 
 

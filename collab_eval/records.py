@@ -5,48 +5,50 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import UnidentifiedImageError
+from pydantic import BaseModel, Field, ValidationError
 
 from collab_eval.edge import BadImage
+from collab_eval.typed_json import problem
 
 FLOP_PARTS = ("vision", "projector", "prefill", "decode", "generic", "stage2")
 STAGE1_PARTS = ("vision", "projector", "prefill", "decode")
 
 
-@dataclass
-class Outcome:
-    """What the pipeline produced for one sample; the record adds who asked and how."""
+class Outcome(BaseModel):
+    """What the pipeline produced for one sample; the record adds who asked and how.
+    Constructed with no arguments and filled in field by field (assignments are not
+    validated); ``dict(outcome)`` gives its fields by name, ``outcome.model_dump()`` a copy."""
     answer: str = ""  # what lmms-eval scores
     answer_stage1: str | None = None
     answer_stage2: str | None = None  # null when stage 2 did not run
     retransmitted: bool = False
     score: float | None = None  # the aggregated min-entropy the gate used (null: empty answer)
-    scores: dict[str, float | None] = field(default_factory=dict)  # every aggregation
-    min_entropy: list[float] = field(default_factory=list)
-    shannon_entropy: list[float] = field(default_factory=list)
+    scores: dict[str, float | None] = Field(default_factory=dict)  # every aggregation
+    min_entropy: list[float] = Field(default_factory=list)
+    shannon_entropy: list[float] = Field(default_factory=list)
     roi: list[int] | None = None
     roi_image: int | None = None  # which of the document's images the RoI was cropped from (0-based)
     global_region: list[float] | None = None  # of the RoI's image (the first image without a RoI)
     image_size: list[int] | None = None  # of the RoI's image (the first image without a RoI)
-    image_sizes: list[list[int]] = field(default_factory=list)  # every image the task gave, in order
+    image_sizes: list[list[int]] = Field(default_factory=list)  # every image the task gave, in order
     bytes_original: int = 0
     bytes_global: int = 0  # every global image together
-    bytes_global_images: list[int] = field(default_factory=list)  # each global image's payload
+    bytes_global_images: list[int] = Field(default_factory=list)  # each global image's payload
     bytes_request: int = 0
     bytes_local: int = 0
     bytes_total: int = 0
-    flops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FLOP_PARTS, 0))
+    flops: dict[str, int] = Field(default_factory=lambda: dict.fromkeys(FLOP_PARTS, 0))
     flops_total: int = 0
     image_key: str | None = None  # of the RoI's image (the first image without a RoI)
     generic_cached: bool = False
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = Field(default_factory=dict)
 
 
-@dataclass(kw_only=True)
 class SampleRecord(Outcome):
     """One sample as written to the records file: who asked and how, and the outcome."""
     run_id: str = ""  # the run (all ranks, all resumed sessions) this record belongs to
@@ -56,28 +58,29 @@ class SampleRecord(Outcome):
     model: str
     codec: str
     policy: str
-    policy_args: dict = field(default_factory=dict)  # threshold, rate, seed as the run was started
+    policy_args: dict = Field(default_factory=dict)  # threshold, rate, seed as the run was started
     rank: int = 0  # the process that answered
     score_name: str = "max"  # the aggregation behind ``score``
     error: str | None = None
-    doc: dict = field(default_factory=dict)  # the task document without media: ground truth for rescoring
+    doc: dict = Field(default_factory=dict)  # the task document without media: ground truth for rescoring
 
     def to_json(self) -> str:
-        data = asdict(self)
+        """The record's line: the header first (who asked, for a reader's eye), then every field
+        in declaration order; numpy scalars in the document as numbers."""
+        data = self.model_dump(warnings=False)
         # threshold=inf / -inf are valid settings (never / always); JSON has no infinity.
         data["policy_args"] = {k: json_number(v) for k, v in data["policy_args"].items()}
-        header = {name: data[name] for name in HEADER_FIELDS}  # who asked first, for a reader's eye
+        header = {name: data[name] for name in HEADER_FIELDS}
         return json.dumps({**header, **data}, default=_jsonable, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict) -> "SampleRecord":
         """A record read back from a records file (fields unknown to this version ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls.model_validate(data)
 
 
 HEADER_FIELDS = ("run_id", "task", "doc_id", "question", "model", "codec", "policy", "policy_args", "rank")
-OUTCOME_FIELDS = frozenset(f.name for f in fields(Outcome))
+OUTCOME_FIELDS = frozenset(Outcome.model_fields)
 
 
 def json_number(x):
@@ -196,25 +199,25 @@ def unserialisable(record: SampleRecord, err: Exception) -> SampleRecord:
     what = (f"document field(s) {dropped} hold values JSON cannot represent" if dropped
             else _ADDRESS.sub("", str(err)))
     reason = f"record cannot be written as JSON: {what}"
-    header = {f.name: getattr(record, f.name) for f in fields(SampleRecord) if f.name not in OUTCOME_FIELDS}
+    header = {name: getattr(record, name) for name in SampleRecord.model_fields if name not in OUTCOME_FIELDS}
     return SampleRecord(**{**header, "doc": doc, "error": f"{record.error}; {reason}" if record.error else reason},
                         seconds=record.seconds)
 
 
-# ----- reading (report, check, resume) -----------------------------------------------------
+# ----- reading (report, check, calibrate) ---------------------------------------------------
 class RecordError(ValueError):
     """A records file holding something that is not a record; the message names the file and line."""
 
 
-# What every record has, and its JSON type: enough to score and cost a sample.
-RECORD_FIELDS = {"task": str, "doc_id": int, "model": str, "codec": str, "policy": str,
-                 "bytes_global": (int, float), "bytes_total": (int, float), "flops": dict, "flops_total": (int, float)}
+# What every record has, whatever version wrote it: enough to score and cost a sample.
+REQUIRED = ("task", "doc_id", "question", "model", "codec", "policy", "bytes_global", "bytes_total", "flops",
+            "flops_total")
 
 
 @dataclass
 class RecordFile:
     path: Path
-    records: list[dict]
+    records: list[SampleRecord]
     skipped: list[str]  # what was left out and why, each naming the file and line
 
 
@@ -236,13 +239,8 @@ def read_record_file(path) -> RecordFile:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        cut_off = number == len(lines)  # the writer ends every record with a newline
-        try:
-            record = json.loads(line)
-            problem = record_problem(record)
-        except json.JSONDecodeError as err:
-            problem = f"not valid JSON ({err.msg} at column {err.colno})"
-        if problem and cut_off:
+        record, problem = parse_record(line)
+        if problem and number == len(lines):  # the writer ends every record with a newline: a cut-off line
             skipped.append(f"{path}, line {number}: incomplete last line (the run was cut off while writing it), skipped")
         elif problem:
             raise RecordError(f"{path}, line {number}: {problem}")
@@ -251,20 +249,31 @@ def read_record_file(path) -> RecordFile:
     return RecordFile(path, records, skipped)
 
 
-def record_problem(value) -> str | None:
-    """What makes a decoded JSON line not a record, or None."""
+def parse_record(line: str) -> tuple[SampleRecord | None, str | None]:
+    """A records-file line as a SampleRecord (strictly: a string is not a number), or what makes it not one."""
+    try:
+        record = SampleRecord.model_validate_json(line, strict=True)
+    except ValidationError as err:
+        return None, record_problem(line, err)
+    missing = [key for key in REQUIRED if key not in record.model_fields_set]
+    return (None, f"not a record (no {', '.join(map(repr, missing))})") if missing else (record, None)
+
+
+def record_problem(line: str, err: ValidationError) -> str:
+    """Why a line is not a record: not JSON, not an object, keys missing, or the first value of the wrong kind."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as decode:
+        return f"not valid JSON ({decode.msg} at column {decode.colno})"
     if not isinstance(value, dict):
         return f"not a record (expected a JSON object, got {type(value).__name__})"
-    missing = [key for key in RECORD_FIELDS if key not in value]
+    missing = [key for key in REQUIRED if key not in value]
     if missing:
         return f"not a record (no {', '.join(map(repr, missing))})"
-    for key, kind in RECORD_FIELDS.items():
-        if isinstance(value[key], bool) or not isinstance(value[key], kind):
-            return f"not a record ({key!r} is {type(value[key]).__name__}, expected {getattr(kind, '__name__', 'number')})"
-    return None
+    return f"not a record ({problem(SampleRecord, err)})"
 
 
-def read_records(paths) -> list[dict]:
+def read_records(paths) -> list[SampleRecord]:
     """The complete records of these files (see read_record_file: a cut-off last line or an
     empty file is left out; anything else malformed raises RecordError naming file and line)."""
     return [record for path in paths for record in read_record_file(path).records]

@@ -121,8 +121,9 @@ def test_no_feasible_threshold_falls_back_to_the_safe_end():
     result = cal.calibrate(s, names, cal.Target("loss", 0.01, 0.1), randomise=False)
     assert not result.feasible and result.tau == -math.inf and result.p_value is None
     assert result.calib.retransmitted == 1.0 and result.calib.loss == 0.0
-    assert result.to_dict()["tau"] == "-inf" and "threshold=-inf" in result.model_args
-    assert "NO FEASIBLE THRESHOLD" in cal.table(result)
+    assert result.model_dump()["tau"] == "-inf" and "threshold=-inf" in result.model_args
+    assert "NO FEASIBLE THRESHOLD" in cal.calibration_table(result)
+    assert cal.Calibration.model_validate_json(json.dumps(result.model_dump()), strict=True) == result
     # A budget below never's cost: never, and said so.
     result = cal.calibrate(s, names, cal.Target("bytes", 50, 0.1))
     assert not result.feasible and result.tau == math.inf and result.calib.retransmitted == 0.0
@@ -188,7 +189,7 @@ def test_guarantee_holds_over_splits_of_a_synthetic_population():
     eps, delta, bad = 0.05, 0.2, 0
     for seed in range(100):
         result = cal.calibrate(s, names, cal.Target("loss", eps, delta), calib_fraction=0.1, seed=seed)
-        population = cal.outcome(s, names, result.tau)  # the whole 600 as the distribution
+        population = cal.part_result(s, names, result.tau)  # the whole 600 as the distribution
         bad += population.loss > eps
     assert bad <= 100 * delta, bad
 

@@ -98,8 +98,8 @@ def test_random_draws_match_the_policy_hash_and_average_to_the_expectation():
     mean = np.mean([curves.random_draw(s, 0.3, seed).accuracy for seed in range(400)])
     assert mean == pytest.approx(curves.random_expected(s, 0.3).accuracy, abs=0.01)
     band = curves.random_band(s, rates=(0.0, 0.3, 1.0), seeds=range(50))
-    assert band[0]["lo"] == band[0]["hi"] == 0.0 and band[2]["lo"] == band[2]["hi"] == 1.0
-    assert band[1]["lo"] < 0.3 < band[1]["hi"]
+    assert band[0].lo == band[0].hi == 0.0 and band[2].lo == band[2].hi == 1.0
+    assert band[1].lo < 0.3 < band[1].hi
 
 
 def test_oracle_by_hand():
@@ -153,9 +153,9 @@ def test_cheapest_reaching():
 
 def test_point_json_round_trip_keeps_infinite_thresholds():
     for p in curves.threshold_curve(hand_case()):
-        d = p.to_dict()
+        d = p.model_dump()
         assert all(not isinstance(v, float) or math.isfinite(v) for v in d.values())
-        assert Point.from_dict(d) == p
+        assert Point.model_validate(d, strict=True) == p
 
 
 def random_case(n: int, seed: int) -> Samples:
@@ -215,5 +215,5 @@ def test_random_band_draws_each_seed_once_and_equal_single_draws():
     s = random_case(200, 3)
     band = curves.random_band(s, rates=(0.0, 0.3, 1.0), seeds=range(5))
     for row in band:
-        acc = [curves.random_draw(s, row["rate"], seed).accuracy for seed in range(5)]
-        assert (row["lo"], row["hi"]) == (float(np.quantile(acc, 0.1)), float(np.quantile(acc, 0.9)))
+        acc = [curves.random_draw(s, row.rate, seed).accuracy for seed in range(5)]
+        assert (row.lo, row.hi) == (float(np.quantile(acc, 0.1)), float(np.quantile(acc, 0.9)))

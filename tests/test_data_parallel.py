@@ -30,14 +30,14 @@ def test_two_processes_shard_the_samples_and_write_one_record_file_each(tmp_path
     assert len({f.name.split(".rank")[0] for f in files}) == 1  # one run name shared by both ranks
     per_rank = [read_records([f]) for f in files]
     assert [len(recs) for recs in per_rank] == [LIMIT * len(TASKS) // 2] * 2
-    assert [{r["rank"] for r in recs} for recs in per_rank] == [{0}, {1}]
-    keys = [(r["task"], r["doc_id"]) for recs in per_rank for r in recs]
+    assert [{r.rank for r in recs} for recs in per_rank] == [{0}, {1}]
+    keys = [(r.task, r.doc_id) for recs in per_rank for r in recs]
     assert sorted(keys) == sorted({(t, i) for t in TASKS for i in range(LIMIT)})
 
     results, pooled = run.results["results"], cost_means(run.results)  # pooled: rank 0 logs both ranks' samples
     for task in TASKS:
-        recs = [r for recs in per_rank for r in recs if r["task"] == task]
-        assert results[task]["bytes_total,none"] == sum(r["bytes_total"] for r in recs) / LIMIT
-        assert results[task]["flops_total,none"] == sum(r["flops_total"] for r in recs) / LIMIT
+        recs = [r for recs in per_rank for r in recs if r.task == task]
+        assert results[task]["bytes_total,none"] == sum(r.bytes_total for r in recs) / LIMIT
+        assert results[task]["flops_total,none"] == sum(r.flops_total for r in recs) / LIMIT
         assert pooled[task]["samples"] == LIMIT
         assert pooled[task]["bytes_total"] == results[task]["bytes_total,none"]

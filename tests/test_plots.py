@@ -40,12 +40,12 @@ def test_figure_with_two_systems_of_different_cost(tmp_path):
     write_run(tmp_path / "small", small, name="collab_llava-20260101T000000")
     write_run(tmp_path / "big", big, name="collab_qwen2_vl-20260101T000000")
     summary = summarise(find_runs(tmp_path / "small") + find_runs(tmp_path / "big"), seeds=0)
-    entries = {name: s["tasks"][POPE] for name, s in summary.to_json()["systems"].items()}
+    entries = {name: s.tasks[POPE] for name, s in summary.systems.items()}
     fig = plots.tradeoff_figure(POPE, entries)
     bytes_ax, flops_ax = fig.axes[:2]
     assert bytes_ax.get_xscale() == "log" and "log scale" in bytes_ax.get_xlabel()  # 100 to 3,000 bytes
     assert flops_ax.get_xscale() == "linear" and "GFLOPs" in flops_ax.get_xlabel()
-    always_flops = entries["small-llava:png"]["always"]["flops"]
+    always_flops = entries["small-llava:png"].from_always.always.flops
     assert max(max(line.get_xdata()) for line in flops_ax.get_lines()) == pytest.approx(always_flops * 1e-9)
     lo, hi = bytes_ax.get_ylim()
     assert hi - lo >= 0.10

@@ -79,4 +79,4 @@ def test_threshold_run_matches_the_point_derived_from_the_always_run(tiny_llava_
     on_curve = next(p for p in entry["curves"]["gated"] if p["tau"] not in ("inf", "-inf") and p["tau"] < tau)
     assert (on_curve["bytes"], on_curve["flops"], on_curve["rate"]) == (point["bytes"], point["flops"], point["rate"])
     assert threshold_run.results["results"][TASK]["bytes_total,none"] == pytest.approx(point["bytes"])
-    assert curves.Point.from_dict(on_curve).accuracy == pytest.approx(point["accuracy"])
+    assert curves.Point.model_validate(on_curve).accuracy == pytest.approx(point["accuracy"])

@@ -5,6 +5,7 @@ import pytest
 
 from collab_eval.analysis.curves import Samples
 from collab_eval.lab.smalldetail_bars import by_original_size, gain_intervals, gate_gain, markdown
+from collab_eval.records import SampleRecord
 
 
 def samples(acc1, acc2, score) -> Samples:
@@ -62,7 +63,8 @@ def test_by_original_size_splits_at_the_small_originals_short_side():
     crop reads, and one failed sample without an image: the gate at 50% (3 of 6) sends the
     three highest scores, two large and one small."""
     sizes = [[200, 160], [256, 300], [800, 600], [1024, 576], [448, 700], None]
-    records = [{"image_size": size} for size in sizes]
+    records = [SampleRecord(task="smalldetail_read", doc_id=i, question="q", model="m", codec="png", policy="always",
+                            image_size=size) for i, size in enumerate(sizes)]
     s = samples(acc1=[1, 1, 0, 0, 1, 0], acc2=[1, 0, 1, 1, 1, 0], score=[0.1, 2.0, 2.2, 0.5, 2.3, 0.0])
     split = by_original_size(records, s, 0.5)
     assert split["small"] == {"n": 2, "never": 1.0, "always": 0.5, "median_score": pytest.approx(1.05), "gated_at_0.5": 1}

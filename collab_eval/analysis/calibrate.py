@@ -33,17 +33,21 @@ p-values:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import optimize, stats
 
 from collab_eval.analysis import curves
-from collab_eval.analysis.curves import Samples
-from collab_eval.analysis.summary import IMAGE_KEYS, system_of, task_view
+from collab_eval.analysis.curves import Point, Samples
+from collab_eval.analysis.views import image_name, system_of, task_view
+from collab_eval.records import SampleRecord
+from collab_eval.typed_json import Threshold, is_none
 
 TARGETS = {"max-loss": "loss", "max-bytes": "bytes", "max-flops": "flops"}
+METHOD = "learn-then-test (fixed sequence)"
 
 
 @dataclass(frozen=True)
@@ -65,9 +69,10 @@ class Target:
         return next(k for k, v in TARGETS.items() if v == self.kind)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """The chosen threshold's result on one part of the samples (means per sample)."""
+class PartResult(BaseModel):
+    """The chosen threshold's result on one part of the samples (calibration or test), means per sample."""
+    model_config = ConfigDict(frozen=True)
+
     accuracy: float
     loss: float  # always's accuracy minus this accuracy, on the same samples
     bytes: float
@@ -80,36 +85,36 @@ class Outcome:
     always_flops: float
 
 
-@dataclass(frozen=True)
-class Calibration:
+class Calibration(BaseModel):
+    """The chosen threshold and how it did: calibrate's --json output, and (with ``whole_run``,
+    the threshold's point on the whole run) a task's ``calibrated`` entry in summary.json."""
+    model_config = ConfigDict(frozen=True)
+
     task: str
     system: str
+    target: str  # max-loss, max-bytes or max-flops
+    limit: float  # ε, or the budget B / F
+    delta: float
+    method: str = METHOD
+    tau: Threshold
     score: str  # the score aggregate the gate uses (max / mean / first)
-    target: Target
-    tau: float
     feasible: bool  # False: no threshold passed; tau is the safe end (always / never)
     p_value: float | None  # of the chosen threshold (None for the safe end, which needs no test)
     tested: int  # thresholds tested before the sequence stopped
-    calib: Outcome
-    test: Outcome | None
     seed: int
     calib_fraction: float | None
+    calib: PartResult
+    test: PartResult | None
+    model_args: str  # the lmms-eval model_args that run the chosen gate
+    whole_run: Point | None = Field(default=None, exclude_if=is_none)  # report --calibrate
 
     @property
-    def model_args(self) -> str:
-        return f"policy=threshold,threshold={self.tau!r},score={self.score}"
-
-    def to_dict(self) -> dict:
-        return {"task": self.task, "system": self.system, "target": self.target.name, "limit": self.target.limit,
-                "delta": self.target.delta, "method": "learn-then-test (fixed sequence)",
-                "tau": json_float(self.tau), "score": self.score, "feasible": self.feasible,
-                "p_value": self.p_value, "tested": self.tested, "seed": self.seed,
-                "calib_fraction": self.calib_fraction, "calib": asdict(self.calib),
-                "test": asdict(self.test) if self.test else None, "model_args": self.model_args}
+    def goal(self) -> Target:
+        return Target(TARGETS[self.target], self.limit, self.delta)
 
 
-def json_float(x: float):
-    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+def gate_args(tau: float, score: str) -> str:
+    return f"policy=threshold,threshold={tau!r},score={score}"
 
 
 # ----- p-values ------------------------------------------------------------------------
@@ -269,15 +274,10 @@ def cost_p_value(cost: np.ndarray, lo: float, hi: float, budget: float, delta: f
 
 
 # ----- splitting and scoring -----------------------------------------------------------
-def image_names(records: list[dict]) -> list[str]:
+def image_names(records: list[SampleRecord]) -> list[str]:
     """Which image each sample asks about: the document's image id or source, else the
     record's image_key (hash of the global image), else the sample itself."""
-    names = []
-    for r in records:
-        doc = r.get("doc") or {}
-        name = next((str(doc[k]) for k in IMAGE_KEYS if doc.get(k) not in (None, "")), None)
-        names.append(name or r.get("image_key") or f"{r['task']}/{r['doc_id']}")
-    return names
+    return [image_name(r) or r.image_key or f"{r.task}/{r.doc_id}" for r in records]
 
 
 def numbered(names) -> np.ndarray:
@@ -299,10 +299,11 @@ def split_by_image(names: list[str], fraction: float, rng: np.random.Generator) 
     return np.array([name in chosen for name in names], dtype=bool)
 
 
-def outcome(s: Samples, names: list[str], tau: float) -> Outcome:
+def part_result(s: Samples, names: list[str], tau: float) -> PartResult:
     gated, always = curves.threshold_point(s, tau), curves.always(s)
-    return Outcome(gated.accuracy, always.accuracy - gated.accuracy, gated.bytes, gated.flops, gated.rate, s.n,
-                   len(set(names)), always.accuracy, always.bytes, always.flops)
+    return PartResult(accuracy=gated.accuracy, loss=always.accuracy - gated.accuracy, bytes=gated.bytes,
+                      flops=gated.flops, retransmitted=gated.rate, n=s.n, images=len(set(names)),
+                      always_accuracy=always.accuracy, always_bytes=always.bytes, always_flops=always.flops)
 
 
 def calibrate(samples: Samples, names: list[str], target: Target, *, task: str = "", system: str = "",
@@ -323,13 +324,15 @@ def calibrate(samples: Samples, names: list[str], target: Target, *, task: str =
     cal = subset(samples, calib_index)
     cal_names = [names[i] for i in calib_index]
     choice = learn_then_test(cal, numbered(cal_names), target, rng, randomise)
-    return Calibration(task, system, score, target, choice.tau, choice.feasible, choice.p_value, choice.tested,
-                       outcome(cal, cal_names, choice.tau), outcome(*test, choice.tau) if test else None, seed,
-                       calib_fraction)
+    return Calibration(task=task, system=system, target=target.name, limit=target.limit, delta=target.delta,
+                       tau=choice.tau, score=score, feasible=choice.feasible, p_value=choice.p_value,
+                       tested=choice.tested, seed=seed, calib_fraction=calib_fraction,
+                       calib=part_result(cal, cal_names, choice.tau),
+                       test=part_result(*test, choice.tau) if test else None, model_args=gate_args(choice.tau, score))
 
 
 # ----- from runs -----------------------------------------------------------------------
-def always_records(runs, task: str, where: str) -> list[dict]:
+def always_records(runs, task: str, where: str) -> list[SampleRecord]:
     """The records of ``task`` from the always runs among ``runs``; a clear error otherwise."""
     chosen = [run for run in runs if run.policy == "always" and task in run.tasks]
     if not chosen:
@@ -339,7 +342,7 @@ def always_records(runs, task: str, where: str) -> list[dict]:
                              "needs a run that retransmitted every sample, so every threshold's outcome is known")
         raise ValueError(f"{where}: no run of task {task!r} (tasks there: "
                          f"{sorted({t for run in runs for t in run.tasks})})")
-    records = [r for run in chosen for r in run.records if r["task"] == task]
+    records = [r for run in chosen for r in run.records if r.task == task]
     systems = {system_of([r]) for r in records}
     if len(systems) > 1:
         raise ValueError(f"{where}: the always runs of {task!r} are of several systems {sorted(systems)}; "
@@ -347,12 +350,12 @@ def always_records(runs, task: str, where: str) -> list[dict]:
     return records
 
 
-def samples_of(records: list[dict], task: str, score: str | None, scorer) -> tuple[Samples, list[str], str, str]:
+def samples_of(records: list[SampleRecord], task: str, score: str | None, scorer) -> tuple[Samples, list[str], str, str]:
     """Samples with the chosen score aggregate, the image of each, the system and the aggregate."""
     checkpoint, codec = system_of(records)
     view = task_view(f"{checkpoint}:{codec}", task, records, scorer)
-    score = score or records[0].get("score_name", "max")
-    if score != records[0].get("score_name", "max"):
+    score = score or records[0].score_name
+    if score != records[0].score_name:
         if score not in view.scores:
             raise ValueError(f"score {score!r} is not recorded for every sample of {task!r} (have {sorted(view.scores)})")
         return replace(view.samples, score=view.scores[score]), image_names(records), view.system, score
@@ -360,8 +363,8 @@ def samples_of(records: list[dict], task: str, score: str | None, scorer) -> tup
 
 
 # ----- text ----------------------------------------------------------------------------
-def table(c: Calibration) -> str:
-    t = c.target
+def calibration_table(c: Calibration) -> str:
+    t = c.goal
     limit = {"loss": f"{t.limit:g} ({100 * t.limit:g} points of accuracy against always)",
              "bytes": f"{t.limit:g} bytes per sample", "flops": f"{t.limit:g} FLOPs per sample"}[t.kind]
     lines = [f"{c.task} on {c.system}, gate score {c.score}: {t.name} {limit}, "
@@ -408,6 +411,6 @@ def annotate(summary, spec: str) -> None:
     target, fraction, seed = parse_spec(spec)
     for view in summary.views:
         result = calibrate(view.samples, image_names(view.records), target, task=view.task, system=view.system,
-                           score=view.records[0].get("score_name", "max"), calib_fraction=fraction, seed=seed)
-        whole = curves.threshold_point(view.samples, result.tau).to_dict()
-        summary.systems[view.system].tasks[view.task].calibrated = {**result.to_dict(), "whole_run": whole}
+                           score=view.records[0].score_name, calib_fraction=fraction, seed=seed)
+        whole = curves.threshold_point(view.samples, result.tau)
+        summary.systems[view.system].tasks[view.task].calibrated = result.model_copy(update={"whole_run": whole})

@@ -164,7 +164,7 @@ LEGEND = ("Entropy-gate curves of the run against the baseline, per system and t
           "(the baseline's never) to B (its always). 'never/always: mean cost': the two ends' cost per sample.")
 
 
-def table(rows: list[Row]) -> str:
+def regression_table(rows: list[Row]) -> str:
     headers = ("status", "system", "task", "measure", "baseline", "current", "change", "allowed")
     body = [(r.status, r.system, r.task, r.measure, fmt(r.baseline), fmt(r.current), r.change, r.allowed) for r in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *body)]

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from collab_eval.typed_json import Threshold, is_none
 
 
 RATES = tuple(i / 20 for i in range(21))  # the grid the random baseline is tabulated on
@@ -59,38 +62,39 @@ class Samples:
         return len(self.acc1)
 
 
-@dataclass(frozen=True)
-class Point:
-    """One operating point: means per sample over the task."""
+class Point(BaseModel):
+    """One operating point: means per sample over the task. In JSON (summary.json) a point
+    without a threshold has no ``tau``; τ = ±inf is written "inf" / "-inf"."""
+    model_config = ConfigDict(frozen=True)
+
     accuracy: float
     bytes: float
     flops: float
     rate: float  # fraction of samples retransmitted
-    tau: float | None = None  # threshold, for points of the gated curve
+    tau: Threshold | None = Field(default=None, exclude_if=is_none)  # threshold, for points of the gated curve
 
-    def to_dict(self) -> dict:
-        d = {"accuracy": self.accuracy, "bytes": self.bytes, "flops": self.flops, "rate": self.rate, "tau": self.tau}
-        if d["tau"] is None:
-            del d["tau"]
-        elif math.isinf(d["tau"]):  # JSON has no infinity
-            d["tau"] = "inf" if d["tau"] > 0 else "-inf"
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Point":
-        tau = d.get("tau")
-        return cls(float(d["accuracy"]), float(d["bytes"]), float(d["flops"]), float(d["rate"]),
-                   None if tau is None else float(tau))
+class BandStep(BaseModel):
+    """Spread of accuracy over seeded random draws at one rate, at the rate's expected cost."""
+    model_config = ConfigDict(frozen=True)
+
+    rate: float
+    bytes: float
+    flops: float
+    lo: float
+    hi: float
+    seeds: int
 
 
 def point(s: Samples, retransmit: np.ndarray, tau: float | None = None) -> Point:
     """The outcome of retransmitting exactly the samples where ``retransmit`` is true."""
     retransmit = np.asarray(retransmit, dtype=bool)
     if s.n == 0:
-        return Point(math.nan, math.nan, math.nan, math.nan, tau)
+        return Point(accuracy=math.nan, bytes=math.nan, flops=math.nan, rate=math.nan, tau=tau)
     nbytes = int(np.where(retransmit, s.bytes2, s.bytes1).sum())
     flops = int(np.where(retransmit, s.flops2, s.flops1).sum()) + int(s.generic[np.unique(s.group[retransmit])].sum())
-    return Point(accuracy(s, retransmit), nbytes / s.n, flops / s.n, float(retransmit.sum()) / s.n, tau)
+    return Point(accuracy=accuracy(s, retransmit), bytes=nbytes / s.n, flops=flops / s.n,
+                 rate=float(retransmit.sum()) / s.n, tau=tau)
 
 
 def accuracy(s: Samples, retransmit: np.ndarray) -> float:
@@ -143,7 +147,7 @@ def prefix_points(s: Samples, order: np.ndarray, counts, taus) -> list[Point]:
     flops = (int(s.flops1.sum()) + np.concatenate([[0], np.cumsum((s.flops2 - s.flops1)[order] + first)]))[counts]
     accuracy = exact_prefix_sums(s.acc1, s.acc2, order, counts)
     n = s.n
-    return [Point(a / n, int(b) / n, int(f) / n, int(c) / n, t)
+    return [Point(accuracy=a / n, bytes=int(b) / n, flops=int(f) / n, rate=int(c) / n, tau=t)
             for a, b, f, c, t in zip(accuracy, nbytes.tolist(), flops.tolist(), counts.tolist(), taus)]
 
 
@@ -178,7 +182,7 @@ def random_expected(s: Samples, rate: float) -> Point:
     sizes = np.bincount(s.group, minlength=len(s.generic))
     touched = 1 - (1 - p) ** sizes
     flops = ((1 - p) * s.flops1.sum() + p * s.flops2.sum() + (s.generic * touched).sum()) / s.n
-    return Point(float(accuracy), float(nbytes), float(flops), p)
+    return Point(accuracy=float(accuracy), bytes=float(nbytes), flops=float(flops), rate=p)
 
 
 def random_draw(s: Samples, rate: float, seed: int) -> Point:
@@ -196,7 +200,7 @@ def draws(s: Samples, seed: int) -> np.ndarray:
     return np.frombuffer(digests, dtype=">u8").astype(float) / 2**64
 
 
-def random_band(s: Samples, rates=RATES, seeds=range(20), quantiles=(0.1, 0.9)) -> list[dict]:
+def random_band(s: Samples, rates=RATES, seeds=range(20), quantiles=(0.1, 0.9)) -> list[BandStep]:
     """Spread of accuracy over seeded draws at each rate (quantiles over seeds), placed at
     the rate's expected bytes and FLOPs. A sample's draw does not depend on the rate: each
     seed is hashed once for every rate."""
@@ -205,9 +209,9 @@ def random_band(s: Samples, rates=RATES, seeds=range(20), quantiles=(0.1, 0.9)) 
     for rate in rates:
         acc = np.array([accuracy(s, u < rate) for u in per_seed])
         expected = random_expected(s, rate)  # placed at the expected cost of the rate
-        band.append({"rate": rate, "bytes": expected.bytes, "flops": expected.flops,
-                     "lo": float(np.quantile(acc, quantiles[0])), "hi": float(np.quantile(acc, quantiles[1])),
-                     "seeds": len(acc)})
+        band.append(BandStep(rate=rate, bytes=expected.bytes, flops=expected.flops,
+                             lo=float(np.quantile(acc, quantiles[0])), hi=float(np.quantile(acc, quantiles[1])),
+                             seeds=len(acc)))
     return band
 
 

@@ -9,7 +9,9 @@ from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from collab_eval.analysis.summary import CORRECT, TaskView
+from collab_eval.analysis.calibrate import Calibration
+from collab_eval.analysis.summary import CORRECT, TaskSummary
+from collab_eval.analysis.views import TaskView
 
 # tab10: distinct colours; a system's is picked by a hash of its name (see colours()).
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -56,15 +58,16 @@ def log_scale(values) -> bool:
     return len(positive) == len(values) and bool(positive) and max(positive) >= LOG_SPAN * min(positive)
 
 
-def xy(points: list[dict], cost: str, scale: float = 1.0):
-    return [p[cost] * scale for p in points], [p["accuracy"] for p in points]
+def xy(points, cost: str, scale: float = 1.0):
+    """x (cost) and y (accuracy) of points, or of anything with those attributes."""
+    return [getattr(p, cost) * scale for p in points], [p.accuracy for p in points]
 
 
-def tradeoff(task: str, systems: dict[str, dict]) -> bytes:
+def tradeoff(task: str, systems: dict[str, TaskSummary]) -> bytes:
     return png(tradeoff_figure(task, systems))
 
 
-def tradeoff_figure(task: str, systems: dict[str, dict]) -> Figure:
+def tradeoff_figure(task: str, systems: dict[str, TaskSummary]) -> Figure:
     """Accuracy against mean bytes (left) and mean GFLOPs (right) for one task, every system."""
     fig = Figure(figsize=(12, 5.4), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -80,31 +83,34 @@ def tradeoff_figure(task: str, systems: dict[str, dict]) -> Figure:
 
         for name, entry in sorted(systems.items()):
             colour = colour_of[name]
-            c = entry.get("curves")
-            if c:
-                gated = c["gated"]
-                draw(gated, "-", color=colour, lw=1.8, marker="." if len(gated) <= MARKERS_UP_TO else None, ms=3,
-                     label=f"{name}: entropy gate ({entry['score_name']})")
-                for agg, points in c.get("gated_other_scores", {}).items():
+            f = entry.from_always
+            if f:
+                c = f.curves
+                draw(c.gated, "-", color=colour, lw=1.8, marker="." if len(c.gated) <= MARKERS_UP_TO else None, ms=3,
+                     label=f"{name}: entropy gate ({f.score_name})")
+                for agg, points in c.gated_other_scores.items():
                     draw(points, "-", color=colour, lw=0.8, alpha=0.35, label=f"{name}: gate ({agg})")
-                draw(c["random"], "--", color=colour, lw=1, label=f"{name}: random (expected)")
-                if c.get("random_band"):
-                    band = c["random_band"]
-                    ax.fill_between([b[cost] * scale for b in band], [b["lo"] for b in band], [b["hi"] for b in band],
+                draw(c.random, "--", color=colour, lw=1, label=f"{name}: random (expected)")
+                if c.random_band:
+                    band = c.random_band
+                    ax.fill_between([getattr(b, cost) * scale for b in band], [b.lo for b in band], [b.hi for b in band],
                                     color=colour, alpha=0.12, lw=0)
-                    ys.extend([b["lo"] for b in band] + [b["hi"] for b in band])
+                    ys.extend([b.lo for b in band] + [b.hi for b in band])
                 # Beyond its last point the oracle keeps its accuracy: an upper bound for larger budgets.
-                oracle = c["oracle"] + [{**c["oracle"][-1], cost: max(entry["always"][cost], c["oracle"][-1][cost])}]
-                draw(oracle, ":", color=colour, lw=1.2, label=f"{name}: oracle")
+                last = c.oracle[-1]
+                draw(c.oracle + [last.model_copy(update={cost: max(getattr(f.always, cost), getattr(last, cost))})],
+                     ":", color=colour, lw=1.2, label=f"{name}: oracle")
                 for end, marker in (("never", "o"), ("always", "s")):
-                    at = (entry[end][cost] * scale, entry[end]["accuracy"])
-                    draw([entry[end]], marker, color=colour, ms=7, mfc="white")
-                    ax.annotate(end, at, textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour)
-            if entry.get("calibrated"):
-                calibrated_marks(draw, ax, entry["calibrated"], cost, scale, colour)
-            for j, p in enumerate(sorted(entry.get("points", []), key=lambda p: p[cost])):
+                    at = getattr(f, end)
+                    draw([at], marker, color=colour, ms=7, mfc="white")
+                    ax.annotate(end, (getattr(at, cost) * scale, at.accuracy), textcoords="offset points",
+                                xytext=(4, -10), fontsize=7, color=colour)
+            if entry.calibrated:
+                calibrated_marks(draw, ax, entry.calibrated, cost, scale, colour)
+            for j, run in enumerate(sorted(entry.points, key=lambda run: getattr(run.point, cost))):
+                p = run.point
                 draw([p], "X", color=colour, ms=8, mec="black", mew=0.5)
-                ax.annotate(p["label"], (p[cost] * scale, p["accuracy"]), textcoords="offset points", fontsize=7,
+                ax.annotate(run.label, (getattr(p, cost) * scale, p.accuracy), textcoords="offset points", fontsize=7,
                             xytext=(5, 5 + 11 * (j % 4)), color=colour,  # staggered: points often share a height
                             arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.5})
         ax.set_ylim(*accuracy_limits(ys))
@@ -127,15 +133,15 @@ def tradeoff_figure(task: str, systems: dict[str, dict]) -> Figure:
     return fig
 
 
-def calibrated_marks(draw, ax, calibrated: dict, cost: str, scale: float, colour: str) -> None:
+def calibrated_marks(draw, ax, calibrated: Calibration, cost: str, scale: float, colour: str) -> None:
     """The calibrated τ on the whole run (★, on the curve) and its held-out outcome (☆)."""
-    whole, held_out = calibrated["whole_run"], calibrated.get("test")
+    whole, held_out = calibrated.whole_run, calibrated.test
     draw([whole], "*", color=colour, ms=14, mec="black", mew=0.6)
-    ax.annotate(f"calibrated τ ({calibrated['target']} {calibrated['limit']:g})", (whole[cost] * scale, whole["accuracy"]),
+    ax.annotate(f"calibrated τ ({calibrated.target} {calibrated.limit:g})", (getattr(whole, cost) * scale, whole.accuracy),
                 textcoords="offset points", xytext=(-8, 8), ha="right", fontsize=7, color=colour)
     if held_out:
         draw([held_out], "*", color=colour, ms=14, mfc="white", mec=colour, mew=1.2)
-        ax.annotate(f"held-out ({held_out['n']} samples)", (held_out[cost] * scale, held_out["accuracy"]),
+        ax.annotate(f"held-out ({held_out.n} samples)", (getattr(held_out, cost) * scale, held_out.accuracy),
                     textcoords="offset points", xytext=(8, -12), fontsize=7, color=colour)
 
 
@@ -154,7 +160,7 @@ def histograms(task: str, views: list[TaskView]) -> bytes:
         empty = int((~finite).sum())
         title = f"{view.system}" + (f"\n({empty} empty answers: score +inf, not shown)" if empty else "")
         ax.set_title(title, fontsize=8)
-        ax.set_xlabel(f"min-entropy score ({view.records[0].get('score_name', 'max')}), nats")
+        ax.set_xlabel(f"min-entropy score ({view.records[0].score_name}), nats")
         ax.set_ylabel("samples")
         ax.legend(fontsize=7)
     fig.suptitle(f"{task}: stage-1 uncertainty of right and wrong answers", fontsize=10)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from collab_eval.analysis import plots
 from collab_eval.analysis.curves import Point
-from collab_eval.analysis.summary import CORRECT, Summary, TaskSummary, TaskView
+from collab_eval.analysis.summary import CORRECT, Saving, Summary, TaskSummary
+from collab_eval.analysis.views import TaskView
 
 RATE_ROWS = tuple(i / 10 for i in range(11))  # the gate's operating points shown: nearest to these rates
 EXAMPLES = 6
@@ -96,47 +97,45 @@ HEADLINE = ["task", "metric", "system", "samples", "never: acc / bytes", "always
             "FLOPs saved vs always", "bytes saved vs original image"]
 
 
-def headline_rows(data: dict) -> list[list[str]]:
+def headline_rows(summary: Summary) -> list[list[str]]:
     """Per task and system: never, always, and the cheapest entropy-gate point that reaches the
     target fraction of always's accuracy, with what it saves."""
     rows = []
-    tasks = sorted({t for s in data["systems"].values() for t in s["tasks"]})
+    tasks = sorted({t for s in summary.systems.values() for t in s.tasks})
     for task in tasks:
-        for system, entry in sorted(data["systems"].items()):
-            e = entry["tasks"].get(task)
+        for system, entry in sorted(summary.systems.items()):
+            e = entry.tasks.get(task)
             if e is None:
                 continue
-            if "curves" not in e:
-                rows.append([task, e["metric"], system, "–", "no always run: no curves"] + ["–"] * 5)
+            if e.from_always is None:
+                rows.append([task, e.metric, system, "–", "no always run: no curves"] + ["–"] * 5)
                 continue
-            never, always, gate = e["never"], e["always"], e["reach_target"]["gated"]
-            rows.append([task, e["metric"], system, str(e["n"]),
-                         f"{pct(never['accuracy'])}% / {nbytes(never['bytes'])}",
-                         f"{pct(always['accuracy'])}% / {nbytes(always['bytes'])}"]
-                        + ([f"τ={tau(gate.get('tau'))} / {pct(gate['rate'])}% / {pct(gate['accuracy'])}% / "
-                            f"{nbytes(gate['bytes'])}", signed_pct(gate["saving_vs_always"]),
-                            signed_pct(gate["flops_saving_vs_always"]), signed_pct(gate["saving_vs_original"])]
+            f = e.from_always
+            gate = f.reach_target["gated"]
+            rows.append([task, e.metric, system, str(f.n), f"{pct(f.never.accuracy)}% / {nbytes(f.never.bytes)}",
+                         f"{pct(f.always.accuracy)}% / {nbytes(f.always.bytes)}"]
+                        + ([f"τ={tau(gate.tau)} / {pct(gate.rate)}% / {pct(gate.accuracy)}% / {nbytes(gate.bytes)}",
+                            signed_pct(gate.saving_vs_always), signed_pct(gate.flops_saving_vs_always),
+                            signed_pct(gate.saving_vs_original)]
                            if gate else ["none reaches it", "–", "–", "–"]))
     return rows
 
 
 def headline(summary: Summary) -> str:
     """The headline as a plain-text table, for the terminal."""
-    data = summary.to_json()
-    target = f"{100 * data['settings']['target_fraction']:g}% of always"
+    target = f"{100 * summary.settings.target_fraction:g}% of always"
     headers = [h.replace("the target", target) for h in HEADLINE]
-    rows = headline_rows(data)
+    rows = headline_rows(summary)
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line("-" * w for w in widths), *map(line, rows)])
 
 
 def document(summary: Summary) -> list:
-    data = summary.to_json()  # the headline reads the summary as summary.json has it
     blocks: list = [Heading(1, "collab-eval report"), Para(INTRO)]
-    target = f"{100 * data['settings']['target_fraction']:g}% of always"
+    target = f"{100 * summary.settings.target_fraction:g}% of always"
     blocks += [Heading(2, "Headline"),
-               Table([h.replace("the target", target) for h in HEADLINE], headline_rows(data)),
+               Table([h.replace("the target", target) for h in HEADLINE], headline_rows(summary)),
                Para(f"Bytes are mean bytes per sample. The gate point is the cheapest entropy-gate threshold whose "
                     f"accuracy reaches {target}-retransmit accuracy; savings are relative (+30% means 30% fewer).")]
     blocks += [Heading(2, "Runs"), Table(
@@ -163,8 +162,7 @@ def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskVie
                          "means per sample; FLOPs in GFLOPs. Figures: a cost axis spanning a factor of "
                          f"{plots.LOG_SPAN:g} or more is logarithmic; the accuracy axis spans at least "
                          f"{100 * plots.MIN_SPAN:g} points; each system keeps its colour across reports.")]
-    # plots reads the summary's JSON form of each task
-    blocks.append(Figure(f"{slug}_tradeoff.png", plots.tradeoff(task, {k: e.to_json() for k, e in entries.items()}),
+    blocks.append(Figure(f"{slug}_tradeoff.png", plots.tradeoff(task, entries),
                          f"{task}: accuracy against bytes and FLOPs"))
     blocks += calibrated_section(entries)
     if with_curves:
@@ -220,13 +218,12 @@ def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskVie
     return blocks
 
 
-def reach_cells(s) -> list[str]:
+def reach_cells(s: Saving | None) -> list[str]:
     """τ, retransmitted, bytes, GFLOPs, acc and the three savings of a cheapest point (dashes for none)."""
     if s is None:
         return ["–", "–%", "–", "–", "–", "–", "–", "–"]
-    p = s.point
-    return [tau(p.tau), pct(p.rate) + "%", nbytes(p.bytes), gflops(p.flops), pct(p.accuracy),
-            signed_pct(s.vs_original), signed_pct(s.vs_always), signed_pct(s.flops_vs_always)]
+    return [tau(s.tau), pct(s.rate) + "%", nbytes(s.bytes), gflops(s.flops), pct(s.accuracy),
+            signed_pct(s.saving_vs_original), signed_pct(s.saving_vs_always), signed_pct(s.flops_saving_vs_always)]
 
 
 def calibrated_section(entries: dict[str, TaskSummary]) -> list:
@@ -235,18 +232,18 @@ def calibrated_section(entries: dict[str, TaskSummary]) -> list:
     if not chosen:
         return []
     c = next(iter(chosen.values()))
-    goal = f"{c['target']} {c['limit']:g}" + (" (accuracy lost against always)" if c["target"] == "max-loss" else "")
+    goal = f"{c.target} {c.limit:g}" + (" (accuracy lost against always)" if c.target == "max-loss" else "")
     return [Heading(3, "Calibrated threshold (collab-eval calibrate)"),
-            Para(f"τ chosen by Learn-then-Test for {goal} with probability at least {1 - c['delta']:g}, on "
-                 f"{100 * c['calib_fraction']:g}% of the images (seed {c['seed']}), then applied to the held-out "
+            Para(f"τ chosen by Learn-then-Test for {goal} with probability at least {1 - c.delta:g}, on "
+                 f"{100 * c.calib_fraction:g}% of the images (seed {c.seed}), then applied to the held-out "
                  "rest. The guarantee assumes new images are exchangeable with the calibration images. Figure: ★ the "
                  "threshold on the whole run, ☆ its outcome on the held-out part alone."),
             Table(["system", "τ", "guaranteed", "part", "images", "retransmitted", "acc", "always acc", "loss (points)",
                    "bytes", "always bytes", "GFLOPs"],
-                  [[k, tau(c["tau"]), "yes" if c["feasible"] else "no: safe end", part, str(o["images"]),
-                    pct(o["retransmitted"]) + "%", pct(o["accuracy"]), pct(o["always_accuracy"]), f"{100 * o['loss']:+.1f}",
-                    nbytes(o["bytes"]), nbytes(o["always_bytes"]), gflops(o["flops"])]
-                   for k, c in chosen.items() for part, o in (("calibration", c["calib"]), ("held-out", c["test"])) if o])]
+                  [[k, tau(c.tau), "yes" if c.feasible else "no: safe end", part, str(o.images),
+                    pct(o.retransmitted) + "%", pct(o.accuracy), pct(o.always_accuracy), f"{100 * o.loss:+.1f}",
+                    nbytes(o.bytes), nbytes(o.always_bytes), gflops(o.flops)]
+                   for k, c in chosen.items() for part, o in (("calibration", c.calib), ("held-out", c.test)) if o])]
 
 
 def thin(points: list[Point]) -> list[Point]:
@@ -263,9 +260,8 @@ def examples(view: TaskView) -> list[list[str]]:
     rows = []
     for i in changed[:EXAMPLES]:
         r = view.records[i]
-        doc = r.get("doc", {})
-        rows.append([str(r["doc_id"]), clip(doc.get("question", r.get("question", ""))), ground_truth(doc),
-                     clip(r.get("answer_stage1")), tau(view.samples.score[i]), clip(r.get("answer_stage2")),
+        rows.append([str(r.doc_id), clip(r.doc.get("question", r.question)), ground_truth(r.doc),
+                     clip(r.answer_stage1), tau(view.samples.score[i]), clip(r.answer_stage2),
                      f"{view.acc1[i]:.2f} → {view.acc2[i]:.2f}"])
     return rows
 

@@ -31,7 +31,7 @@ from typing import Callable
 
 from lmms_eval.utils import simple_parse_args_string
 
-from collab_eval.records import RecordFile, read_record_file
+from collab_eval.records import RecordFile, SampleRecord, read_record_file
 
 RECORD_FILE = re.compile(r"^(?P<run>.+)\.rank(?P<rank>\d+)\.jsonl$")
 RUN_TIME = re.compile(r"(\d{8}T\d{6})(?:\.\d+Z-[0-9a-f]+)?$")  # <adapter>-<UTC time>[.µsZ-<random>]
@@ -46,7 +46,7 @@ def warn_on_stderr(message: str) -> None:
 @dataclass
 class Run:
     name: str  # the records' run_id, or their run_name for records written before run ids
-    records: list[dict]  # with "_rank" added: which process wrote the record (from the file name)
+    records: list[SampleRecord]  # a record without its own rank takes its file's (the process that wrote it)
     record_files: list[Path]
     results_file: Path | None = None
     results: dict = field(default_factory=dict)  # lmms-eval's results.json, when there is one
@@ -67,12 +67,12 @@ class Run:
 
     @property
     def policy(self) -> str:
-        policies = {r.get("policy") for r in self.records}
+        policies = {r.policy for r in self.records}
         return policies.pop() if len(policies) == 1 else "mixed"
 
     @property
     def tasks(self) -> list[str]:
-        return sorted({r["task"] for r in self.records})
+        return sorted({r.task for r in self.records})
 
     @property
     def policy_args(self) -> dict:
@@ -82,9 +82,9 @@ class Run:
         if not self.records:
             return {}
         first = self.records[0]
-        out = {"score": first.get("score_name", "max")}
-        recorded = first.get("policy_args")
-        if isinstance(recorded, dict) and recorded:
+        out = {"score": first.score_name}
+        recorded = first.policy_args
+        if recorded:
             keys = POLICY_PARAMETERS.get(self.policy, tuple(recorded))
             return out | {key: recorded[key] for key in keys if key in recorded}
         args = self.model_args
@@ -100,7 +100,7 @@ class Run:
 
     @property
     def counts(self) -> Counter:
-        return Counter(r["task"] for r in self.records)
+        return Counter(r.task for r in self.records)
 
     @property
     def complete(self) -> bool:
@@ -204,10 +204,11 @@ class RecordReader:
             if not match:
                 continue
             for record in self.read(path).records:
-                run_id = record.get("run_id")
-                key = ("id", str(run_id)) if run_id not in (None, "") else ("name", match["run"])
+                if "rank" not in record.model_fields_set:  # written before records held their rank
+                    record.rank = int(match["rank"])
+                key = ("id", record.run_id) if record.run_id else ("name", match["run"])
                 run = runs.setdefault(key, Run(key[1], [], [], run_id=key[1] if key[0] == "id" else None))
-                run.records.append({**record, "_rank": int(match["rank"])})
+                run.records.append(record)
                 if path not in run.record_files:
                     run.record_files.append(path)
         for run in runs.values():
@@ -215,11 +216,11 @@ class RecordReader:
         return runs
 
 
-def once_per_sample(run: Run, warn: Callable[[str], None]) -> list[dict]:
+def once_per_sample(run: Run, warn: Callable[[str], None]) -> list[SampleRecord]:
     """A sample recorded twice in one run (a resumed run that redid it) counts once: the first."""
     seen, kept = set(), []
     for record in run.records:
-        key = (record["task"], record["doc_id"])
+        key = (record.task, record.doc_id)
         if key not in seen:
             seen.add(key)
             kept.append(record)

@@ -4,303 +4,201 @@ A *system* is a checkpoint with a codec (``tiny-llava:png``): what a figure comp
 ``always`` run of a system yields its curves per task; every other run (threshold, random,
 never, or any policy added later) is one operating point per task on its system's figure.
 
-The summary is a tree of dataclasses (:class:`Summary` down to :class:`curves.Point`); it
-becomes JSON only at the boundary (``Summary.to_json``, written as summary.json) and is read
-back into the same types by ``Summary.from_json``, which names the place of anything malformed.
+The summary is a tree of pydantic models (:class:`Summary` down to :class:`curves.Point`),
+declared once: summary.json is their JSON (``Summary.write``), read back into the same types
+by ``Summary.read``, which names the place of anything malformed.
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import median
+from typing import Any, ClassVar
 
-import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from collab_eval.analysis import curves
-from collab_eval.analysis.curves import Point, Samples
+from collab_eval.analysis.calibrate import Calibration
+from collab_eval.analysis.curves import BandStep, Point, Samples
 from collab_eval.analysis.runs import Run, read_json
 from collab_eval.analysis.scoring import Scorer
-from collab_eval.records import STAGE1_PARTS
-from collab_eval.uncertainty import AGGREGATES
+from collab_eval.analysis.views import TaskView, system_of, task_view
+from collab_eval.records import SampleRecord
+from collab_eval.typed_json import is_none, problem
 
 SCHEMA = "collab-eval/summary/1"
 CORRECT = 0.5  # a stage-1 answer with per-sample accuracy >= this counts as right (AUROC, histograms)
 TARGET = 0.99  # fraction of always-retransmit accuracy the cheapest operating point must reach
-IMAGE_KEYS = ("image_id", "image_source", "image_path", "image_file")  # doc fields naming the image
 
 
 class SummaryError(ValueError):
     """A summary.json that is not one: says where and what was expected."""
 
 
-# ----- the summary's types (JSON field order is the dataclasses' field order) -----------
-@dataclass(frozen=True)
-class Settings:
+# ----- the summary's types (JSON key order is the fields' order) ------------------------------
+def inline(data: Any, field: str, model: type[BaseModel], when=None) -> Any:
+    """Reading: gather the keys of the model ``field`` holds, which JSON writes beside its
+    owner's own keys, into that field (only ``when`` one of those keys is there, if given)."""
+    if not isinstance(data, dict) or field in data or (when is not None and not any(key in data for key in when)):
+        return data  # not JSON (constructed with the field itself), or without the inlined model's keys
+    inner = {key: data[key] for key in model.model_fields if key in data}
+    return {**{k: v for k, v in data.items() if k not in inner}, field: inner}
+
+
+def flatten(data: dict, field: str) -> dict:
+    """Writing: the keys of ``field``'s model in its place, beside its owner's own."""
+    out = {}
+    for key, value in data.items():
+        if key == field:
+            out.update(value or {})
+        else:
+            out[key] = value
+    return out
+
+
+class SummarySettings(BaseModel):
+    """What the summary was computed with: when a stage-1 answer counts as right, the target
+    for the cheapest point, and the random baseline's seeds and rates."""
     correct_at: float
     target_fraction: float
     random_seeds: int
-    random_rates: list[float]
-
-    def to_json(self) -> dict:
-        return {"correct_at": self.correct_at, "target_fraction": self.target_fraction,
-                "random_seeds": self.random_seeds, "random_rates": list(self.random_rates)}
-
-    @classmethod
-    def from_json(cls, d, where: str) -> "Settings":
-        d = obj(d, where)
-        return cls(number(d, "correct_at", where), number(d, "target_fraction", where),
-                   int(number(d, "random_seeds", where)), [number(r, None, f"{where}.random_rates")
-                                                           for r in array(d.get("random_rates", []), where)])
+    random_rates: list[float] = Field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class BandStep:
-    """Spread of accuracy over seeded random draws at one rate, at the rate's expected cost."""
-    rate: float
-    bytes: float
-    flops: float
-    lo: float
-    hi: float
-    seeds: int
-
-    def to_json(self) -> dict:
-        return {"rate": self.rate, "bytes": self.bytes, "flops": self.flops, "lo": self.lo, "hi": self.hi,
-                "seeds": self.seeds}
-
-    @classmethod
-    def from_json(cls, d, where: str) -> "BandStep":
-        d = obj(d, where)
-        return cls(*(number(d, k, where) for k in ("rate", "bytes", "flops", "lo", "hi")), int(number(d, "seeds", where)))
+def default_settings() -> SummarySettings:
+    return SummarySettings(correct_at=CORRECT, target_fraction=TARGET, random_seeds=0, random_rates=list(curves.RATES))
 
 
-@dataclass(frozen=True)
-class Saving:
+class Saving(Point):
     """An operating point with what it saves against the original image and against always."""
-    point: Point
-    vs_original: float | None
-    vs_always: float | None
-    flops_vs_always: float | None
-
-    def to_json(self) -> dict:
-        return {**self.point.to_dict(), "saving_vs_original": self.vs_original, "saving_vs_always": self.vs_always,
-                "flops_saving_vs_always": self.flops_vs_always}
-
-    @classmethod
-    def from_json(cls, d, where: str) -> "Saving | None":
-        if d is None:
-            return None
-        d = obj(d, where)
-        return cls(point_of(d, where), *(number(d, k, where, optional=True)
-                                         for k in ("saving_vs_original", "saving_vs_always", "flops_saving_vs_always")))
+    saving_vs_original: float | None = None
+    saving_vs_always: float | None = None
+    flops_saving_vs_always: float | None = None
 
 
-@dataclass
-class Curves:
+class Curves(BaseModel):
     gated: list[Point]  # the entropy gate at every threshold, cost ascending
-    gated_other_scores: dict[str, list[Point]]  # the gate on the other score aggregations
-    random: list[Point]  # random retransmission's expectation at each rate
-    random_band: list[BandStep]
-    oracle: list[Point]
-
-    def to_json(self) -> dict:
-        return {"gated": dicts(self.gated),
-                "gated_other_scores": {agg: dicts(c) for agg, c in self.gated_other_scores.items()},
-                "random": dicts(self.random), "random_band": [b.to_json() for b in self.random_band],
-                "oracle": dicts(self.oracle)}
-
-    @classmethod
-    def from_json(cls, d, where: str) -> "Curves":
-        d = obj(d, where)
-        others = obj(d.get("gated_other_scores", {}), f"{where}.gated_other_scores")
-        return cls(points_at(d, "gated", where),
-                   {agg: points_at(others, agg, f"{where}.gated_other_scores") for agg in others},
-                   points_at(d, "random", where, optional=True),
-                   [BandStep.from_json(b, f"{where}.random_band[{i}]")
-                    for i, b in enumerate(array(d.get("random_band", []), f"{where}.random_band"))],
-                   points_at(d, "oracle", where, optional=True))
+    gated_other_scores: dict[str, list[Point]] = Field(default_factory=dict)  # the gate on the other aggregations
+    random: list[Point] = Field(default_factory=list)  # random retransmission's expectation at each rate
+    random_band: list[BandStep] = Field(default_factory=list)
+    oracle: list[Point] = Field(default_factory=list)
 
 
-@dataclass
-class FromAlways:
+class FromAlways(BaseModel):
     """What one ``always`` run gives for one task: its ends, the oracle and every curve."""
     n: int
-    errors: int
-    score_name: str
-    stage1_correct: int
-    bytes_original: float
-    lmms_eval_accuracy: float | None
+    errors: int = 0
+    score_name: str = "max"
+    stage1_correct: int = 0
+    bytes_original: float = 0.0
+    lmms_eval_accuracy: float | None = None
     never: Point
     always: Point
     oracle: Point
-    auroc: dict[str, float | None]
-    target_accuracy: float
-    reach_target: dict[str, Saving | None]  # gated / random / oracle: the cheapest point reaching the target
-    savings_never: Saving | None
+    auroc: dict[str, float | None] = Field(default_factory=dict)
+    target_accuracy: float = 0.0
+    reach_target: dict[str, Saving | None] = Field(default_factory=dict)  # gated / random / oracle: cheapest reaching it
+    savings_never: Saving | None = None
     curves: Curves
 
-    def to_json(self) -> dict:
-        return {"n": self.n, "errors": self.errors, "score_name": self.score_name,
-                "stage1_correct": self.stage1_correct, "bytes_original": self.bytes_original,
-                "lmms_eval_accuracy": self.lmms_eval_accuracy, "never": self.never.to_dict(),
-                "always": self.always.to_dict(), "oracle": self.oracle.to_dict(), "auroc": dict(self.auroc),
-                "target_accuracy": self.target_accuracy,
-                "reach_target": {name: s and s.to_json() for name, s in self.reach_target.items()},
-                "savings_never": self.savings_never and self.savings_never.to_json(), "curves": self.curves.to_json()}
 
-    @classmethod
-    def from_json(cls, d: dict, where: str) -> "FromAlways":
-        auroc = obj(d.get("auroc", {}), f"{where}.auroc")
-        reach = obj(d.get("reach_target", {}), f"{where}.reach_target")
-        return cls(int(number(d, "n", where)), int(number(d, "errors", where, default=0)),
-                   str(d.get("score_name", "max")), int(number(d, "stage1_correct", where, default=0)),
-                   number(d, "bytes_original", where, default=0.0),
-                   number(d, "lmms_eval_accuracy", where, optional=True),
-                   point_of(d.get("never"), f"{where}.never"), point_of(d.get("always"), f"{where}.always"),
-                   point_of(d.get("oracle"), f"{where}.oracle"),
-                   {agg: number(auroc, agg, f"{where}.auroc", optional=True) for agg in auroc},
-                   number(d, "target_accuracy", where, default=0.0),
-                   {name: Saving.from_json(s, f"{where}.reach_target.{name}") for name, s in reach.items()},
-                   Saving.from_json(d.get("savings_never"), f"{where}.savings_never"),
-                   Curves.from_json(d.get("curves"), f"{where}.curves"))
+class RunPoint(BaseModel):
+    """A run of any policy but always: its own outcome on one task, rescored like the curves.
+    In JSON the point's keys sit beside the run's."""
+    INLINED: ClassVar[tuple[str, ...]] = ("point",)
 
-
-@dataclass
-class RunPoint:
-    """A run of any policy but always: its own outcome on one task, rescored like the curves."""
-    label: str
-    run: str
+    label: str = ""
+    run: str = ""
     policy: str
-    policy_args: dict
+    policy_args: dict = Field(default_factory=dict)
     n: int
-    errors: int
+    errors: int = 0
     point: Point
-    derived_from_always: Point | None = None  # what the system's always run predicts for the same policy
+    # What the system's always run predicts for the same policy (left out when it has none).
+    derived_from_always: Point | None = Field(default=None, exclude_if=is_none)
 
-    def to_json(self) -> dict:
-        d = {"label": self.label, "run": self.run, "policy": self.policy, "policy_args": dict(self.policy_args),
-             "n": self.n, "errors": self.errors, **self.point.to_dict()}
-        if self.derived_from_always:
-            d["derived_from_always"] = self.derived_from_always.to_dict()
-        return d
-
+    @model_validator(mode="before")
     @classmethod
-    def from_json(cls, d, where: str) -> "RunPoint":
-        d = obj(d, where)
-        derived = d.get("derived_from_always")
-        return cls(str(d.get("label", "")), str(d.get("run", "")), text(d, "policy", where),
-                   obj(d.get("policy_args", {}), f"{where}.policy_args"), int(number(d, "n", where)),
-                   int(number(d, "errors", where, default=0)), point_of(d, where),
-                   None if derived is None else point_of(derived, f"{where}.derived_from_always"))
+    def _inline_point(cls, data: Any) -> Any:
+        return inline(data, "point", Point)
+
+    @model_serializer(mode="wrap")
+    def _flatten_point(self, handler) -> dict:
+        return flatten(handler(self), "point")
 
 
-@dataclass
-class TaskSummary:
+class TaskSummary(BaseModel):
+    """One task of one system. In JSON the always run's results (``from_always``) sit beside
+    the metric and the other runs' points; a task without an always run has none of them."""
+    INLINED: ClassVar[tuple[str, ...]] = ("from_always",)
+
     metric: str
     from_always: FromAlways | None = None  # None when the system has no always run of this task
-    points: list[RunPoint] = field(default_factory=list)
-    calibrated: dict | None = None  # collab-eval report --calibrate: calibrate.CalibrationResult's JSON form
+    points: list[RunPoint] = Field(default_factory=list)
+    # collab-eval report --calibrate: calibrate.Calibration with its threshold's point on the whole run.
+    calibrated: Calibration | None = Field(default=None, exclude_if=is_none)
 
-    def to_json(self) -> dict:
-        return {"metric": self.metric, **(self.from_always.to_json() if self.from_always else {}),
-                "points": [p.to_json() for p in self.points],
-                **({"calibrated": self.calibrated} if self.calibrated else {})}
-
+    @model_validator(mode="before")
     @classmethod
-    def from_json(cls, d, where: str) -> "TaskSummary":
-        d = obj(d, where)
-        has_curves = any(key in d for key in ("curves", "never", "always", "n"))
-        return cls(text(d, "metric", where), FromAlways.from_json(d, where) if has_curves else None,
-                   [RunPoint.from_json(p, f"{where}.points[{i}]")
-                    for i, p in enumerate(array(d.get("points", []), f"{where}.points"))],
-                   obj(d["calibrated"], f"{where}.calibrated") if "calibrated" in d else None)
+    def _inline_from_always(cls, data: Any) -> Any:
+        return inline(data, "from_always", FromAlways, when=("curves", "never", "always", "n"))
+
+    @model_serializer(mode="wrap")
+    def _flatten_from_always(self, handler) -> dict:
+        return flatten(handler(self), "from_always")
 
 
-@dataclass
-class SystemSummary:
-    checkpoint: str
-    codec: str
-    adapter: str
-    always_runs: list[str] = field(default_factory=list)
-    tasks: dict[str, TaskSummary] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"checkpoint": self.checkpoint, "codec": self.codec, "adapter": self.adapter,
-                "always_runs": list(self.always_runs), "tasks": {t: e.to_json() for t, e in self.tasks.items()}}
-
-    @classmethod
-    def from_json(cls, d, where: str) -> "SystemSummary":
-        d = obj(d, where)
-        tasks = obj(d.get("tasks"), f"{where}.tasks")
-        return cls(str(d.get("checkpoint", "")), str(d.get("codec", "")), str(d.get("adapter", "")),
-                   [str(r) for r in array(d.get("always_runs", []), f"{where}.always_runs")],
-                   {t: TaskSummary.from_json(e, f"{where}.tasks[{t!r}]") for t, e in tasks.items()})
+class SystemSummary(BaseModel):
+    checkpoint: str = ""
+    codec: str = ""
+    adapter: str = ""
+    always_runs: list[str] = Field(default_factory=list)
+    tasks: dict[str, TaskSummary]
 
 
-@dataclass
-class RunRow:
+class RunRow(BaseModel):
     """What was read: one run."""
     name: str
-    system: str
-    adapter: str
-    policy: str
-    label: str
-    policy_args: dict
-    tasks: list[str]
-    samples: int
-    errors: int
-    results_file: str | None
-    record_files: list[str]
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "system": self.system, "adapter": self.adapter, "policy": self.policy,
-                "label": self.label, "policy_args": dict(self.policy_args), "tasks": list(self.tasks),
-                "samples": self.samples, "errors": self.errors, "results_file": self.results_file,
-                "record_files": list(self.record_files)}
-
-    @classmethod
-    def from_json(cls, d, where: str) -> "RunRow":
-        d = obj(d, where)
-        return cls(text(d, "name", where), str(d.get("system", "")), str(d.get("adapter", "")),
-                   str(d.get("policy", "")), str(d.get("label", "")),
-                   obj(d.get("policy_args", {}), f"{where}.policy_args"),
-                   [str(t) for t in array(d.get("tasks", []), f"{where}.tasks")],
-                   int(number(d, "samples", where, default=0)), int(number(d, "errors", where, default=0)),
-                   d.get("results_file"), [str(p) for p in array(d.get("record_files", []), f"{where}.record_files")])
+    system: str = ""
+    adapter: str = ""
+    policy: str = ""
+    label: str = ""
+    policy_args: dict = Field(default_factory=dict)
+    tasks: list[str] = Field(default_factory=list)
+    samples: int = 0
+    errors: int = 0
+    results_file: str | None = None
+    record_files: list[str] = Field(default_factory=list)
 
 
-@dataclass
-class Summary:
-    settings: Settings
-    runs: list[RunRow]
+class Summary(BaseModel):
+    """summary.json. ``views`` (per-sample data for the report) is not part of it."""
+    schema_: str = Field(default=SCHEMA, alias="schema")
+    settings: SummarySettings = Field(default_factory=default_settings)
+    runs: list[RunRow] = Field(default_factory=list)
     systems: dict[str, SystemSummary]
-    views: list["TaskView"] = field(default_factory=list)  # per-sample data for the report; not in summary.json
-    schema: str = SCHEMA
+    views: list[Any] = Field(default_factory=list, exclude=True, repr=False)  # TaskViews: per-sample data for the report
+
+    model_config = ConfigDict(populate_by_name=True)
 
     def to_json(self) -> dict:
-        return {"schema": self.schema, "settings": self.settings.to_json(), "runs": [r.to_json() for r in self.runs],
-                "systems": {name: s.to_json() for name, s in self.systems.items()}}
+        """summary.json's content, as plain JSON values."""
+        return self.model_dump(by_alias=True)
 
     @classmethod
-    def from_json(cls, d) -> "Summary":
+    def from_json(cls, data: Any) -> "Summary":
         """Raises SummaryError saying where the JSON is not a summary (e.g. ``systems['x'].tasks``)."""
-        d = obj(d, "the top level")
-        if "systems" not in d:
+        if isinstance(data, dict) and "systems" not in data:
             raise SummaryError("the top level has no 'systems': not a summary.json written by collab-eval report")
-        systems = obj(d["systems"], "systems")
-        settings = d.get("settings")
-        return cls(Settings.from_json(settings, "settings") if settings is not None else
-                   Settings(CORRECT, TARGET, 0, list(curves.RATES)),
-                   [RunRow.from_json(r, f"runs[{i}]") for i, r in enumerate(array(d.get("runs", []), "runs"))],
-                   {name: SystemSummary.from_json(s, f"systems[{name!r}]") for name, s in systems.items()},
-                   schema=str(d.get("schema", SCHEMA)))
+        try:
+            return cls.model_validate(data, strict=True)
+        except ValidationError as err:
+            raise SummaryError(problem(cls, err)) from None
 
     @classmethod
     def read(cls, path) -> "Summary":
-        """A summary.json from disk; any problem is a ValueError naming the file and the place."""
+        """A summary.json from disk; any problem is a SummaryError naming the file and the place."""
         path = Path(path)
         try:
             data = read_json(path, "a summary.json")
@@ -312,89 +210,10 @@ class Summary:
             raise SummaryError(f"{path}: {err}") from None
 
     def write(self, path) -> None:
-        Path(path).write_text(json_text(self.to_json()) + "\n", encoding="utf-8")
-
-
-# ----- reading JSON back: each helper names where a value is not what it should be ----------
-def kind(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
-
-
-def obj(value, where: str) -> dict:
-    if not isinstance(value, dict):
-        raise SummaryError(f"{where}: expected an object, got {kind(value)}")
-    return value
-
-
-def array(value, where: str) -> list:
-    if not isinstance(value, list):
-        raise SummaryError(f"{where}: expected a list, got {kind(value)}")
-    return value
-
-
-MISSING = object()
-
-
-def number(d, key: str | None, where: str, optional: bool = False, default=MISSING) -> float | None:
-    """``d[key]`` as a number (``d`` itself when key is None); null allowed when optional."""
-    value = d if key is None else d.get(key, None if optional else default)
-    if value is MISSING:
-        raise SummaryError(f"{where}: '{key}' is missing")
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SummaryError(f"{where}{'' if key is None else '.' + key}: expected a number, got {kind(value)}")
-    return value
-
-
-def text(d: dict, key: str, where: str) -> str:
-    if not isinstance(d.get(key), str):
-        raise SummaryError(f"{where}: '{key}' is missing" if key not in d else
-                           f"{where}.{key}: expected a string, got {kind(d[key])}")
-    return d[key]
-
-
-def point_of(d, where: str) -> Point:
-    d = obj(d, where)
-    for key in ("accuracy", "bytes", "flops", "rate"):
-        number(d, key, where)
-    tau = d.get("tau")
-    if tau is not None and not (tau in ("inf", "-inf") or (isinstance(tau, (int, float)) and not isinstance(tau, bool))):
-        raise SummaryError(f"{where}.tau: expected a number, \"inf\" or \"-inf\", got {kind(tau)}")
-    return Point.from_dict(d)
-
-
-def points_at(d: dict, key: str, where: str, optional: bool = False) -> list[Point]:
-    if optional and key not in d:
-        return []
-    if key not in d:
-        raise SummaryError(f"{where}: '{key}' is missing")
-    return [point_of(p, f"{where}.{key}[{i}]") for i, p in enumerate(array(d[key], f"{where}.{key}"))]
-
-
-def dicts(points: list[Point]) -> list[dict]:
-    return [p.to_dict() for p in points]
+        Path(path).write_text(json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
 
 # ----- computing the summary from runs ------------------------------------------------------
-@dataclass
-class TaskView:
-    """What the report needs beyond the summary: per-sample data for histograms and examples."""
-    system: str
-    task: str
-    samples: Samples
-    scores: dict[str, np.ndarray]  # aggregate -> per-sample score (+inf for null)
-    records: list[dict]
-    acc1: np.ndarray
-    acc2: np.ndarray
-
-
-def system_of(records: list[dict]) -> tuple[str, str]:
-    first = records[0]
-    return Path(str(first.get("model", "model")).rstrip("/")).name, str(first.get("codec", ""))
-
-
 def run_label(run: Run) -> str:
     args = run.policy_args
     if run.policy == "threshold" and "threshold" in args:
@@ -415,34 +234,37 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
     for run in sorted(runs, key=lambda r: (r.policy != "always", not r.complete, r.name)):
         checkpoint, codec = system_of(run.records)
         key = f"{checkpoint}:{codec}"
-        system = systems.setdefault(key, SystemSummary(checkpoint, codec, run.adapter))
-        run_rows.append(RunRow(run.name, key, run.adapter, run.policy, run_label(run), run.policy_args, run.tasks,
-                               len(run.records), sum(bool(r.get("error")) for r in run.records),
-                               shown(run.results_file) if run.results_file else None,
-                               [shown(p) for p in run.record_files]))
+        system = systems.setdefault(key, SystemSummary(checkpoint=checkpoint, codec=codec, adapter=run.adapter, tasks={}))
+        run_rows.append(RunRow(name=run.name, system=key, adapter=run.adapter, policy=run.policy, label=run_label(run),
+                               policy_args=run.policy_args, tasks=run.tasks, samples=len(run.records),
+                               errors=failed(run.records),
+                               results_file=shown(run.results_file) if run.results_file else None,
+                               record_files=[shown(p) for p in run.record_files]))
         by_task = defaultdict(list)
         for record in run.records:
-            by_task[record["task"]].append(record)
+            by_task[record.task].append(record)
         if run.policy == "always":
             for task, records in sorted(by_task.items()):
                 name = key
                 if task in systems[name].tasks:  # a second always run of this system and task: its own curves
                     name = f"{key}@{run.name}"
-                    systems.setdefault(name, SystemSummary(checkpoint, codec, run.adapter))
+                    systems.setdefault(name, SystemSummary(checkpoint=checkpoint, codec=codec, adapter=run.adapter,
+                                                           tasks={}))
                 systems[name].always_runs.append(run.name)
                 view = task_view(name, task, records, scorer)
                 views.append(view)
                 metric = scorer.metric(task).metric
-                systems[name].tasks[task] = TaskSummary(metric, from_always(view, run, metric, seeds))
+                systems[name].tasks[task] = TaskSummary(metric=metric, from_always=from_always(view, run, metric, seeds))
         else:
             for task, records in sorted(by_task.items()):
                 point = run_point(run, task, records, scorer)  # first: it tells which metric the documents use
-                system.tasks.setdefault(task, TaskSummary(scorer.metric(task).metric)).points.append(point)
+                system.tasks.setdefault(task, TaskSummary(metric=scorer.metric(task).metric)).points.append(point)
     for view in views:
         for entry in systems[view.system].tasks[view.task].points:
             entry.derived_from_always = derive(view, entry)
-    settings = Settings(CORRECT, TARGET, seeds, list(curves.RATES))
-    return Summary(settings, run_rows, systems, views)
+    settings = SummarySettings(correct_at=CORRECT, target_fraction=TARGET, random_seeds=seeds,
+                               random_rates=list(curves.RATES))
+    return Summary(settings=settings, runs=run_rows, systems=systems, views=views)
 
 
 def unique(runs: list[Run]) -> list[Run]:
@@ -473,95 +295,54 @@ def include_paths(runs: list[Run]) -> list[str]:
     return paths
 
 
-def task_view(system: str, task: str, records: list[dict], scorer: Scorer) -> TaskView:
-    metric = scorer.metric(task)
-    acc1 = np.array([metric.accuracy(r.get("doc", {}), r.get("answer_stage1")) for r in records])
-    acc2 = np.array([metric.accuracy(r.get("doc", {}), r.get("answer_stage2")) for r in records])
-    group, generic = cache_groups(records)
-    samples = Samples.build(
-        acc1, acc2, [r.get("score") for r in records],
-        bytes1=[r["bytes_global"] for r in records], bytes2=[r["bytes_total"] for r in records],
-        flops1=[sum(r["flops"].get(p, 0) for p in STAGE1_PARTS) for r in records],
-        flops2=[r["flops_total"] - r["flops"].get("generic", 0) for r in records],
-        group=group, generic=generic, keys=[f"{r['task']}/{r['doc_id']}" for r in records])
-    scores = {agg: np.array([inf_if_none(r.get("scores", {}).get(agg)) for r in records]) for agg in AGGREGATES
-              if all(agg in r.get("scores", {}) or r.get("error") for r in records)}
-    return TaskView(system, task, samples, scores, records, acc1, acc2)
-
-
-def inf_if_none(value) -> float:
-    return math.inf if value is None else float(value)
-
-
-def cache_groups(records: list[dict]) -> tuple[list[int], list[int]]:
-    """The adapter caches the generic-prompt pass per image within a task and process: group
-    the samples by (rank, image) and give each group the FLOPs of its one uncached pass. An
-    image is the record's ``image_key`` (the cache's own key); records written before it
-    existed fall back to the document (image_id, image_source, ...) or the sample itself, and
-    a group whose pass was paid outside this task (all cached) gets the median pass of the task."""
-    ids: dict[tuple, int] = {}
-    group = []
-    for r in records:
-        doc = r.get("doc", {})
-        name = r.get("image_key") or next((str(doc[k]) for k in IMAGE_KEYS if doc.get(k) not in (None, "")),
-                                          f"{r['task']}/{r['doc_id']}")
-        group.append(ids.setdefault((r.get("rank", r.get("_rank", 0)), name, tuple(r.get("image_size") or ())), len(ids)))
-    generic = [0] * len(ids)
-    cached = [True] * len(ids)
-    for g, r in zip(group, records):
-        generic[g] = max(generic[g], int(r["flops"].get("generic", 0)))
-        cached[g] = cached[g] and bool(r.get("generic_cached"))
-    paid = [f for f in generic if f > 0]
-    for g in range(len(ids)):
-        if generic[g] == 0 and cached[g] and paid:
-            generic[g] = int(median(paid))
-    return group, generic
-
-
 def from_always(view: TaskView, run: Run, metric: str, seeds: int) -> FromAlways:
     s, records = view.samples, view.records
     never, always = curves.never(s), curves.always(s)
     gated = curves.threshold_curve(s)
-    primary = records[0].get("score_name", "max")
+    primary = records[0].score_name
     others = {agg: curves.threshold_curve(Samples(**{**s.__dict__, "score": scores}))
               for agg, scores in view.scores.items() if agg != primary}
     oracle_curve = curves.oracle_curve(s)
     random_curve = [curves.random_expected(s, p) for p in curves.RATES]
-    band = [BandStep(**b) for b in curves.random_band(s, seeds=range(seeds))] if seeds else []
-    bytes_original = sum(r.get("bytes_original", 0) for r in records) / s.n
+    band = curves.random_band(s, seeds=range(seeds)) if seeds else []
+    bytes_original = sum(r.bytes_original for r in records) / s.n
     error = view.acc1 < CORRECT
     target = TARGET * always.accuracy
     reach = {name: savings(curves.cheapest_reaching(points, target), bytes_original, always)
              for name, points in (("gated", gated), ("random", random_curve), ("oracle", oracle_curve))}
     lmms = run.task_results(view.task).get(f"{metric},none")
     return FromAlways(
-        n=s.n, errors=sum(bool(r.get("error")) for r in records), score_name=primary,
+        n=s.n, errors=failed(records), score_name=primary,
         stage1_correct=int((~error).sum()), bytes_original=bytes_original,
         lmms_eval_accuracy=lmms if isinstance(lmms, (int, float)) and math.isfinite(lmms) else None,
         never=never, always=always, oracle=curves.point(s, curves.oracle_mask(s)),
         auroc={agg: curves.auroc(scores, error) for agg, scores in {primary: s.score, **view.scores}.items()},
         target_accuracy=target, reach_target=reach, savings_never=savings(never, bytes_original, always),
-        curves=Curves(gated, others, random_curve, band, oracle_curve))
+        curves=Curves(gated=gated, gated_other_scores=others, random=random_curve, random_band=band, oracle=oracle_curve))
 
 
 def savings(p: Point | None, bytes_original: float, always: Point) -> Saving | None:
     if p is None:
         return None
-    return Saving(p, 1 - p.bytes / bytes_original if bytes_original else None,
-                  1 - p.bytes / always.bytes if always.bytes else None,
-                  1 - p.flops / always.flops if always.flops else None)
+    return Saving(**dict(p), saving_vs_original=1 - p.bytes / bytes_original if bytes_original else None,
+                  saving_vs_always=1 - p.bytes / always.bytes if always.bytes else None,
+                  flops_saving_vs_always=1 - p.flops / always.flops if always.flops else None)
 
 
-def run_point(run: Run, task: str, records: list[dict], scorer: Scorer) -> RunPoint:
+def run_point(run: Run, task: str, records: list[SampleRecord], scorer: Scorer) -> RunPoint:
     """A run of any other policy: its own outcome, rescored like the curves."""
     n = len(records)
     metric = scorer.metric(task)
-    p = Point(sum(metric.accuracy(r.get("doc", {}), r.get("answer")) for r in records) / n,
-              sum(r["bytes_total"] for r in records) / n, sum(r["flops_total"] for r in records) / n,
-              sum(bool(r.get("retransmitted")) for r in records) / n, run.policy_args.get("threshold")
-              if run.policy == "threshold" else None)
-    return RunPoint(run_label(run), run.name, run.policy, run.policy_args, n,
-                    sum(bool(r.get("error")) for r in records), p)
+    p = Point(accuracy=sum(metric.accuracy(r.doc, r.answer) for r in records) / n,
+              bytes=sum(r.bytes_total for r in records) / n, flops=sum(r.flops_total for r in records) / n,
+              rate=sum(r.retransmitted for r in records) / n,
+              tau=run.policy_args.get("threshold") if run.policy == "threshold" else None)
+    return RunPoint(label=run_label(run), run=run.name, policy=run.policy, policy_args=run.policy_args, n=n,
+                    errors=failed(records), point=p)
+
+
+def failed(records: list[SampleRecord]) -> int:
+    return sum(bool(r.error) for r in records)
 
 
 def derive(view: TaskView, entry: RunPoint) -> Point | None:
@@ -577,32 +358,3 @@ def derive(view: TaskView, entry: RunPoint) -> Point | None:
     return None  # always is the curve's end; other policies (tiles, ...) are not derivable
 
 
-SCALARS = (str, int, float, bool, type(None))
-
-
-@functools.lru_cache(maxsize=None)
-def flat_encoder(level: int) -> json.JSONEncoder:
-    """The C encoder writing a dict or list of plain values whose items sit at ``level + 1``."""
-    return json.JSONEncoder(separators=(",\n" + " " * (level + 1), ": "), allow_nan=False)
-
-
-def json_text(value, level: int = 0) -> str:
-    """``json.dumps(value, indent=1, allow_nan=False)``, character for character, in a fraction
-    of the time on a summary of thousands of points: json.dumps with an indent runs the json
-    module's pure-Python encoder on every value, while here each dict or list of plain values
-    (a point) is one call of its C encoder, its separators carrying the newline and indent."""
-    pad = "\n" + " " * (level + 1)
-    if isinstance(value, (dict, list)) and value:
-        items = value.values() if isinstance(value, dict) else value
-        keys_plain = not isinstance(value, dict) or all(isinstance(k, str) for k in value)
-        if keys_plain and all(isinstance(v, SCALARS) for v in items):
-            flat = flat_encoder(level).encode(value)
-            return flat[0] + pad + flat[1:-1] + "\n" + " " * level + flat[-1]
-        if isinstance(value, dict) and keys_plain:
-            body = ("," + pad).join(f"{json.dumps(k)}: {json_text(v, level + 1)}" for k, v in value.items())
-            return "{" + pad + body + "\n" + " " * level + "}"
-        if isinstance(value, list):
-            return "[" + pad + ("," + pad).join(json_text(v, level + 1) for v in value) + "\n" + " " * level + "]"
-    # Anything else (scalars, empty containers, non-string keys): the json module itself, its
-    # lines indented as deep as this value sits.
-    return json.dumps(value, indent=1, allow_nan=False).replace("\n", "\n" + " " * level)

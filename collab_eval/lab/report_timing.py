@@ -23,30 +23,33 @@ per distinct pair, as they would be in a run with repeated documents.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+if TYPE_CHECKING:
+    from collab_eval.records import SampleRecord
 
-def replicate(records: list[dict], size: int) -> list[dict]:
+
+def replicate(records: list[SampleRecord], size: int) -> list[SampleRecord]:
     """Each task's records repeated to ``size`` samples with doc_ids 0..size-1."""
-    by_task: dict[str, list[dict]] = {}
+    by_task: dict[str, list[SampleRecord]] = {}
     for r in records:
-        by_task.setdefault(r["task"], []).append(r)
+        by_task.setdefault(r.task, []).append(r)
     out = []
     for task, rows in sorted(by_task.items()):
-        rows = sorted(rows, key=lambda r: r["doc_id"])
+        rows = sorted(rows, key=lambda r: r.doc_id)
         for i in range(size):
             r, copy = rows[i % len(rows)], i // len(rows)
             # Copies get scores a hair apart, so the gate has a threshold per sample, as in a real run.
-            out.append({**r, "doc_id": i, "score": nudge(r.get("score"), copy),
-                        "scores": {k: nudge(v, copy) for k, v in (r.get("scores") or {}).items()}})
+            out.append(r.model_copy(update={"doc_id": i, "score": nudge(r.score, copy),
+                                            "scores": {k: nudge(v, copy) for k, v in r.scores.items()}}))
     return out
 
 
@@ -113,8 +116,7 @@ def main(argv=None) -> None:
             path.parent.mkdir(parents=True)
             with open(path, "w", encoding="utf-8") as f:
                 for r in replicate(source.records, size):
-                    r = {k: v for k, v in r.items() if k != "_rank"}
-                    f.write(json.dumps(r) + "\n")
+                    f.write(r.to_json() + "\n")
             t = measure(run_dir, run_dir / "report", args.repeats)
             ratios = ["", ""]
             if previous:  # the growth per doubling of samples: 2.0 is linear, 4.0 quadratic

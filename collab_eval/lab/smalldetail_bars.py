@@ -26,15 +26,16 @@ from collab_eval.analysis import curves
 from collab_eval.analysis.calibrate import subset
 from collab_eval.analysis.runs import find_runs
 from collab_eval.analysis.scoring import Scorer
-from collab_eval.analysis.summary import system_of, task_view
+from collab_eval.analysis.views import system_of, task_view
 from collab_eval.lab.smalldetail import is_small_original
+from collab_eval.records import SampleRecord
 
 
-def roi_hits(records: list[dict]) -> tuple[float, float]:
+def roi_hits(records: list[SampleRecord]) -> tuple[float, float]:
     """(whole target box inside the RoI, target centre inside the RoI) over samples with a RoI."""
     whole, centre = [], []
     for r in records:
-        roi, box = r.get("roi"), (r.get("doc") or {}).get("target_box")
+        roi, box = r.roi, r.doc.get("target_box")
         if not roi or not box:
             continue
         whole.append(roi[0] <= box[0] and roi[1] <= box[1] and roi[2] >= box[2] and roi[3] >= box[3])
@@ -55,11 +56,11 @@ def gated_at(s: curves.Samples, rate: float) -> curves.Point:
     return curves.point(s, sent_by_gate(s, rate))
 
 
-def by_original_size(records: list[dict], s: curves.Samples, rate: float) -> dict[str, dict]:
+def by_original_size(records: list[SampleRecord], s: curves.Samples, rate: float) -> dict[str, dict]:
     """Per kind of original ("small": the digit readable in the global view; "large": the rest):
     samples, never and always accuracy, the median stage-1 score, and how many of them the gate
     retransmits at ``rate``. Samples without an image size (failed ones) are left out."""
-    sizes = [r.get("image_size") for r in records]
+    sizes = [r.image_size for r in records]
     sent = sent_by_gate(s, rate)
     out = {}
     for kind, small in (("small", True), ("large", False)):
@@ -98,16 +99,15 @@ def bars(run_dirs, rate: float = 0.5) -> dict:
     for run in (run for d in run_dirs for run in find_runs(d)):
         if run.policy != "always":
             continue
-        tasks = sorted({r["task"] for r in run.records})
-        for task in tasks:
-            records = [r for r in run.records if r["task"] == task]
+        for task in run.tasks:
+            records = [r for r in run.records if r.task == task]
             view = task_view(run.name, task, records, scorer)
             s = view.samples
             gated = gated_at(s, rate)
             whole, centre = roi_hits(records)
             model, codec = system_of(records)
             out.setdefault(f"{run.adapter} {model}:{codec}", {})[task] = {
-                "n": s.n, "errors": sum(bool(r.get("error")) for r in records),
+                "n": s.n, "errors": sum(bool(r.error) for r in records),
                 "never": float(s.acc1.mean()), "always": float(s.acc2.mean()),
                 "gap_points": 100 * float(s.acc2.mean() - s.acc1.mean()),
                 "auroc_stage1_error": curves.auroc(s.score, s.acc1 < 1.0),

@@ -1,0 +1,84 @@
+"""From one task's records to per-sample arrays: each answer scored by the task's own metric,
+each sample's costs when retransmitted or not, its gate scores, its cache group. What the
+curves, the calibration and the report's histograms and examples are computed from."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+
+from collab_eval.analysis.curves import Samples
+from collab_eval.analysis.scoring import Scorer
+from collab_eval.records import STAGE1_PARTS, SampleRecord
+from collab_eval.uncertainty import AGGREGATES
+
+IMAGE_KEYS = ("image_id", "image_source", "image_path", "image_file")  # doc fields naming the image
+
+
+@dataclass
+class TaskView:
+    """What the report needs beyond the summary: per-sample data for histograms and examples."""
+    system: str
+    task: str
+    samples: Samples
+    scores: dict[str, np.ndarray]  # aggregate -> per-sample score (+inf for null)
+    records: list[SampleRecord]
+    acc1: np.ndarray
+    acc2: np.ndarray
+
+
+def system_of(records: list[SampleRecord]) -> tuple[str, str]:
+    """(checkpoint, codec) of the records' first sample: the checkpoint's directory name."""
+    first = records[0]
+    return Path(first.model.rstrip("/")).name, first.codec
+
+
+def task_view(system: str, task: str, records: list[SampleRecord], scorer: Scorer) -> TaskView:
+    metric = scorer.metric(task)
+    acc1 = np.array([metric.accuracy(r.doc, r.answer_stage1) for r in records])
+    acc2 = np.array([metric.accuracy(r.doc, r.answer_stage2) for r in records])
+    group, generic = cache_groups(records)
+    samples = Samples.build(
+        acc1, acc2, [r.score for r in records],
+        bytes1=[r.bytes_global for r in records], bytes2=[r.bytes_total for r in records],
+        flops1=[sum(r.flops.get(p, 0) for p in STAGE1_PARTS) for r in records],
+        flops2=[r.flops_total - r.flops.get("generic", 0) for r in records],
+        group=group, generic=generic, keys=[f"{r.task}/{r.doc_id}" for r in records])
+    scores = {agg: np.array([inf_if_none(r.scores.get(agg)) for r in records]) for agg in AGGREGATES
+              if all(agg in r.scores or r.error for r in records)}
+    return TaskView(system, task, samples, scores, records, acc1, acc2)
+
+
+def inf_if_none(value) -> float:
+    return math.inf if value is None else float(value)
+
+
+def image_name(r: SampleRecord) -> str | None:
+    """The document's own name for its image (image_id, image_source, ...), if it has one."""
+    return next((str(r.doc[k]) for k in IMAGE_KEYS if r.doc.get(k) not in (None, "")), None)
+
+
+def cache_groups(records: list[SampleRecord]) -> tuple[list[int], list[int]]:
+    """The adapter caches the generic-prompt pass per image within a task and process: group
+    the samples by (rank, image) and give each group the FLOPs of its one uncached pass. An
+    image is the record's ``image_key`` (the cache's own key); records written before it
+    existed fall back to the document (image_id, image_source, ...) or the sample itself, and
+    a group whose pass was paid outside this task (all cached) gets the median pass of the task."""
+    ids: dict[tuple, int] = {}
+    group = []
+    for r in records:
+        name = r.image_key or image_name(r) or f"{r.task}/{r.doc_id}"
+        group.append(ids.setdefault((r.rank, name, tuple(r.image_size or ())), len(ids)))
+    generic = [0] * len(ids)
+    cached = [True] * len(ids)
+    for g, r in zip(group, records):
+        generic[g] = max(generic[g], int(r.flops.get("generic", 0)))
+        cached[g] = cached[g] and r.generic_cached
+    paid = [f for f in generic if f > 0]
+    for g in range(len(ids)):
+        if generic[g] == 0 and cached[g] and paid:
+            generic[g] = int(median(paid))
+    return group, generic
