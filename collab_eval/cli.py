@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     if args.command == "tasks-dir":
         print(TASKS_DIR)
     elif args.command == "costed-tasks":
-        from collab_eval.task_functions import write_costed_tasks
+        from collab_eval.costed_tasks import write_costed_tasks
         try:
             names = write_costed_tasks([t for t in args.tasks.split(",") if t.strip()], args.out, args.include_path)
         except ValueError as err:

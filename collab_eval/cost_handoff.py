@@ -2,7 +2,7 @@
 
 Two ways out, both keyed by the sample's (task, split, doc id):
 
-- to a costed task's ``process_results`` (collab_eval.task_functions): lmms-eval scores a
+- to a costed task's ``process_results`` (collab_eval.costed_tasks): lmms-eval scores a
   document in the process that answered it (each rank post-processes its own shard, in a
   thread pool), so the adapter leaves each sample's costs here and the costed task's
   ``process_docs`` stamps every document with its key (``KEY_COLUMN``), the one thing

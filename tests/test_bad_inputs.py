@@ -9,9 +9,9 @@ import pytest
 from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
 from PIL import Image
 
+from collab_eval.costed_tasks import write_costed
 from collab_eval.edge import BadImage, sanitize
 from collab_eval.shipped import TASKS_DIR
-from collab_eval.task_functions import write_costed
 from tests.helpers import check_run, evaluate
 
 

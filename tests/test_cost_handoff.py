@@ -9,9 +9,9 @@ from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
 from PIL import Image
 
 from collab_eval import cost_handoff
+from collab_eval.costed_tasks import CostedTask
 from collab_eval.pipeline import images_in
 from collab_eval.records import SampleRecord, strip_media
-from collab_eval.task_functions import CostedTask
 from model_adapters.task_documents import without_media
 from collab_eval.shipped import TASKS_DIR
 
