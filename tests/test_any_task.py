@@ -12,8 +12,8 @@ from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
 from PIL import Image
 
 from collab_eval.cost_handoff import COST_METRICS, cost_means
+from collab_eval.costed_tasks import CostedTask, write_costed
 from collab_eval.edge import Codec, sanitize, transmit
-from collab_eval.task_functions import write_costed
 from tests.helpers import records, results_json, run_lmms_eval
 
 LIMIT = 4
@@ -72,6 +72,20 @@ def build_replicas(tasks_dir) -> dict[str, list[list[Image.Image]]]:
     for name in ("replica_muirbench", "replica_docvqa_val"):
         write_costed(tasks_dir / f"{name}.yaml", f"collab_{name}", tasks_dir)
     return {"replica_seedbench": seed_docs, "replica_muirbench": muir_docs, "replica_docvqa_val": doc_docs}
+
+
+def test_costed_task_files_import_costed_tasks_and_older_ones_still_load(tmp_path):
+    """write_costed's Python file imports collab_eval.costed_tasks; one written before that module's
+    rename imports collab_eval.task_functions, which still gives the same CostedTask."""
+    import runpy
+    write_costed(lmms_task_yaml("pope", "pope.yaml"), "collab_check", tmp_path)
+    new = tmp_path / "collab_check.py"
+    assert "from collab_eval.costed_tasks import CostedTask\n" in new.read_text()
+    old = tmp_path / "collab_old.py"
+    old.write_text(new.read_text().replace("collab_eval.costed_tasks", "collab_eval.task_functions"))
+    for path in (new, old):
+        task = runpy.run_path(str(path))["task"]
+        assert isinstance(task, CostedTask) and task.name == "collab_check"
 
 
 @pytest.fixture(scope="module")
