@@ -46,6 +46,21 @@ class Prefix:
         """A fresh cache holding the prefix (the caller's pass may grow it: the prefix stays)."""
         return DynamicCache(list(zip(self.keys, self.values)), config=config)
 
+    @staticmethod
+    def batch_cache(prefixes: list["Prefix"], config) -> DynamicCache:
+        """One cache for a batch whose row i continues from ``prefixes[i]``: each row's keys
+        and values end at the longest prefix's length, zeros before them (positions the
+        batch's attention mask hides)."""
+        longest = max(p.length for p in prefixes)
+
+        def padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([torch.cat([t.new_zeros((*t.shape[:2], longest - t.shape[2], t.shape[3])), t], dim=2)
+                              for t in tensors])
+
+        layers = [(padded([p.keys[i] for p in prefixes]), padded([p.values[i] for p in prefixes]))
+                  for i in range(len(prefixes[0].keys))]
+        return DynamicCache(layers, config=config)
+
 
 def _equal(a, b) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 from transformers import Qwen2VLForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from collab_eval import flops as flop_counts
@@ -99,6 +100,13 @@ class Qwen2VLServer(ServerModel):
         # them, so that they are recomputed from this prompt (transformers' Qwen2-VL state).
         self.model.model.rope_deltas = None
         return rest
+
+    def concatenated(self, key, values):
+        """The continued rows' pre-encoded images (``continue_from``) as one, in row order."""
+        if key != "mm_encoder_outputs":
+            return super().concatenated(key, values)
+        features = [feature for value in values for feature in value["image"].pooler_output]
+        return {"image": BaseModelOutputWithPooling(pooler_output=features)}
 
     def encoder_flops(self, inputs, first=0):
         vc = self.model.config.vision_config

@@ -114,30 +114,39 @@ class ServerModel:
     @torch.inference_mode()
     def answer_batch(self, requests: list[tuple[list, str]], limits: Limits, with_attention: bool,
                      keep_prefix: bool = False, prefixes: list[Prefix | None] | None = None) -> list[Answer]:
-        """``answer`` for several (images, question) requests in one left-padded generate.
-        Each Answer is the request's own: tokens up to its row's EOS, its logits, its map
-        from its row of the probe (padding dropped), FLOPs of its own unpadded prompt (what
-        it costs alone: the padding is not counted), its prefix from its row of the cache.
-        ``prefixes``: each request's earlier prefix to continue from (stage 2)."""
+        """``answer`` for several (images, question) requests in one padded generate. Each
+        Answer is the request's own: tokens up to its row's EOS, its logits, its map from its
+        row of the probe (padding dropped), FLOPs of its own unpadded prompt (what it costs
+        alone: the padding is not counted), its prefix from its row of the cache.
+        ``prefixes``: each request's earlier prefix, continued from where it matches (stage 2:
+        every row from its own stage-1 cache row)."""
         prefixes = prefixes or [None] * len(requests)
-        if len(requests) == 1 or any(prefix is not None for prefix in prefixes):
+        if len(requests) == 1:
+            return [self.answer(*requests[0], limits, with_attention, prefix=prefixes[0], keep_prefix=keep_prefix)]
+        samples = []
+        for (images, question), prefix in zip(requests, prefixes):  # each prompt as it is alone
+            probes = self.attention_probes(stop=False) if with_attention else {}
+            with probing(probes):  # InstructBLIP's Q-Former probe fills here
+                inputs = self.inputs(images, question)
+            samples.append((inputs, probes, self.reusable(prefix, inputs)))
+        reused = [r for _, _, r in samples]
+        if any(r is None for r in reused) and any(r is not None for r in reused):
+            # Rows that continue and rows that do not: each as it runs alone.
             return [self.answer(images, question, limits, with_attention, prefix=prefix, keep_prefix=keep_prefix)
                     for (images, question), prefix in zip(requests, prefixes)]
-        samples = []
-        for images, question in requests:  # each prompt as it is alone (InstructBLIP's Q-Former probe fills here)
-            probes = self.attention_probes(stop=False) if with_attention else {}
-            with probing(probes):
-                samples.append((self.inputs(images, question), probes))
-        batch, pads = self.left_padded([inputs for inputs, _ in samples])
+        cached = [r.length if r is not None else 0 for r in reused]
+        batch, pads = self.padded([self.continue_from(inputs, r) for (inputs, _, r), r in zip(samples, reused)],
+                                  [inputs for inputs, _, _ in samples], cached)
+        cache = Prefix.batch_cache(reused, self.model.config) if reused[0] is not None else None
         lm = {self.lm_module(): Probe(last_only=True)} if with_attention else {}
         with probing(lm):
             out = self.generate(batch, max_new_tokens=limits.max_new_tokens, do_sample=False, num_beams=1,
-                                output_logits=True, return_dict_in_generate=True)
+                                output_logits=True, return_dict_in_generate=True,
+                                **({"cache": cache} if cache is not None else {}))
         width, steps = batch["input_ids"].shape[1], len(out.logits)
         eos = self.eos_ids()
-        cache = getattr(out, "cache", None)
         answers = []
-        for row, ((inputs, probes), (images, _)) in enumerate(zip(samples, requests)):
+        for row, ((inputs, probes, kept_from), (images, _)) in enumerate(zip(samples, requests)):
             new_tokens = out.sequences[row, width:width + steps]
             ends = [k for k, token in enumerate(new_tokens.tolist()) if token in eos]
             generated = ends[0] + 1 if ends else steps  # alone, its generate stops at its first EOS
@@ -147,21 +156,24 @@ class ServerModel:
             if with_attention:
                 probes[self.lm_module()] = Probe(last_only=True, weights=lm[self.lm_module()].weights[row:row + 1, :, pads[row]:])
                 attentions = self.image_attentions(probes, inputs, len(images))
-            kept = self.prefix_to_keep(cache, inputs, row=row, start=pads[row]) if keep_prefix else None
-            answers.append(Answer(cut_at_stop(text, limits.until), logits, self.flops(inputs, generated=generated),
-                                  attentions, prefix=kept))
+            kept = self.prefix_to_keep(getattr(out, "cache", None), inputs, row=row, start=pads[row]) if keep_prefix else None
+            answers.append(Answer(cut_at_stop(text, limits.until), logits,
+                                  self.flops(inputs, generated=generated, cached=kept_from), attentions, prefix=kept))
         return answers
 
-    # Per-token inputs, padded on the left in a batch; every other input is per image, stacked.
+    # Per-token inputs, padded in a batch; every other input is per image, stacked.
     TOKEN_INPUTS = ("input_ids", "attention_mask", "inputs_embeds", "mm_token_type_ids", "token_type_ids")
 
-    def left_padded(self, samples: list[dict]) -> tuple[dict, list[int]]:
-        """One batch from single-prompt inputs: per-token tensors padded on the left (the
-        mask zero there), per-image tensors (pixels, grids) concatenated in sample order,
-        which is the order the models scatter image features into their image tokens.
-        Returns the batch and each row's padding length."""
-        width = max(inputs["input_ids"].shape[1] for inputs in samples)
-        pads = [width - inputs["input_ids"].shape[1] for inputs in samples]
+    def padded(self, samples: list[dict], prompts: list[dict], cached: list[int]) -> tuple[dict, list[int]]:
+        """One batch from single-prompt inputs (``samples``, as generate takes them; ``prompts``,
+        as the processor made them). Row i: padding, its first ``cached[i]`` positions (what its
+        cache row holds) ending where the longest of them ends, padding, the rest of its prompt
+        ending at the batch's end; the mask is zero on the padding, so positions (counted from
+        the mask) are the row's own. With nothing cached that is left padding. Per-image inputs
+        are concatenated in sample order, the order the models place image features in.
+        Returns the batch and each row's padding before its first uncached position."""
+        rests = [inputs["input_ids"].shape[1] - n for inputs, n in zip(prompts, cached)]
+        head, tail = max(cached), max(rests)
         pad_id = self.processor.tokenizer.pad_token_id
         pad_id = pad_id if pad_id is not None else next(iter(self.eos_ids()))
         batch = {}
@@ -169,11 +181,17 @@ class ServerModel:
             values = [inputs[key] for inputs in samples]
             if key in self.TOKEN_INPUTS:
                 fill = pad_id if key == "input_ids" else 0
-                batch[key] = torch.cat([torch.cat([v.new_full((1, pad, *v.shape[2:]), fill), v], dim=1)
-                                        for v, pad in zip(values, pads)])
+                batch[key] = torch.cat([torch.cat([v.new_full((1, head - n, *v.shape[2:]), fill), v[:, :n],
+                                                   v.new_full((1, tail - rest, *v.shape[2:]), fill), v[:, n:]], dim=1)
+                                        for v, n, rest in zip(values, cached, rests)])
             else:
-                batch[key] = torch.cat(values)
-        return batch, pads
+                batch[key] = self.concatenated(key, values)
+        return batch, [tail - rest for rest in rests]
+
+    def concatenated(self, key: str, values: list):
+        """A per-image input of several samples as one (a family whose inputs hold more than
+        tensors overrides it)."""
+        return torch.cat(values)
 
     def generate_inputs(self, inputs) -> list[str]:
         """The inputs generate takes (a family whose inputs carry more overrides it)."""

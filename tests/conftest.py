@@ -64,7 +64,7 @@ SERVERS = {"llava": "model_adapters.llava.LlavaServer", "qwen2_vl": "model_adapt
 @pytest.fixture(scope="session")
 def tiny_server():
     """server(family, **args): the family's model wrapper (model_adapters.server) on its tiny
-    checkpoint, loaded once per session and argument set (``fresh=True``: a new one, for a
+    checkpoint (or ``checkpoint=``, a name checkpoints.resolve knows), loaded once per session and argument set (``fresh=True``: a new one, for a
     test that changes it); family is llava, qwen2_vl or instructblip. Tests that change a
     shared server's state restore it."""
     import importlib
@@ -72,12 +72,13 @@ def tiny_server():
     from collab_eval.checkpoints import resolve
     loaded = {}
 
-    def server(family: str, fresh: bool = False, **args):
-        key = (family, tuple(sorted(args.items())))
+    def server(family: str, fresh: bool = False, checkpoint: str | None = None, **args):
+        checkpoint = checkpoint or f"tiny-{family.replace('_', '-')}"
+        key = (family, checkpoint, tuple(sorted(args.items())))
         if fresh or key not in loaded:
             module, name = SERVERS[family].rsplit(".", 1)
             server_class = getattr(importlib.import_module(module), name)
-            made = server_class(resolve(f"tiny-{family.replace('_', '-')}"), name=f"collab_{family}", **args)
+            made = server_class(resolve(checkpoint), name=f"collab_{family}", **args)
             if fresh:
                 return made
             loaded[key] = made

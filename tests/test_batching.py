@@ -94,6 +94,21 @@ def test_batch_of_four_records_what_one_at_a_time_records(adapter, policy_name):
         assert all(sent) if policy_name != "never" else not any(sent)
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip"])
+def test_trained_checkpoints_batch_as_they_run_alone(family, tiny_server):
+    """The same equality on the shipped trained checkpoints (whose answers are not noise):
+    always, and a threshold some samples pass, in batches of four."""
+    server = tiny_server(family, checkpoint=f"smalldetail-{family.replace('_', '-')}")
+    _, never = run(server, Policy("never"), 1)
+    scores = sorted(r.outcome.score for r in never)
+    middle = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+    for policy in (Policy("always"), Policy("threshold", threshold=middle)):
+        answers1, alone = run(server, policy, 1)
+        answers4, batched = run(server, policy, 4)
+        assert answers1 == answers4
+        compare(alone, batched)
+
+
 def test_rows_end_at_their_own_eos(adapter):
     """A row whose answer reaches EOS keeps only its tokens (and logits) up to it, while the
     longer rows of its batch go on: EOS planted on a token one sample generates mid-answer."""
