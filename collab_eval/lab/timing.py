@@ -129,19 +129,20 @@ def main(argv=None) -> None:
 
 
 def stage_memory(make, evaluate, cuda: bool) -> dict[str, float]:
-    """Run ``always`` once with the adapter's two server calls wrapped: the rise of memory
-    above its level at each call's start, per stage (median over the calls)."""
+    """Run ``always`` once with the server's two calls wrapped: the rise of memory above its
+    level at each call's start, per stage (median over the calls)."""
     if not cuda:  # a fixed mmap threshold: freed tensors leave the resident set, so each rise is the stage's own
         import ctypes
         ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, 128 KiB
     lm = make()
+    server = lm.server
     rises = {"stage1": [], "generic": [], "stage2": []}
-    answer, attention = lm.answer, lm.attention
+    answer_batch, attention = server.answer_batch, server.attention
 
-    def measured_answer(images, *args, **kwargs):
+    def measured_answer(requests, *args, **kwargs):
         with peak_rise(cuda) as rise:
-            result = answer(images, *args, **kwargs)
-        rises["stage1" if len(images) == 1 else "stage2"].append(rise())
+            result = answer_batch(requests, *args, **kwargs)
+        rises["stage1" if len(requests[0][0]) == 1 else "stage2"].append(rise())
         return result
 
     def measured_attention(*args, **kwargs):
@@ -150,7 +151,7 @@ def stage_memory(make, evaluate, cuda: bool) -> dict[str, float]:
         rises["generic"].append(rise())
         return result
 
-    lm.answer, lm.attention = measured_answer, measured_attention
+    server.answer_batch, server.attention = measured_answer, measured_attention
     evaluate(lm)
     # The median call: a stage's first call also pays one-time allocations (kernels' workspaces).
     return {stage: statistics.median(values) for stage, values in rises.items() if values}
