@@ -46,3 +46,10 @@ def resolve(name: str) -> str:
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+def checkpoint_identity(pretrained: str) -> str:
+    """The checkpoint as a run's settings name it: a local one by its absolute path (the
+    same from any working directory), a hub one by its id."""
+    path = Path(pretrained).expanduser()
+    return str(path.resolve()) if path.exists() else pretrained

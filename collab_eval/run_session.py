@@ -224,7 +224,7 @@ class RunLock:
 
 # ----- resuming ------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Answered:
+class RecordedAnswer:
     """What lmms-eval gets back for a sample already answered in this run."""
     answer: str
     output_tokens: int
@@ -233,7 +233,7 @@ class Answered:
     retransmitted: bool
 
     @classmethod
-    def of(cls, record) -> "Answered":
+    def of(cls, record) -> "RecordedAnswer":
         """From a record (a SampleRecord, or a records-file line as a dict)."""
         get = record.get if isinstance(record, dict) else lambda name, default=None: getattr(record, name, default)
         return cls(get("answer", ""), len(get("min_entropy") or []), get("bytes_total", 0), get("flops_total", 0),
@@ -283,17 +283,17 @@ def tidy(directory: Path, run_id: str) -> dict[str, int]:
     return dropped
 
 
-def answered(directory: Path, run_id: str) -> dict[SampleKey, Answered]:
+def answered(directory: Path, run_id: str) -> dict[SampleKey, RecordedAnswer]:
     """Every sample the run has a good record of, from all its rank files."""
     seen: set[SampleKey] = set()
-    out: dict[SampleKey, Answered] = {}
+    out: dict[SampleKey, RecordedAnswer] = {}
     for path in run_files(directory, run_id):
         with open(path, "rb") as f:
             for line in f:
                 done = _done(line, seen)
                 if done:
                     seen.add(done[0])
-                    out[done[0]] = Answered.of(done[1])
+                    out[done[0]] = RecordedAnswer.of(done[1])
     return out
 
 
@@ -350,7 +350,7 @@ class RunSession:
     directory: Path
     plan: RunPlan
     rank: int
-    answered: dict[SampleKey, Answered]
+    answered: dict[SampleKey, RecordedAnswer]
     records: RecordWriter
     lock: RunLock | None = None  # rank 0's
 
@@ -368,10 +368,10 @@ class RunSession:
     def path(self) -> Path:
         return record_path(self.directory, self.run_id, self.rank)
 
-    def write(self, record) -> Answered:
+    def write(self, record) -> RecordedAnswer:
         """Write a finished record (raises RecordWriteError when the disk fails) and remember it."""
         record = self.records.write(record)
-        self.answered[record.task, int(record.doc_id)] = done = Answered.of(record)
+        self.answered[record.task, int(record.doc_id)] = done = RecordedAnswer.of(record)
         return done
 
     def finish(self, requests: int, run_now: int) -> None:

@@ -10,7 +10,6 @@ import inspect
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -20,14 +19,14 @@ from loguru import logger
 from tqdm import tqdm
 
 from collab_eval import cost_handoff, model_args
-from collab_eval.checkpoints import resolve
+from collab_eval.checkpoints import checkpoint_identity, resolve
 from collab_eval.edge import Codec
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, SampleResult, run_batch
 from collab_eval.policy import POLICIES, Policy
 from collab_eval.records import RecordWriteError, SampleRecord, failure_reason, strip_media
 from collab_eval.run_session import RunLock, RunPlan, RunSession, open_run
 from collab_eval.uncertainty import AGGREGATES
-from model_adapters.server import DTYPES, ServerModel
+from model_adapters.server import DTYPES, ServerModel, pick_device
 from model_adapters.task_documents import media_problem, without_media
 
 
@@ -219,19 +218,3 @@ def process_layout(accelerator) -> tuple[int, int, int]:
         return (torch.distributed.get_rank(), torch.distributed.get_world_size(),
                 int(os.environ.get("LOCAL_RANK", accelerator.local_process_index)))
     return accelerator.process_index, accelerator.num_processes, accelerator.local_process_index
-
-
-def pick_device(device: str | None, local_rank: int, world_size: int, who: str) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    chosen = torch.device(device)
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{who}: device={device} asked for but no CUDA device is available")
-    return torch.device(f"cuda:{local_rank}") if chosen.type == "cuda" and world_size > 1 else chosen
-
-
-def checkpoint_identity(pretrained: str) -> str:
-    """The checkpoint as a run's settings name it: a local one by its absolute path (the
-    same from any working directory), a hub one by its id."""
-    path = Path(pretrained).expanduser()
-    return str(path.resolve()) if path.exists() else pretrained

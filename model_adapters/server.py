@@ -331,3 +331,14 @@ def cut_at_stop(text: str, until: tuple[str, ...]) -> str:
         if stop:
             text = text.split(stop)[0]
     return text.strip()
+
+
+def pick_device(device: str | None, local_rank: int, world_size: int, who: str) -> torch.device:
+    """The device model arg as a torch device: unset, this rank's GPU when there is one; a
+    cuda device under several processes becomes this rank's own."""
+    if device in (None, "", "auto"):
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{who}: device={device} asked for but no CUDA device is available")
+    return torch.device(f"cuda:{local_rank}") if chosen.type == "cuda" and world_size > 1 else chosen

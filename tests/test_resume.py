@@ -85,7 +85,7 @@ def test_tidying_keeps_each_good_sample_once_across_ranks(tmp_path):
     assert (tmp_path / "r.rank1.jsonl").read_text() == record_line("r", 3)
     done = run_session.answered(tmp_path, "r")
     assert sorted(done) == [("t", 0), ("t", 3)]
-    assert done[("t", 3)] == run_session.Answered("a3", 2, 30, 1, True)
+    assert done[("t", 3)] == run_session.RecordedAnswer("a3", 2, 30, 1, True)
 
 
 HOLD = """
