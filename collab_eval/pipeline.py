@@ -160,7 +160,7 @@ def run_batch(server: Server, samples: list[SampleInput], *, method: Method, cac
     final (the caller writes it: a crash loses no finished record). Each outcome equals the
     one the sample gets alone."""
     flying = []
-    for sample in samples:
+    for sample in samples:  # 1. edge: the global images
         laps = Laps()
         try:
             with strict_decoding():  # a broken (even truncated) image is this sample's failure
@@ -170,44 +170,42 @@ def run_batch(server: Server, samples: list[SampleInput], *, method: Method, cac
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
             yield failed(sample, laps, err)
     for limits in dict.fromkeys(f.sample.limits for f in flying):  # one generate per generation limit
-        group = [f for f in flying if f.sample.limits == limits]
-        yield from run_group(server, group, limits, method=method, caches=caches)
+        yield from run_group(server, [f for f in flying if f.sample.limits == limits], limits, method=method,
+                             caches=caches)
 
 
 def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: Method,
               caches: RunCaches) -> Iterator[SampleResult]:
-    locate, keep = method.policy.locates, method.policy.name != "never"
-    with Laps.shared("stage1", [f.laps for f in group]):
+    """Steps 2 to 7 for samples sharing generation limits."""
+    with Laps.shared("stage1", [f.laps for f in group]):  # 2. server: stage 1, one batched pass
         stage1 = answer_each(server, [(f.images, f.sample.question) for f in group], limits,
-                             with_attention=locate, keep_prefix=keep)
-    ready = []
+                             with_attention=method.policy.locates, keep_prefix=method.policy.name != "never")
+    again = []
     for f, answer in zip(group, stage1):
         try:
             if isinstance(answer, Exception):
                 raise answer
             f.stage1 = answer
-            gate(f, method)
-            if f.out.retransmitted:
-                crops = locate_crops(server, f, method, caches)
-                send_crops(server, f, crops, method)
-            ready.append(f)
-        except Exception as err:  # noqa: BLE001
-            yield failed(f.sample, f.laps, err)
-    done = [f for f in ready if not f.out.retransmitted]
-    again = [f for f in ready if f.out.retransmitted]
-    if again:
-        with Laps.shared("stage2", [f.laps for f in again]):
-            stage2 = answer_each(server, [([*f.images, *(c.image for c in f.local)], f.sample.question) for f in again],
-                                 limits, with_attention=False, prefixes=[f.stage1.prefix for f in again])
-        for f, answer in zip(again, stage2):
-            if isinstance(answer, Exception):
-                yield failed(f.sample, f.laps, answer)
+            gate(f, method)  # 3. gate
+            if not f.out.retransmitted:
+                yield finish(f)
                 continue
-            f.out.answer_stage2 = f.out.answer = answer.text
-            f.out.flops["stage2"] = sum(answer.flops.values())
-            done.append(f)
-    for f in sorted(done, key=group.index):
-        f.stage1 = None  # the prefix it holds is freed once the sample is done
+            crops = locate_crops(server, f, method, caches)  # 4. server: the RoI, asked of the edge
+            send_crops(server, f, crops, method)  # 5. edge: the crop(s)
+            again.append(f)
+        except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
+            yield failed(f.sample, f.laps, err)
+    if not again:
+        return
+    with Laps.shared("stage2", [f.laps for f in again]):  # 6. server: stage 2, one batched pass
+        stage2 = answer_each(server, [([*f.images, *(crop.image for crop in f.local)], f.sample.question) for f in again],
+                             limits, with_attention=False, prefixes=[f.stage1.prefix for f in again])
+    for f, answer in zip(again, stage2):
+        if isinstance(answer, Exception):
+            yield failed(f.sample, f.laps, answer)
+            continue
+        f.out.answer_stage2 = f.out.answer = answer.text
+        f.out.flops["stage2"] = sum(answer.flops.values())
         yield finish(f)
 
 
@@ -269,6 +267,7 @@ def send_crops(server: Server, f: InFlight, crops: list[tuple[int, Box]], method
 
 def finish(f: InFlight) -> SampleResult:
     """Step 7: totals, and the one-image fields of the image the RoI came from (else the first)."""
+    f.stage1 = None  # the prefix it holds is freed once the sample is done
     out, shown = f.out, f.out.roi_image or 0
     out.image_size = out.image_sizes[shown]
     out.global_region = [round(v, 3) for v in f.regions[shown]]
