@@ -47,8 +47,8 @@ def test_report_from_a_real_always_run(tiny_llava_run, tmp_path):
 def test_threshold_run_matches_the_point_derived_from_the_always_run(tiny_llava_run, tmp_path):
     always_out = tiny_llava_run("policy=always").out
     always = find_runs(always_out)[0]
-    always_records = [r for r in always.records if r["task"] == TASK]
-    scores = sorted({r["score"] for r in always_records if r["score"] is not None})
+    always_records = [r for r in always.records if r.task == TASK]
+    scores = sorted({r.score for r in always_records if r.score is not None})
     assert len(scores) >= 2, "the tiny model should give distinct scores"
     tau = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # some retransmit, some not
     threshold_run = tiny_llava_run(f"policy=threshold,threshold={tau!r}", tasks=(TASK,))
@@ -57,13 +57,13 @@ def test_threshold_run_matches_the_point_derived_from_the_always_run(tiny_llava_
     threshold = find_runs(threshold_out)[0]
 
     # Per sample: the threshold run's answer and bytes are the always run's stage-1 or stage-2 ones.
-    by_doc = {r["doc_id"]: r for r in always_records}
+    by_doc = {r.doc_id: r for r in always_records}
     for r in threshold.records:
-        a = by_doc[r["doc_id"]]
-        assert r["retransmitted"] == ((math.inf if a["score"] is None else a["score"]) > tau)
-        assert r["answer_stage1"] == a["answer_stage1"]
-        assert r["answer"] == (a["answer_stage2"] if r["retransmitted"] else a["answer_stage1"])
-        assert r["bytes_total"] == (a["bytes_total"] if r["retransmitted"] else a["bytes_global"])
+        a = by_doc[r.doc_id]
+        assert r.retransmitted == ((math.inf if a.score is None else a.score) > tau)
+        assert r.answer_stage1 == a.answer_stage1
+        assert r.answer == (a.answer_stage2 if r.retransmitted else a.answer_stage1)
+        assert r.bytes_total == (a.bytes_total if r.retransmitted else a.bytes_global)
 
     # And the report, given both runs, puts the threshold run on the derived point.
     summary = report([always_out, threshold_out], tmp_path / "report")
