@@ -217,9 +217,10 @@ class Summary(BaseModel):
 def run_label(run: Run) -> str:
     args = run.policy_args
     if run.policy == "threshold" and "threshold" in args:
-        return f"threshold τ={args['threshold']:g} ({args.get('score', 'max')})"
+        # float(): records keep an infinite threshold as the string "inf" (JSON has no infinity)
+        return f"threshold τ={float(args['threshold']):g} ({args.get('score', 'max')})"
     if run.policy == "random" and "rate" in args:
-        return f"random p={args['rate']:g} seed={args.get('seed', 0)}"
+        return f"random p={float(args['rate']):g} seed={args.get('seed', 0)}"
     return run.policy
 
 
