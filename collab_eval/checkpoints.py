@@ -20,7 +20,8 @@ BUILDERS = {
 
 # Trained checkpoints shipped inside the package (collab_eval/weights/<name>/), reproduced by the
 # training script: python -m collab_eval.lab.train_smalldetail --family <family>.
-PACKAGED = {name: WEIGHTS_DIR / name for name in ("smalldetail-llava", "smalldetail-qwen2-vl", "smalldetail-instructblip")}
+PACKAGED = {name: WEIGHTS_DIR / name
+            for name in ("smalldetail-llava", "smalldetail-qwen2-vl", "smalldetail-instructblip")}
 
 
 def cache_dir() -> Path:

@@ -111,7 +111,8 @@ def _open(image) -> Image.Image:
         try:  # opening reads the header only: the size check comes before any decoding
             return Image.open(source)
         except UnidentifiedImageError:
-            what = f"{len(image)} bytes starting {bytes(image[:16])!r}" if isinstance(image, (bytes, bytearray)) else image
+            what = (f"{len(image)} bytes starting {bytes(image[:16])!r}" if isinstance(image, (bytes, bytearray))
+                    else image)
             raise BadImage(f"not an image: no image format recognised in {what}") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise BadImage(f"image cannot be opened: {_plain(err)}") from err

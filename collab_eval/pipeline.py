@@ -102,7 +102,8 @@ class Server(Protocol):
         """Each (images, question) answered as it would be alone. ``prefixes``: each request's
         earlier answer's prefix, reused where the prompts share it; ``keep_prefix``: return each one's."""
 
-    def attention(self, image: Image.Image, prompt: str, prefix: object | None = None) -> tuple[np.ndarray, dict[str, int]]:
+    def attention(self, image: Image.Image, prompt: str,
+                  prefix: object | None = None) -> tuple[np.ndarray, dict[str, int]]:
         """Patch-grid attention of the last token of ``prompt`` (one prefill), and its FLOPs."""
 
 
@@ -155,7 +156,8 @@ class InFlight:
         return [image.image for image in self.sent]
 
 
-def run_batch(server: Server, samples: list[SampleInput], *, method: Method, caches: RunCaches) -> Iterator[SampleResult]:
+def run_batch(server: Server, samples: list[SampleInput], *, method: Method,
+              caches: RunCaches) -> Iterator[SampleResult]:
     """Every sample of the batch through the method; each result yielded as soon as it is
     final (the caller writes it: a crash loses no finished record). Each outcome equals the
     one the sample gets alone."""
@@ -198,7 +200,8 @@ def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: 
     if not again:
         return
     with Laps.shared("stage2", [f.laps for f in again]):  # 6. server: stage 2, one batched pass
-        stage2 = answer_each(server, [([*f.images, *(crop.image for crop in f.local)], f.sample.question) for f in again],
+        stage2 = answer_each(server,
+                             [([*f.images, *(crop.image for crop in f.local)], f.sample.question) for f in again],
                              limits, with_attention=False, prefixes=[f.stage1.prefix for f in again])
     for f, answer in zip(again, stage2):
         if isinstance(answer, Exception):
@@ -222,7 +225,8 @@ def send_globals(server: Server, sample: SampleInput, images: list, laps: "Laps"
         f.out.image_sizes = [list(original.size) for original in f.originals]
         f.out.bytes_global_images = [image.nbytes for image in f.sent]
         f.out.bytes_global = sum(f.out.bytes_global_images)
-        f.out.bytes_original = sum(caches.original_size(original, method.codec, sample.scope) for original in f.originals)
+        f.out.bytes_original = sum(caches.original_size(original, method.codec, sample.scope)
+                                   for original in f.originals)
     return f
 
 
@@ -314,7 +318,8 @@ def images_in(visuals) -> list:
         elif isinstance(item, dict) and "array" in item:
             raise ValueError("the task gives audio: collab adapters evaluate image tasks only (audio is out of scope)")
         elif isinstance(item, str) and item.lower().endswith(VIDEO_SUFFIXES):
-            raise ValueError(f"the task gives a video ({item}): collab adapters evaluate image tasks only (video is out of scope)")
+            raise ValueError(f"the task gives a video ({item}): "
+                             "collab adapters evaluate image tasks only (video is out of scope)")
         elif item is not None:
             found.append(item)
     if not found:

@@ -168,7 +168,8 @@ def plan_run(directory: Path, adapter: str, settings: dict, *, run_id: str | Non
             return RunPlan(error=f"run_id={run_id} was started with other settings ({differ}); resume it with the "
                                  "same model args, or choose another run_id")
         return RunPlan(run_id, session, True)
-    same = sorted((r for r in runs.values() if r.last_start.settings == fingerprint), key=lambda r: r.last_start.session)
+    same = sorted((r for r in runs.values() if r.last_start.settings == fingerprint),
+                  key=lambda r: r.last_start.session)
     if resume and same:
         return RunPlan(same[-1].last_start.run_id, session, True)
     new_id = new_run_id(adapter)
@@ -179,7 +180,8 @@ def plan_run(directory: Path, adapter: str, settings: dict, *, run_id: str | Non
     if not resume and unfinished:
         last = unfinished[-1].last_start.run_id
         notes.append(f"records_dir={directory} holds the unfinished run {last} with these settings "
-                     f"({unfinished[-1].recorded_samples(directory)} samples recorded). This starts a new run {new_id}; "
+                     f"({unfinished[-1].recorded_samples(directory)} samples recorded). "
+                     f"This starts a new run {new_id}; "
                      f"to continue {last} instead, add resume=true to --model_args (or run_id={last},resume=true).")
     return RunPlan(new_id, session, False, tuple(notes))
 

@@ -83,8 +83,8 @@ class InstructBlipServer(ServerModel):
         # Given input_ids beside the embeddings, generate returns the prompt too: the base
         # class slices it off at the prompt length.
         return self.model.language_model.generate(
-            input_ids=inputs["input_ids"], inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
-            **kwargs)
+            input_ids=inputs["input_ids"], inputs_embeds=inputs["inputs_embeds"],
+            attention_mask=inputs["attention_mask"], **kwargs)
 
     def generate_inputs(self, inputs):
         """Only the language model generates; the images are already in its input embeddings."""
@@ -111,7 +111,8 @@ class InstructBlipServer(ServerModel):
 
     def cross_attention_module(self):
         qformer = self.model.qformer
-        return qformer.encoder.layer[self.qformer_layer * qformer.config.cross_attention_frequency].crossattention.attention
+        layer = qformer.encoder.layer[self.qformer_layer * qformer.config.cross_attention_frequency]
+        return layer.crossattention.attention
 
     def patch_grid(self, row, inputs, image_index, probes=None):
         return self.query_patch_map(row, probes[self.cross_attention_module()].weights[image_index])

@@ -1,8 +1,6 @@
 """collab_llava: LLaVA-1.5 (llava-hf/llava-1.5-7b-hf and -13b-hf)."""
 from __future__ import annotations
 
-import numpy as np
-import torch
 from transformers import LlavaForConditionalGeneration
 
 from collab_eval import flops as flop_counts

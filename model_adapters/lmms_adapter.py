@@ -63,8 +63,9 @@ class CollabAdapter(lmms):
                 raise model_args.ModelArgError(f"unknown model arg(s) {unknown}; allowed: {self.allowed_args()}")
             family = self.server_class.family_args(**family_args)
             self.method = Method(Policy(model_args.one_of("policy", policy, POLICIES),
-                                        model_args.number("threshold", threshold, infinite_ok=True,
-                                                          what="a number of nats (inf: never retransmit, -inf: always)"),
+                                        model_args.number(
+                                            "threshold", threshold, infinite_ok=True,
+                                            what="a number of nats (inf: never retransmit, -inf: always)"),
                                         model_args.number("rate", rate, what="a number in [0, 1]"),
                                         model_args.integer("seed", seed)),
                                  Codec.parse(str(codec)), model_args.one_of("score", score, AGGREGATES))
@@ -94,7 +95,8 @@ class CollabAdapter(lmms):
         plan, lock = self._from_rank0(lambda: open_run(records_dir, self.model_id, run_settings, run_id=run_id,
                                                        resume=resume, world_size=self._world_size))
         self.session = RunSession.join(records_dir, plan, self._rank, lock)
-        self.server = self.server_class(self.pretrained, name=self.model_id, device=self._device, **server_args, **family)
+        self.server = self.server_class(self.pretrained, name=self.model_id, device=self._device,
+                                        **server_args, **family)
         self.caches = RunCaches()
         self._plain_docs = {}
         logger.info(f"{self.model_id}: run {plan.run_id}{' (resumed)' if plan.resumed else ''}, "

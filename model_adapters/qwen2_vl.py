@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import torch
 from transformers import Qwen2VLForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
@@ -114,10 +112,13 @@ class Qwen2VLServer(ServerModel):
         vision = projector = 0
         for t, h, w in inputs["image_grid_thw"][first:].tolist():
             patches = t * h * w  # attention is per image (the encoder splits the sequence by image)
-            vision += (flop_counts.patch_embedding(patches, vc.in_channels, vc.patch_size, vc.embed_dim, temporal=vc.temporal_patch_size)
-                       + flop_counts.vit_encoder(patches, vc.embed_dim, vc.embed_dim * vc.mlp_ratio, vc.num_heads, vc.depth))
+            vision += (flop_counts.patch_embedding(patches, vc.in_channels, vc.patch_size, vc.embed_dim,
+                                                   temporal=vc.temporal_patch_size)
+                       + flop_counts.vit_encoder(patches, vc.embed_dim, vc.embed_dim * vc.mlp_ratio, vc.num_heads,
+                                                 vc.depth))
             tokens = patches // vc.spatial_merge_size ** 2  # the patch merger is the projector
-            projector += flop_counts.linear(tokens, merged_width, merged_width) + flop_counts.linear(tokens, merged_width, vc.hidden_size)
+            projector += (flop_counts.linear(tokens, merged_width, merged_width)
+                          + flop_counts.linear(tokens, merged_width, vc.hidden_size))
         return {"vision": vision, "projector": projector}
 
 

@@ -9,8 +9,6 @@ encoder's framing of a region, and the encoder's FLOPs from its config.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
@@ -154,9 +152,11 @@ class ServerModel:
             logits = torch.stack([step[row] for step in out.logits[:generated]])
             attentions = None
             if with_attention:
-                probes[self.lm_module()] = Probe(last_only=True, weights=lm[self.lm_module()].weights[row:row + 1, :, pads[row]:])
+                probes[self.lm_module()] = Probe(last_only=True,
+                                                 weights=lm[self.lm_module()].weights[row:row + 1, :, pads[row]:])
                 attentions = self.image_attentions(probes, inputs, len(images))
-            kept = self.prefix_to_keep(getattr(out, "cache", None), inputs, row=row, start=pads[row]) if keep_prefix else None
+            kept = (self.prefix_to_keep(getattr(out, "cache", None), inputs, row=row, start=pads[row])
+                    if keep_prefix else None)
             answers.append(Answer(cut_at_stop(text, limits.until), logits,
                                   self.flops(inputs, generated=generated, cached=kept_from), attentions, prefix=kept))
         return answers
@@ -278,7 +278,8 @@ class ServerModel:
         probe = probes[self.lm_module()]
         if probe.weights is None:
             raise RuntimeError(f"{self.name}: the attention probe at layer {self.layer} was never called "
-                               f"(the model's attention kernel is {self.model.config._attn_implementation!r}, not {KERNEL!r})")
+                               f"(the model's attention kernel is {self.model.config._attn_implementation!r}, "
+                               f"not {KERNEL!r})")
         return probe
 
     # ----- what each family provides -------------------------------------------

@@ -64,9 +64,9 @@ SERVERS = {"llava": "model_adapters.llava.LlavaServer", "qwen2_vl": "model_adapt
 @pytest.fixture(scope="session")
 def tiny_server():
     """server(family, **args): the family's model wrapper (model_adapters.server) on its tiny
-    checkpoint (or ``checkpoint=``, a name checkpoints.resolve knows), loaded once per session and argument set (``fresh=True``: a new one, for a
-    test that changes it); family is llava, qwen2_vl or instructblip. Tests that change a
-    shared server's state restore it."""
+    checkpoint (or ``checkpoint=``, a name checkpoints.resolve knows), loaded once per session
+    and argument set (``fresh=True``: a new one, for a test that changes it); family is llava,
+    qwen2_vl or instructblip. Tests that change a shared server's state restore it."""
     import importlib
 
     from collab_eval.checkpoints import resolve

@@ -6,7 +6,8 @@ task scored by the built-in ``exact_match`` with its options."""
 from pathlib import Path
 
 from datasets import Dataset, Features, Image, Sequence, Value
-from PIL import Image as PILImage, ImageDraw
+from PIL import Image as PILImage
+from PIL import ImageDraw
 
 DOCVQA = "replica_docvqa_val"
 MME = "replica_mme"

@@ -8,7 +8,8 @@ import os
 import statistics
 
 import pytest
-from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+from datasets import Dataset, Features, Sequence, Value
+from datasets import Image as ImageFeature
 from PIL import Image
 
 from collab_eval.cost_handoff import COST_METRICS, cost_means
@@ -118,7 +119,8 @@ def test_every_task_has_its_cost_means_in_results_json(run):
         assert means[task]["samples"] == LIMIT
         assert {k: means[task][k] for k in COST_METRICS} == pytest.approx(expected), task
         if task.startswith("collab_"):  # a costed variant: beside the task's own metric, in its results
-            row = results["results"][task]  # metric keys carry the task's filter: "bytes_total,none", ",flexible-extract"
+            # metric keys carry the task's filter: "bytes_total,none", ",flexible-extract"
+            row = results["results"][task]
             assert {k: next(v for key, v in row.items() if key.startswith(f"{k},") and "stderr" not in key)
                     for k in COST_METRICS} == pytest.approx(expected), task
     assert 0.0 <= results["results"]["collab_replica_docvqa_val"]["anls,none"] <= 1.0  # lmms-eval's built-in metric
@@ -140,7 +142,8 @@ def test_every_image_of_a_document_is_sent_and_counted(run, tiny_llava_path):
                "replica_seedbench": lambda ims: seed_doc_to_visual({"image": ims})}
     for task in ("replica_muirbench", "replica_seedbench"):
         for r in (r for r in recs if r["task"] == task and not r["error"]):
-            images = [sanitize(im) for im in visuals[task](docs[task][r["doc_id"]])]  # what the task's own function gives
+            # what the task's own function gives
+            images = [sanitize(im) for im in visuals[task](docs[task][r["doc_id"]])]
             payloads = [transmit(im, *llava_frame((0.0, 0.0, float(im.width), float(im.height)), crop, short),
                                  Codec.parse("png")).nbytes for im in images]
             assert r["bytes_global_images"] == payloads, (task, r["doc_id"])

@@ -6,7 +6,8 @@ import zlib
 
 import numpy as np
 import pytest
-from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+from datasets import Dataset, Features, Sequence, Value
+from datasets import Image as ImageFeature
 from PIL import Image
 
 from collab_eval.costed_tasks import write_costed

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from collab_eval.model_args import ModelArgError
 from collab_eval.edge import Codec
+from collab_eval.model_args import ModelArgError
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, run_batch
 from collab_eval.policy import Policy
 from collab_eval.records import SampleRecord
@@ -17,6 +17,7 @@ SIZES = [(210, 500), (400, 260), (300, 300), (120, 90), (333, 517), (64, 700), (
 QUESTIONS = ["is there a red square in the image ?", "what is written", "which colour is the car , and why",
              "a", "how many", "read the sign on the left", "where"]
 POLICIES = ["always", "never", "threshold", "tiles", "random"]
+N_DOCUMENTS = len(SIZES)  # one document per size
 
 
 def documents():
@@ -41,7 +42,8 @@ def run(server, policy: Policy, batch_size: int, visuals_of=visuals) -> tuple[li
     fresh run (no generic map cached): the answers and outcomes in document order."""
     method, caches = Method(policy, Codec.parse("png")), RunCaches()
     samples = [SampleInput(key=f"t/{i}", scope="t", question=q, limits=Limits(max_new_tokens=4),
-                           visuals=lambda doc=doc: visuals_of(doc)) for i, (doc, q) in enumerate(zip(documents(), QUESTIONS))]
+                           visuals=lambda doc=doc: visuals_of(doc))
+               for i, (doc, q) in enumerate(zip(documents(), QUESTIONS))]
     results = [result for first in range(0, len(samples), batch_size)
                for result in run_batch(server, samples[first:first + batch_size], method=method, caches=caches)]
     results.sort(key=lambda r: samples.index(r.sample))
@@ -63,7 +65,7 @@ def assert_same(a, b, path="record"):
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
-def compare(alone, batched, count=len(SIZES)):
+def compare(alone, batched, count=N_DOCUMENTS):
     """Pipeline results (or records read back): equal but for seconds and run id."""
     assert len(alone) == len(batched) == count
     for i, (a, b) in enumerate(zip(alone, batched)):
@@ -150,14 +152,17 @@ def test_bad_batch_size_names_the_arg(tiny_llava_path, tmp_path):
 @pytest.mark.slow
 def test_lmms_eval_batch_size_4_records_what_batch_size_1_records(tiny_llava_path, tmp_path):
     """The command line's --batch_size reaches the adapter (as a string) and changes nothing
-    the run records or scores: policy=always, 8 POPE documents (prompts of different lengths: padded rows), batches of 4."""
+    the run records or scores: policy=always, 8 POPE documents (prompts of different lengths:
+    padded rows), batches of 4."""
     from tests.helpers import evaluate
     runs = {}
     for batch in (1, 4):
         out = tmp_path / f"batch{batch}"
-        runs[batch] = evaluate("collab_llava", f"pretrained={tiny_llava_path},policy=always,records_dir={out / 'records'}",
+        runs[batch] = evaluate("collab_llava",
+                               f"pretrained={tiny_llava_path},policy=always,records_dir={out / 'records'}",
                                "collab_pope_mini", out, extra=("--limit", "8", "--batch_size", str(batch)))
-    alone, batched = ([SampleRecord.from_dict(r) for r in sorted(runs[b].records, key=lambda r: r["doc_id"])] for b in (1, 4))
+    alone, batched = ([SampleRecord.from_dict(r) for r in sorted(runs[b].records, key=lambda r: r["doc_id"])]
+                      for b in (1, 4))
     compare(alone, batched, count=8)
     metrics = [{k: v for k, v in runs[b].results["results"]["collab_pope_mini"].items() if "stderr" not in k}
                for b in (1, 4)]
@@ -190,4 +195,5 @@ def test_without_prefix_reuse_too(adapter):
     assert answers1 == answers4
     compare(alone, batched)
     _, reused = run(adapter, Policy("always"), 4)
-    assert all(off.outcome.flops["stage2"] > on.outcome.flops["stage2"] for off, on in zip(batched, reused))  # the prefix recomputed
+    assert all(off.outcome.flops["stage2"] > on.outcome.flops["stage2"]  # the prefix recomputed
+               for off, on in zip(batched, reused))

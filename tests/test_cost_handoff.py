@@ -5,15 +5,16 @@ import os
 
 import numpy as np
 import pytest
-from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+from datasets import Dataset, Features, Sequence, Value
+from datasets import Image as ImageFeature
 from PIL import Image
 
 from collab_eval import cost_handoff
 from collab_eval.costed_tasks import CostedTask
 from collab_eval.pipeline import images_in
 from collab_eval.records import SampleRecord, strip_media
-from model_adapters.task_documents import without_media
 from collab_eval.shipped import TASKS_DIR
+from model_adapters.task_documents import without_media
 
 TEXTVQA = TASKS_DIR / "_textvqa_template_yaml"
 
@@ -24,7 +25,8 @@ def textvqa_docs(n_same: int = 2) -> Dataset:
 
 
 def costs(task: str, nbytes: float) -> cost_handoff.SampleCosts:
-    return cost_handoff.SampleCosts(task, bytes_total=nbytes, flops_total=10 * nbytes, retransmitted=float(nbytes > 150))
+    return cost_handoff.SampleCosts(task, bytes_total=nbytes, flops_total=10 * nbytes,
+                                    retransmitted=float(nbytes > 150))
 
 
 def test_identical_documents_keep_their_own_costs():
@@ -33,7 +35,8 @@ def test_identical_documents_keep_their_own_costs():
     task = CostedTask(TEXTVQA, name="keys_same_content", split="validation")
     docs = task.process_docs(textvqa_docs())
     for doc_id, nbytes in enumerate((100.0, 200.0)):
-        cost_handoff.remember(cost_handoff.sample_key("keys_same_content", "validation", doc_id), costs("keys_same_content", nbytes))
+        cost_handoff.remember(cost_handoff.sample_key("keys_same_content", "validation", doc_id),
+                              costs("keys_same_content", nbytes))
     scored = [task.process_results(docs[i], ["stop"]) for i in range(2)]
     assert [s["bytes_total"] for s in scored] == [100.0, 200.0]
     assert [s["flops_total"] for s in scored] == [1000.0, 2000.0]
@@ -112,7 +115,8 @@ def test_without_media_drops_nested_image_columns_before_decoding():
     features = Features({"question": Value("string"), "image": Sequence(ImageFeature()),
                          "pair": {"left": ImageFeature(), "label": Value("string")}})
     png = {"bytes": _png(), "path": None}
-    docs = Dataset.from_list([{"question": "q", "image": [png], "pair": {"left": png, "label": "x"}}], features=features)
+    docs = Dataset.from_list([{"question": "q", "image": [png], "pair": {"left": png, "label": "x"}}],
+                             features=features)
     assert without_media(docs).column_names == ["question"]
 
 

@@ -260,7 +260,8 @@ def sh(words, cwd: Path, extra: tuple = ()) -> subprocess.CompletedProcess:
                     for w in (*words, *extra))
     line = line.replace("$(collab-eval tasks-dir)", '"$(collab-eval tasks-dir)"')
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(["bash", "-c", line], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(["bash", "-c", line], check=False, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=1200)
 
 
 @pytest.mark.slow

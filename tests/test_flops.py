@@ -39,7 +39,8 @@ class Parts:
 
 # On CPU the fused SDPA kernel counts zero unless mapped (see DESIGN.md); the adapters run SDPA.
 _SDPA_CPU = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-             lambda q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs: sdpa_flop_count(q_shape, k_shape, v_shape)}
+             lambda q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs:
+             sdpa_flop_count(q_shape, k_shape, v_shape)}
 
 PARTS = {
     "llava": Parts(vision=("model.vision_tower",), vision_minus=(), projector=("model.multi_modal_projector",),
@@ -120,7 +121,8 @@ def assert_agree(analytic: dict, measured: dict):
 
 
 def test_stage1_answer_parts(family):
-    answer, measured, forwards = counted(family, lambda: family[0].answer([WIDE], QUESTION, LIMITS, with_attention=True))
+    answer, measured, forwards = counted(family,
+                                         lambda: family[0].answer([WIDE], QUESTION, LIMITS, with_attention=True))
     assert forwards == len(answer.logits) >= 2  # one forward per generated token; decode is exercised
     assert all(measured[part] > 0 for part in ("vision", "projector", "prefill", "decode"))
     assert answer.attentions is not None and answer.attentions[0].size > 1
@@ -140,7 +142,8 @@ def test_generic_prompt_pass(family):
 @pytest.mark.parametrize("images", [[WIDE, TALL], [WIDE, TALL, SQUARE, WIDE, TALL]], ids=["two", "five"])
 def test_several_images_of_different_sizes(family, images):
     """Stage 2 (global + crop) and tiles (global + four tiles)."""
-    answer, measured, forwards = counted(family, lambda: family[0].answer(images, QUESTION, LIMITS, with_attention=False))
+    answer, measured, forwards = counted(family,
+                                         lambda: family[0].answer(images, QUESTION, LIMITS, with_attention=False))
     assert forwards == len(answer.logits)
     assert_agree(answer.flops, measured)
 
@@ -156,7 +159,8 @@ def test_generation_stopped_early_at_eos(family):
     saved = config.eos_token_id
     config.eos_token_id = tokens[stop]
     try:
-        answer, measured, forwards = counted(family, lambda: adapter.answer([WIDE], QUESTION, LIMITS, with_attention=False))
+        answer, measured, forwards = counted(family,
+                                             lambda: adapter.answer([WIDE], QUESTION, LIMITS, with_attention=False))
     finally:
         config.eos_token_id = saved
     assert forwards == len(answer.logits) == stop + 1 < MAX_NEW_TOKENS

@@ -29,7 +29,8 @@ def hot_cell(pixel_values: np.ndarray, patch: int) -> tuple[int, int]:
 def test_planted_spot_maps_back_to_its_original_pixels(llava, size, spot):
     image = Image.new("RGB", size, (0, 0, 0))
     half = max(size) // 40 + 2
-    ImageDraw.Draw(image).rectangle((spot[0] - half, spot[1] - half, spot[0] + half, spot[1] + half), fill=(255, 255, 255))
+    ImageDraw.Draw(image).rectangle((spot[0] - half, spot[1] - half, spot[0] + half, spot[1] + half),
+                                    fill=(255, 255, 255))
 
     # What the real processor makes of the ORIGINAL image: which cell lights up.
     processed = llava.processor.image_processor(image, return_tensors="np")["pixel_values"][0]

@@ -16,7 +16,8 @@ def empty_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    ({"threshold": "abc"}, r"collab_llava: threshold must be a number of nats \(inf: never retransmit, -inf: always\), got 'abc'"),
+    ({"threshold": "abc"},
+     r"collab_llava: threshold must be a number of nats \(inf: never retransmit, -inf: always\), got 'abc'"),
     ({"threshold": float("nan")}, r"threshold must be a number of nats .*, got nan"),
     ({"layer": "abc"}, r"collab_llava: layer must be an integer, got 'abc'"),
     ({"layer": 1.5}, r"layer must be an integer, got 1.5"),

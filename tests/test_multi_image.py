@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from collab_eval.edge import Codec, transmit
-from tests.helpers import run_one
 from collab_eval.pipeline import Limits, Method, RunCaches
 from collab_eval.policy import Policy
+from tests.helpers import run_one
 
 QUESTION = "which picture shows the red square ?"
 IMAGES = [  # different shapes, so a map read from the wrong image's grid would not fit

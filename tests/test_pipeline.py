@@ -42,7 +42,8 @@ def test_never_reads_no_attention_and_pays_no_roi_cost(llava):
     done = run(llava, image, "what is it?", "t/0", settings, RunCaches())
     check_record(done, settings)
     assert done.roi is None and done.bytes_total == done.bytes_global
-    assert done.flops["generic"] == done.flops["stage2"] == 0 and done.seconds.keys() == {"edge_global", "stage1", "total"}
+    assert (done.flops["generic"] == done.flops["stage2"] == 0
+            and done.seconds.keys() == {"edge_global", "stage1", "total"})
 
 
 def test_generic_map_is_computed_once_per_received_image(llava):
@@ -61,6 +62,7 @@ def test_bytes_original_is_encoded_once_per_distinct_original(llava):
     """Questions on the same original (a new but pixel-equal image object each time) reuse
     its encoded size; another original, codec or task is encoded anew."""
     import numpy as np
+
     from collab_eval.edge import sanitize
     photo = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
     settings = Method(Policy("never"), Codec.parse("png"))
@@ -71,7 +73,9 @@ def test_bytes_original_is_encoded_once_per_distinct_original(llava):
     png = len(Codec.parse("png").encode(sanitize(Image.fromarray(photo))))
     assert done[0].bytes_original == done[1].bytes_original == png and len(sizes.original_sizes) == 1
     other = Image.fromarray(photo[::-1].copy())
-    assert sizes.original_size(other, Codec.parse("png"), "t") == len(Codec.parse("png").encode(other)) and len(sizes.original_sizes) == 2
-    assert sizes.original_size(Image.fromarray(photo), Codec.parse("jpeg:50"), "t") != png and len(sizes.original_sizes) == 3
+    assert (sizes.original_size(other, Codec.parse("png"), "t") == len(Codec.parse("png").encode(other))
+            and len(sizes.original_sizes) == 2)
+    assert (sizes.original_size(Image.fromarray(photo), Codec.parse("jpeg:50"), "t") != png
+            and len(sizes.original_sizes) == 3)
     sizes.original_size(Image.fromarray(photo), Codec.parse("png"), "other-task")
     assert len(sizes.original_sizes) == 4

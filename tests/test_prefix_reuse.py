@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from collab_eval.edge import Codec
-from tests.helpers import run_one
 from collab_eval.pipeline import GENERIC_PROMPT, Limits, Method, RunCaches
 from collab_eval.policy import Policy
+from tests.helpers import run_one
 
 LIMITS = Limits(max_new_tokens=6)
 QUESTION = "what is the number on the sign ?"
@@ -53,7 +53,8 @@ def test_continuing_from_the_prefix_answers_as_a_fresh_pass(family, tiny_server)
     # instruction: the prefix does not match and is not reused.
     assert model.reusable(stage1.prefix, model.inputs([GLOBAL.rotate(180), CROP], QUESTION)) is None
     assert model.reusable(stage1.prefix, model.inputs([GLOBAL, CROP], QUESTION)) is stage1.prefix
-    assert (model.reusable(stage1.prefix, model.inputs([GLOBAL, CROP], "another question")) is None) == (family == "instructblip")
+    assert ((model.reusable(stage1.prefix, model.inputs([GLOBAL, CROP], "another question")) is None)
+            == (family == "instructblip"))
 
 
 def test_reuse_off_recomputes_and_records_equal_all_but_flops(tiny_server):

@@ -20,7 +20,8 @@ def qwen(tiny_server):
 
 def painted(size, spot, half):
     image = Image.new("RGB", size, (0, 0, 0))
-    ImageDraw.Draw(image).rectangle((spot[0] - half, spot[1] - half, spot[0] + half, spot[1] + half), fill=(255, 255, 255))
+    ImageDraw.Draw(image).rectangle((spot[0] - half, spot[1] - half, spot[0] + half, spot[1] + half),
+                                    fill=(255, 255, 255))
     return image
 
 
@@ -56,7 +57,8 @@ def test_planted_spot_maps_back_to_its_original_pixels(qwen, size, spot):
     assert view_size == (shape[1] * qwen.factor, shape[0] * qwen.factor)
 
     # The aspect ratio is kept as closely as the 28-pixel rounding allows.
-    assert abs(view_size[0] / view_size[1] - size[0] / size[1]) <= (size[0] / size[1]) * 2 * qwen.factor / min(view_size)
+    assert (abs(view_size[0] / view_size[1] - size[0] / size[1])
+            <= (size[0] / size[1]) * 2 * qwen.factor / min(view_size))
 
     # Attention planted on that cell gives a box around the spot in original pixels.
     att = np.ones(shape)

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from collab_eval import run_session
-from collab_eval.run_session import RunFinished, RunStarted, append_event, new_run_id, open_run, plan_run, settings_fingerprint
+from collab_eval.run_session import (
+    RunFinished,
+    RunStarted,
+    append_event,
+    new_run_id,
+    open_run,
+    plan_run,
+    settings_fingerprint,
+)
 from collab_eval.shipped import TASKS_DIR
 from tests.helpers import LMMS_EVAL, records, results_json, run_lmms_eval, samples
 
@@ -45,7 +53,8 @@ def test_resume_picks_the_newest_run_with_the_same_settings(tmp_path):
     plan = plan_run(tmp_path, "collab_llava", SETTINGS, run_id=None, resume=True)
     assert (plan.run_id, plan.resumed, plan.error) == ("newer", True, None)
     # threshold=inf is a setting like any other (stored as "inf"), and matches itself only
-    start(tmp_path, "never", {**SETTINGS, "policy": "threshold", "threshold": float("inf")}, "2026-01-04T00:00:00.000000Z")
+    start(tmp_path, "never", {**SETTINGS, "policy": "threshold", "threshold": float("inf")},
+          "2026-01-04T00:00:00.000000Z")
     inf = plan_run(tmp_path, "collab_llava", {**SETTINGS, "policy": "threshold", "threshold": float("inf")},
                    run_id=None, resume=True)
     assert inf.run_id == "never"
@@ -110,8 +119,8 @@ def test_a_running_run_refuses_a_second_process_until_its_holder_dies(tmp_path):
                                           pid=holder.pid, host="edge-box"))
         for run_id in ("busy", None):  # named, or found by resume=true
             refused, _, lock = open_run(tmp_path, "collab_llava", SETTINGS, run_id=run_id, resume=True, world_size=1)
-            assert refused.error == (f"run busy is running now (process {holder.pid} on edge-box, started s2); wait for "
-                                     "it to finish before resuming it, or start a new run") and lock is None
+            assert refused.error == (f"run busy is running now (process {holder.pid} on edge-box, started s2); "
+                                     "wait for it to finish before resuming it, or start a new run") and lock is None
     finally:
         holder.kill()
         holder.wait()
@@ -126,7 +135,8 @@ ARGS = "pretrained=smalldetail-llava,policy=always"
 
 
 def run_ids_of(records_dir: Path) -> set[str]:
-    return {r["run_id"] for r in records(records_dir)} | {p.name.split(".rank")[0] for p in records_dir.glob("*.rank*.jsonl")}
+    return ({r["run_id"] for r in records(records_dir)}
+            | {p.name.split(".rank")[0] for p in records_dir.glob("*.rank*.jsonl")})
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +178,8 @@ def test_a_run_killed_halfway_resumes_into_one_run_with_the_same_results(tmp_pat
     (run_id,) = run_ids_of(records_dir)  # one run, in every record and file name
     assert {s["token_counts"][0]["run_id"] for s in samples(out, "smalldetail_read")} == {run_id}
 
-    resumed, whole = results_json(out)["results"]["smalldetail_read"], results_json(uninterrupted)["results"]["smalldetail_read"]
+    resumed = results_json(out)["results"]["smalldetail_read"]
+    whole = results_json(uninterrupted)["results"]["smalldetail_read"]
     for metric in ("exact_match,none", "bytes_total,none", "flops_total,none", "retransmitted,none"):
         assert resumed[metric] == whole[metric], metric
     answers = {r["doc_id"]: r["answer"] for r in records(uninterrupted / "records")}
@@ -183,7 +194,8 @@ def test_a_second_process_cannot_append_to_a_running_run(tmp_path):
     records_dir = tmp_path / "records"
     cmd = [LMMS_EVAL, "--model", "collab_llava", "--model_args", f"{ARGS},records_dir={records_dir}",
            "--tasks", "smalldetail_read,smalldetail_exist", "--include_path", str(TASKS_DIR),
-           "--output_path", str(tmp_path / "first"), "--verbosity", "DEBUG"]  # 300 samples: long enough to be caught running
+           "--output_path", str(tmp_path / "first"),
+           "--verbosity", "DEBUG"]  # 300 samples: long enough to be caught running
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and first.poll() is None and not list(records_dir.glob("*.rank0.jsonl")):
@@ -229,7 +241,8 @@ def test_a_one_process_run_resumes_under_two_processes(tmp_path, uninterrupted):
     journal = [json.loads(line) for line in (records_dir / f"{run_id}.run.ndjson").read_text().splitlines()]
     assert [(e["event"], e.get("world_size"), e.get("resumed")) for e in journal if e["event"] == "start"] == \
         [("start", 1, False), ("start", 2, True)]
-    assert sorted(e["rank"] for e in journal if e["event"] == "finish" and e["session"] == journal[-1]["session"]) == [0, 1]
+    assert sorted(e["rank"] for e in journal
+                  if e["event"] == "finish" and e["session"] == journal[-1]["session"]) == [0, 1]
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ images and prompts exactly as the family's adapter does.
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from datasets import load_dataset
@@ -132,7 +131,8 @@ def test_training_sees_what_the_adapter_sends(family, tmp_path):
             sent = adapter.inputs(images, text)
             batch = built.collate([(text, [], built.pixels(images))])
             assert sent["input_ids"][0].tolist() == batch.inputs["input_ids"][0].tolist()
-            torch.testing.assert_close(sent["pixel_values"].float().cpu(), batch.inputs["pixel_values"], atol=1e-2, rtol=0)
+            torch.testing.assert_close(sent["pixel_values"].float().cpu(), batch.inputs["pixel_values"],
+                                       atol=1e-2, rtol=0)
     # Every answer the tasks expect is one token, then the end of the turn.
     assert all(len(ids) == 2 and ids[-1] in adapter.eos_ids() for ids in prompts.answer_ids.values())
 
@@ -172,7 +172,8 @@ def test_each_family_meets_the_bars_through_lmms_eval(family, tmp_path):
     holds the digit's box >= 70% of the time. The README's tables list the measured values."""
     from collab_eval.lab.smalldetail_bars import bars
     tasks = ["smalldetail_read", "smalldetail_exist"]
-    run = evaluate(FAMILIES[family], f"pretrained=smalldetail-{family},policy=always,records_dir={tmp_path / 'records'}",
+    run = evaluate(FAMILIES[family],
+                   f"pretrained=smalldetail-{family},policy=always,records_dir={tmp_path / 'records'}",
                    ",".join(tasks), tmp_path)
     check_run(run, tasks, sd.TEST_SIZE)
     assert not any(r["error"] for r in run.records)

@@ -19,7 +19,12 @@ import numpy as np
 import torch
 
 from collab_eval.edge import Box
-from collab_eval.lab.tiny_checkpoints import LLAVA_CHAT_TEMPLATE, QWEN2_VL_CHAT_TEMPLATE, QWEN2_VL_SPECIAL, train_tokenizer
+from collab_eval.lab.tiny_checkpoints import (
+    LLAVA_CHAT_TEMPLATE,
+    QWEN2_VL_CHAT_TEMPLATE,
+    QWEN2_VL_SPECIAL,
+    train_tokenizer,
+)
 
 INPUT_SIDE = 96
 WIDTH, DEPTH, HEADS = 128, 4, 4
@@ -114,7 +119,8 @@ class Family:
             out = model(**batch.inputs, labels=batch.labels, output_attentions=with_maps, output_hidden_states=True)
         finally:
             hook.remove()
-        maps = normalised(self.first_image_rows(self.lm_rows(out.attentions, batch, layer), batch)) if with_maps else None
+        maps = (normalised(self.first_image_rows(self.lm_rows(out.attentions, batch, layer), batch))
+                if with_maps else None)
         return Pass(out, maps, [self.per_image(captured["f"], batch)])
 
     def param_groups(self, model, lr: float) -> list[dict]:
@@ -216,7 +222,7 @@ class Llava(Family):
                               chat_template=LLAVA_CHAT_TEMPLATE)
 
     def make_config(self):
-        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+        from transformers import CLIPVisionConfig, LlavaConfig
         tok = self.tokenizer
         vision = CLIPVisionConfig(hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=DEPTH,
                                   num_attention_heads=HEADS, image_size=INPUT_SIDE, patch_size=self.patch,
@@ -289,8 +295,8 @@ class Qwen2VL(Family):
         ids = {token: tok.convert_tokens_to_ids(token) for token in QWEN2_VL_SPECIAL}
         head_dim = WIDTH // HEADS
         return Qwen2VLConfig(
-            vision_config=dict(depth=self.vision_depth, embed_dim=self.vision_width, hidden_size=WIDTH, mlp_ratio=2, num_heads=HEADS,
-                               in_channels=3, patch_size=self.patch, spatial_merge_size=self.merge,
+            vision_config=dict(depth=self.vision_depth, embed_dim=self.vision_width, hidden_size=WIDTH, mlp_ratio=2,
+                               num_heads=HEADS, in_channels=3, patch_size=self.patch, spatial_merge_size=self.merge,
                                temporal_patch_size=2),
             text_config=dict(vocab_size=len(tok), hidden_size=WIDTH, intermediate_size=2 * WIDTH,
                              num_hidden_layers=DEPTH, num_attention_heads=HEADS, num_key_value_heads=HEADS,
@@ -481,7 +487,8 @@ def chat_prompt_ids(family: Family, text, image_tokens, image_token) -> list[int
     key = (text, len(image_tokens))
     if key not in family.prompt_cache:
         content = [{"type": "image"}] * len(image_tokens) + [{"type": "text", "text": text}]
-        prompt = family.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        prompt = family.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                      add_generation_prompt=True)
         family.prompt_cache[key] = family.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     token = family.tokenizer.convert_tokens_to_ids(image_token)
     out, counts = [], iter(image_tokens)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+from datasets import Dataset, Features, Sequence, Value
+from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
 
 SIZES = [(48, 40), (96, 96), (160, 96), (96, 200), (320, 240), (300, 500), (640, 480), (512, 128)]

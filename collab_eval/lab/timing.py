@@ -8,12 +8,12 @@ Runs ``llava_hf``, ``collab_llava policy=never`` (one image, one answer: what ll
 does) and ``collab_llava policy=always`` (stage 1, the generic-prompt map, stage 2 on
 every sample), ``never:8`` / ``always:8`` with ``batch_size=8``, through lmms-eval's
 ``simple_evaluate`` in this one process, interleaved round by round, each round on a
-freshly loaded model (so the generic-prompt pass is paid, as in a user's run). Time is the CPU time of ``generate_until`` (CUDA: its wall time,
-synchronised); loading and scoring are excluded. Prints each round's ratio to llava_hf,
-then the peak memory rise of each collab stage (CPU: resident set size; CUDA: allocated)
-from one more, untimed, ``always`` run. The default checkpoint has LLaVA-1.5's image
-geometry (576 image tokens) at CPU-sized widths. Machines here are shared and noisy: read
-the ratios, not the seconds.
+freshly loaded model (so the generic-prompt pass is paid, as in a user's run). Time is
+the CPU time of ``generate_until`` (CUDA: its wall time, synchronised); loading and
+scoring are excluded. Prints each round's ratio to llava_hf, then the peak memory rise of
+each collab stage (CPU: resident set size; CUDA: allocated) from one more, untimed,
+``always`` run. The default checkpoint has LLaVA-1.5's image geometry (576 image tokens)
+at CPU-sized widths. Machines here are shared and noisy: read the ratios, not the seconds.
 """
 from __future__ import annotations
 
@@ -114,7 +114,8 @@ def main(argv=None) -> None:
           f"{args.max_new_tokens}, device {args.device} ({args.dtype}), {args.threads} torch thread(s), "
           f"{args.rounds} interleaved rounds, fresh model each, {clock} time of generate_until")
     for name in systems:
-        print(f"  {name:10s} median {statistics.median(times[name]):8.2f} s  ({', '.join(f'{t:.2f}' for t in times[name])})")
+        print(f"  {name:10s} median {statistics.median(times[name]):8.2f} s  "
+              f"({', '.join(f'{t:.2f}' for t in times[name])})")
     if "llava_hf" in systems:
         for name in systems:
             if name != "llava_hf":

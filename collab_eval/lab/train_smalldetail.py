@@ -352,7 +352,8 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
             zoom = n_local
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step} loss {pass1.output.loss.item():.3f}/{pass2.output.loss.item():.3f} "
-                f"att {l_att.item():.3f} digit {'+'.join(f'{d.item():.3f}' for d in l_digits)} q {l_q1.item():.3f}/{l_q2.item():.3f} "
+                f"att {l_att.item():.3f} digit {'+'.join(f'{d.item():.3f}' for d in l_digits)} "
+                f"q {l_q1.item():.3f}/{l_q2.item():.3f} "
                 f"blind {l_blind.item():.3f} "
                 f"zoom {zoom} read2 {np.mean(running) if running else float('nan'):.2f} "
                 f"exist2 {np.mean(exist_running) if exist_running else float('nan'):.2f} "
@@ -402,7 +403,8 @@ def evaluate(family: Family, model, data, prompts: Prompts, layer: int, device="
                 if stage == "global":
                     entropy += token_uncertainties(logits).min_entropy
                 if p.maps is not None:
-                    hits += [bool(data["target"][i][int(m.argmax())] > 0) for i, m in zip(range(s, s + len(rows)), p.maps)]
+                    hits += [bool(data["target"][i][int(m.argmax())] > 0)
+                             for i, m in zip(range(s, s + len(rows)), p.maps)]
         right1, right2, entropy = np.array(right["global"]), np.array(right["local"]), np.array(entropy)
         gated = right1.copy()
         most_uncertain = np.argsort(-entropy, kind="stable")[: n // 2]
@@ -432,7 +434,8 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--att-weight", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2, help="the shipped checkpoints were trained with 2")
-    parser.add_argument("--device", default="cpu", help="cpu (the default) reproduces the shipped checkpoint bit for bit; cuda works too")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (the default) reproduces the shipped checkpoint bit for bit; cuda works too")
     args = parser.parse_args(argv)
     train(args.family, Path(args.out), seed=args.seed, steps=args.steps, n_train=args.n_train, n_val=args.n_val,
           batch=args.batch, lr=args.lr, att_weight=args.att_weight, threads=args.threads, device=args.device,
