@@ -255,6 +255,11 @@ def test_an_infinite_threshold_runs_as_never(tmp_path):
     assert len(recs) == 5 and not any(r["retransmitted"] for r in recs)
     assert {r["policy_args"]["threshold"] for r in recs} == {"inf"}
     assert results_json(out)["results"]["smalldetail_read"]["retransmitted,none"] == 0.0
+    # The report labels the run by its threshold, written "inf" in the records.
+    report = subprocess.run([str(Path(sys.executable).with_name("collab-eval")), "report", str(out), "--out",
+                             str(tmp_path / "report")], capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "threshold τ=inf (max)" in (tmp_path / "report" / "report.md").read_text()
 
 
 def file_size_limit(nbytes):
