@@ -170,7 +170,7 @@ def run_batch(server: Server, samples: list[SampleInput], *, method: Method,
                     visuals = images_in(sample.visuals())
                 flying.append(send_globals(server, sample, visuals, laps, method=method, caches=caches))
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
-            yield failed(sample, laps, err)
+            yield failure(sample, laps, err)
     for limits in dict.fromkeys(f.sample.limits for f in flying):  # one generate per generation limit
         yield from run_group(server, [f for f in flying if f.sample.limits == limits], limits, method=method,
                              caches=caches)
@@ -196,7 +196,7 @@ def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: 
             send_crops(server, f, crops, method)  # 5. edge: the crop(s)
             again.append(f)
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
-            yield failed(f.sample, f.laps, err)
+            yield failure(f.sample, f.laps, err)
     if not again:
         return
     with Laps.shared("stage2", [f.laps for f in again]):  # 6. server: stage 2, one batched pass
@@ -205,7 +205,7 @@ def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: 
                              limits, with_attention=False, prefixes=[f.stage1.prefix for f in again])
     for f, answer in zip(again, stage2):
         if isinstance(answer, Exception):
-            yield failed(f.sample, f.laps, answer)
+            yield failure(f.sample, f.laps, answer)
             continue
         f.out.answer_stage2 = f.out.answer = answer.text
         f.out.flops["stage2"] = sum(answer.flops.values())
@@ -282,7 +282,7 @@ def finish(f: InFlight) -> SampleResult:
     return SampleResult(f.sample, out, seconds=out.seconds)
 
 
-def failed(sample: SampleInput, laps: "Laps", err: Exception) -> SampleResult:
+def failure(sample: SampleInput, laps: "Laps", err: Exception) -> SampleResult:
     return SampleResult(sample, error=err, seconds={"total": laps.total()})
 
 
