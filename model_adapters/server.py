@@ -50,8 +50,8 @@ class ServerModel:
 
     # ----- loading -------------------------------------------------------------
     def use_threads(self, threads: int) -> None:
-        """CPU threads for torch (process-wide). One by default: several threads on a
-        machine whose cores are busy slow every sample down many times over (README, "CPU
+        """CPU threads for torch (process-wide). One by default: several threads on a machine
+        whose cores are busy slow every sample down many times over (docs/running.md, "CPU
         threads"), while on idle cores they gain at most their number. 0 keeps torch's own."""
         if threads and self.device.type == "cpu":
             torch.set_num_threads(threads)

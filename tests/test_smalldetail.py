@@ -75,7 +75,7 @@ def test_shipped_test_splits_match_generator_and_schema():
 
 
 FAMILIES = {"llava": "collab_llava", "qwen2-vl": "collab_qwen2_vl", "instructblip": "collab_instructblip"}
-SHIPPED = list(FAMILIES)  # the families whose trained checkpoint ships (README)
+SHIPPED = list(FAMILIES)  # the families whose trained checkpoint ships (docs/smalldetail.md)
 
 
 def adapter_class(family: str):
@@ -169,7 +169,7 @@ def test_each_family_meets_the_bars_through_lmms_eval(family, tmp_path):
     splits (150 samples per task): always - never >= 10 points and the entropy gate (top 50%
     by stage-1 score) beating random retransmission at 50% by more than 5 points on both
     tasks; on reading also an AUROC of the score for stage-1 errors >= 0.75 and a RoI that
-    holds the digit's box >= 70% of the time. The README's tables list the measured values."""
+    holds the digit's box >= 70% of the time. docs/measurements.md lists the measured values."""
     from collab_eval.lab.smalldetail_bars import bars
     tasks = ["smalldetail_read", "smalldetail_exist"]
     run = evaluate(FAMILIES[family],

@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (one more, first, warms up)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (one: timings on a shared "
-                        "machine are otherwise bimodal; see the README on threads)")
+                        "machine are otherwise bimodal; see docs/running.md, 'CPU threads')")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--clock", choices=("cpu", "wall"), default=None,
