@@ -11,21 +11,24 @@ from collab_eval.analysis.check import FRACTIONS, Tolerances
 from collab_eval.shipped import TASK_DATA_DIR, TASKS_DIR
 
 
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="collab-eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("tasks-dir", help="print the directory to pass to lmms-eval's --include_path")
-    costed = sub.add_parser("costed-tasks", help="write costed variants (collab_<task>) of lmms-eval tasks or groups, "
+    costed = sub.add_parser("costed-tasks",
+                            help="write costed variants (collab_<task>) of lmms-eval tasks or groups, "
                             "for --include_path: the task's own metrics plus bytes_total, flops_total, retransmitted")
     costed.add_argument("--tasks", required=True, help="lmms-eval task, group or tag names, comma-separated")
-    costed.add_argument("--out", required=True, help="directory to write the YAMLs into (then pass it to --include_path)")
+    costed.add_argument("--out", required=True,
+                        help="directory to write the YAMLs into (then pass it to --include_path)")
     costed.add_argument("--include_path", help="a directory of further task YAMLs to look the names up in")
-    task_data = sub.add_parser("build-task-data", help="regenerate the local TextVQA/POPE-schema task data in tasks/data")
+    task_data = sub.add_parser("build-task-data",
+                               help="regenerate the local TextVQA/POPE-schema task data in tasks/data")
     task_data.add_argument("--out", default=str(TASK_DATA_DIR))
     build = sub.add_parser("build-tiny", help="build (or find) a tiny checkpoint and print its path")
     build.add_argument("name", choices=["tiny-llava", "tiny-qwen2-vl", "tiny-instructblip"])
-    report = sub.add_parser("report", help="compare runs: accuracy against bytes and FLOPs, as report.md/.html and summary.json")
+    report = sub.add_parser("report",
+                            help="compare runs: accuracy against bytes and FLOPs, as report.md/.html and summary.json")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="lmms-eval --output_path directories (or directories of collab records)")
     report.add_argument("--out", required=True, help="directory for report.md, report.html, summary.json, figures")
@@ -38,7 +41,8 @@ def main(argv=None) -> int:
     check.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or one summary.json")
     check.add_argument("--baseline", required=True, help="a summary.json written by collab-eval report")
     check.add_argument("--tol-auc", type=float, default=Tolerances.auc,
-                       help="allowed drop of the mean accuracy over the baseline's cost range (fraction; default %(default)s)")
+                       help="allowed drop of the mean accuracy over the baseline's cost range "
+                       "(fraction; default %(default)s)")
     check.add_argument("--tol-acc", type=float, default=Tolerances.budget,
                        help="allowed drop of the accuracy within each budget (fraction; default %(default)s)")
     check.add_argument("--tol-cost", type=float, default=Tolerances.cost,
@@ -60,7 +64,8 @@ def main(argv=None) -> int:
     calibrate.add_argument("--task", required=True, help="the lmms-eval task to calibrate on")
     goal = calibrate.add_mutually_exclusive_group(required=True)
     goal.add_argument("--max-loss", type=float, metavar="ε",
-                      help="accuracy lost against always at most ε (a fraction: 0.02 = 2 points); fewest retransmissions")
+                      help="accuracy lost against always at most ε (a fraction: 0.02 = 2 points); "
+                      "fewest retransmissions")
     goal.add_argument("--max-bytes", type=float, metavar="B", help="mean bytes per sample at most B; most accurate τ")
     goal.add_argument("--max-flops", type=float, metavar="F", help="mean FLOPs per sample at most F; most accurate τ")
     calibrate.add_argument("--delta", type=float, default=0.1,
@@ -185,6 +190,7 @@ def run_check(args) -> int:
 
 def run_calibrate(args) -> int:
     import json
+
     from collab_eval.analysis import calibrate
     from collab_eval.analysis.runs import find_runs
     from collab_eval.analysis.scoring import Scorer
@@ -221,7 +227,8 @@ def floats(text: str) -> list[float]:
 def system_pair(text: str) -> tuple[str, str]:
     run, sep, base = text.partition("=")
     if not (sep and run and base):
-        raise argparse.ArgumentTypeError(f"expected RUN_SYSTEM=BASELINE_SYSTEM (e.g. name:jpeg:5=name:png), got {text!r}")
+        raise argparse.ArgumentTypeError("expected RUN_SYSTEM=BASELINE_SYSTEM (e.g. name:jpeg:5=name:png), "
+                                         f"got {text!r}")
     return run, base
 
 

@@ -241,7 +241,8 @@ def read_record_file(path) -> RecordFile:
             continue
         record, problem = parse_record(line)
         if problem and number == len(lines):  # the writer ends every record with a newline: a cut-off line
-            skipped.append(f"{path}, line {number}: incomplete last line (the run was cut off while writing it), skipped")
+            skipped.append(f"{path}, line {number}: incomplete last line (the run was cut off while writing it), "
+                           "skipped")
         elif problem:
             raise RecordError(f"{path}, line {number}: {problem}")
         else:

@@ -22,7 +22,8 @@ def record(task: str, doc_id: int, doc: dict, stage1: str, stage2: str | None, s
         retransmitted=retransmitted, score=score, scores={"max": score, "mean": score, "first": score},
         image_size=[64, 48], bytes_original=1000, bytes_global=bytes_global,
         bytes_request=16 if retransmitted else 0, bytes_local=bytes_total - bytes_global - 16 if retransmitted else 0,
-        flops={"vision": 4, "projector": 1, "prefill": 3, "decode": 2, "generic": 0, "stage2": 20 if retransmitted else 0},
+        flops={"vision": 4, "projector": 1, "prefill": 3, "decode": 2, "generic": 0,
+               "stage2": 20 if retransmitted else 0},
         doc=doc)
     r.bytes_total = r.bytes_global + r.bytes_request + r.bytes_local
     r.flops_total = sum(r.flops.values())

@@ -272,7 +272,8 @@ def test_report_shows_the_calibrated_point(always_run, tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(always_run), "--out", str(out), "--seeds", "0", "--calibrate",
                  "max-loss=0.03,seed=3"]) == 0
-    entry = json.loads((out / "summary.json").read_text())["systems"]["smalldetail-llava:png"]["tasks"]["smalldetail_read"]
+    systems = json.loads((out / "summary.json").read_text())["systems"]
+    entry = systems["smalldetail-llava:png"]["tasks"]["smalldetail_read"]
     chosen = entry["calibrated"]
     samples, names, _ = real_samples(always_run)
     api = cal.calibrate(samples, names, cal.Target("loss", 0.03, 0.1), calib_fraction=0.5, seed=3)

@@ -61,7 +61,8 @@ def test_report_files(baseline_report):
     assert f"]({POPE}_tradeoff.png)" in md
 
 
-HOSTILE = ['<script>alert("x")</script>', '<img src=x onerror=alert(1)>', '"><iframe src=//evil>', "a|b\n# not a heading"]
+HOSTILE = ['<script>alert("x")</script>', '<img src=x onerror=alert(1)>', '"><iframe src=//evil>',
+           "a|b\n# not a heading"]
 
 
 def test_hostile_model_output_is_escaped(tmp_path):
@@ -161,7 +162,8 @@ def test_failed_samples_score_as_wrong_and_count(tmp_path):
     records = pope_records()
     records[0].update(answer_stage1=None, answer_stage2=None, answer="", score=None, scores={},
                       error="UnidentifiedImageError: cannot identify image file")
-    entry = summarise(find_runs(write_run(tmp_path, records)), seeds=0).systems["hand-llava:png"].tasks[POPE].from_always
+    summary = summarise(find_runs(write_run(tmp_path, records)), seeds=0)
+    entry = summary.systems["hand-llava:png"].tasks[POPE].from_always
     assert entry.errors == 1
     assert entry.never.accuracy == 0.0  # sample 0 was the only right stage-1 answer
     assert entry.curves.gated[0].tau == math.inf
@@ -176,7 +178,8 @@ def test_a_results_json_finds_its_own_records_in_a_shared_records_dir(tmp_path):
     out.mkdir(parents=True)
     (out / "20260101_080000_results.json").write_text(json.dumps({
         "date": "20260101_080000", "results": {POPE: {}},
-        "config": {"model": "collab_llava", "model_args": f"pretrained=x,policy=always,records_dir={shared / 'records'}",
+        "config": {"model": "collab_llava",
+                   "model_args": f"pretrained=x,policy=always,records_dir={shared / 'records'}",
                    "resolved_cli_args": {"timezone": "Asia/Singapore"}}}))
     (run,) = find_runs(tmp_path / "out")
     assert run.name == "collab_llava-20260101T000005" and run.policy == "always" and run.adapter == "collab_llava"

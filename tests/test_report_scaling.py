@@ -12,7 +12,8 @@ def test_summary_json_is_json_dumps_character_for_character(tmp_path):
     """summary.json is json.dumps(indent=1) of the summary's model_dump: the committed reports
     keep their bytes (ASCII escapes, Python's float repr), and reading it back writes it again unchanged."""
     out = tmp_path / "report"
-    assert cli.main(["report", str(write_run(tmp_path / "run", pope_records() + textvqa_records())), "--out", str(out)]) == 0
+    run = write_run(tmp_path / "run", pope_records() + textvqa_records())
+    assert cli.main(["report", str(run), "--out", str(out)]) == 0
     text = (out / "summary.json").read_text()
     assert text == json.dumps(json.loads(text), indent=1, allow_nan=False) + "\n"
     Summary.read(out / "summary.json").write(tmp_path / "again.json")

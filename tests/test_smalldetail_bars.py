@@ -67,6 +67,7 @@ def test_by_original_size_splits_at_the_small_originals_short_side():
                             image_size=size) for i, size in enumerate(sizes)]
     s = samples(acc1=[1, 1, 0, 0, 1, 0], acc2=[1, 0, 1, 1, 1, 0], score=[0.1, 2.0, 2.2, 0.5, 2.3, 0.0])
     split = by_original_size(records, s, 0.5)
-    assert split["small"] == {"n": 2, "never": 1.0, "always": 0.5, "median_score": pytest.approx(1.05), "gated_at_0.5": 1}
+    assert split["small"] == {"n": 2, "never": 1.0, "always": 0.5, "median_score": pytest.approx(1.05),
+                              "gated_at_0.5": 1}
     assert split["large"] == {"n": 3, "never": pytest.approx(1 / 3), "always": 1.0, "median_score": pytest.approx(2.2),
                               "gated_at_0.5": 2}

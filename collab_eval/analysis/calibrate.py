@@ -350,14 +350,16 @@ def always_records(runs, task: str, where: str) -> list[SampleRecord]:
     return records
 
 
-def samples_of(records: list[SampleRecord], task: str, score: str | None, scorer) -> tuple[Samples, list[str], str, str]:
+def samples_of(records: list[SampleRecord], task: str, score: str | None,
+               scorer) -> tuple[Samples, list[str], str, str]:
     """Samples with the chosen score aggregate, the image of each, the system and the aggregate."""
     checkpoint, codec = system_of(records)
     view = task_view(f"{checkpoint}:{codec}", task, records, scorer)
     score = score or records[0].score_name
     if score != records[0].score_name:
         if score not in view.scores:
-            raise ValueError(f"score {score!r} is not recorded for every sample of {task!r} (have {sorted(view.scores)})")
+            raise ValueError(f"score {score!r} is not recorded for every sample of {task!r} "
+                             f"(have {sorted(view.scores)})")
         return replace(view.samples, score=view.scores[score]), image_names(records), view.system, score
     return view.samples, image_names(records), view.system, score
 

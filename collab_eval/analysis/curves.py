@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from collab_eval.typed_json import Threshold, is_none
 
-
 RATES = tuple(i / 20 for i in range(21))  # the grid the random baseline is tabulated on
 
 

@@ -75,7 +75,7 @@ def tradeoff_figure(task: str, systems: dict[str, TaskSummary]) -> Figure:
     for (cost, label, scale), ax in zip(COSTS, axes):
         xs, ys = [], []  # everything drawn, for the axes' ranges
 
-        def draw(points, *args, **kw):
+        def draw(points, *args, cost=cost, scale=scale, xs=xs, ys=ys, ax=ax, **kw):
             x, y = xy(points, cost, scale)
             xs.extend(x)
             ys.extend(y)
@@ -93,8 +93,8 @@ def tradeoff_figure(task: str, systems: dict[str, TaskSummary]) -> Figure:
                 draw(c.random, "--", color=colour, lw=1, label=f"{name}: random (expected)")
                 if c.random_band:
                     band = c.random_band
-                    ax.fill_between([getattr(b, cost) * scale for b in band], [b.lo for b in band], [b.hi for b in band],
-                                    color=colour, alpha=0.12, lw=0)
+                    ax.fill_between([getattr(b, cost) * scale for b in band], [b.lo for b in band],
+                                    [b.hi for b in band], color=colour, alpha=0.12, lw=0)
                     ys.extend([b.lo for b in band] + [b.hi for b in band])
                 # Beyond its last point the oracle keeps its accuracy: an upper bound for larger budgets.
                 last = c.oracle[-1]
@@ -137,8 +137,9 @@ def calibrated_marks(draw, ax, calibrated: Calibration, cost: str, scale: float,
     """The calibrated τ on the whole run (★, on the curve) and its held-out outcome (☆)."""
     whole, held_out = calibrated.whole_run, calibrated.test
     draw([whole], "*", color=colour, ms=14, mec="black", mew=0.6)
-    ax.annotate(f"calibrated τ ({calibrated.target} {calibrated.limit:g})", (getattr(whole, cost) * scale, whole.accuracy),
-                textcoords="offset points", xytext=(-8, 8), ha="right", fontsize=7, color=colour)
+    ax.annotate(f"calibrated τ ({calibrated.target} {calibrated.limit:g})",
+                (getattr(whole, cost) * scale, whole.accuracy), textcoords="offset points", xytext=(-8, 8),
+                ha="right", fontsize=7, color=colour)
     if held_out:
         draw([held_out], "*", color=colour, ms=14, mfc="white", mec=colour, mew=1.2)
         ax.annotate(f"held-out ({held_out.n} samples)", (getattr(held_out, cost) * scale, held_out.accuracy),

@@ -187,8 +187,8 @@ def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskVie
         blocks.append(Para("Savings are relative: +60% means 60% fewer bytes than sending the original image "
                            "(same codec) or than retransmitting every sample; a negative saving costs more."
                            + (" Where always-retransmit accuracy is 0, every point reaches the target and the row "
-                              "only shows the cheapest one." if any(e.always.accuracy == 0 for e in with_curves.values())
-                              else "")))
+                              "only shows the cheapest one."
+                              if any(e.always.accuracy == 0 for e in with_curves.values()) else "")))
         for k, e in with_curves.items():
             blocks += [Heading(3, f"Entropy-gate operating points: {k}"), Table(
                 ["τ", "retransmitted", "bytes", "GFLOPs", "acc"],
@@ -256,7 +256,8 @@ def derived(p: Point | None) -> str:
 
 
 def examples(view: TaskView) -> list[list[str]]:
-    changed = sorted(range(len(view.records)), key=lambda i: (view.acc2[i] == view.acc1[i], view.acc2[i] < view.acc1[i], i))
+    changed = sorted(range(len(view.records)),
+                     key=lambda i: (view.acc2[i] == view.acc1[i], view.acc2[i] < view.acc1[i], i))
     rows = []
     for i in changed[:EXAMPLES]:
         r = view.records[i]
@@ -328,7 +329,8 @@ def to_html(blocks: list) -> str:
         elif isinstance(b, Para):
             out.append(f"<p>{html_escape(b.text)}</p>")
         elif isinstance(b, Table):
-            out.append("<table><thead><tr>" + "".join(f"<th>{html_escape(h)}</th>" for h in b.headers) + "</tr></thead><tbody>")
+            out.append("<table><thead><tr>" + "".join(f"<th>{html_escape(h)}</th>" for h in b.headers)
+                       + "</tr></thead><tbody>")
             out += ["<tr>" + "".join(f"<td>{html_escape(c)}</td>" for c in row) + "</tr>" for row in b.rows]
             out.append("</tbody></table>")
         elif isinstance(b, Figure):

@@ -134,7 +134,8 @@ def results_run_id(results: dict, results_file: Path) -> str | None:
                 counts = json.loads(f.readline()).get("token_counts") or [{}]
             except (ValueError, AttributeError):
                 continue  # unreadable log: fall back to matching by policy, tasks and time
-        run_id = counts[0].get("run_id") if isinstance(counts, list) and counts and isinstance(counts[0], dict) else None
+        run_id = (counts[0].get("run_id") if isinstance(counts, list) and counts and isinstance(counts[0], dict)
+                  else None)
         if run_id:
             return str(run_id)
     return None

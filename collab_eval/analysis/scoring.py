@@ -153,7 +153,8 @@ class TaskMetric:
                 value = self.aggregations[metric]([value])
             else:
                 raise ValueError(f"task {self.task!r}: metric {metric!r} returned a dict without {self.score_key!r} "
-                                 f"(keys {sorted(value)}) and has no aggregation function; set score_key in the task YAML")
+                                 f"(keys {sorted(value)}) and has no aggregation function; "
+                                 "set score_key in the task YAML")
         try:
             return metric, float(value)
         except (TypeError, ValueError) as err:

@@ -98,7 +98,8 @@ class FromAlways(BaseModel):
     oracle: Point
     auroc: dict[str, float | None] = Field(default_factory=dict)
     target_accuracy: float = 0.0
-    reach_target: dict[str, Saving | None] = Field(default_factory=dict)  # gated / random / oracle: cheapest reaching it
+    # gated / random / oracle: cheapest reaching it
+    reach_target: dict[str, Saving | None] = Field(default_factory=dict)
     savings_never: Saving | None = None
     curves: Curves
 
@@ -178,7 +179,8 @@ class Summary(BaseModel):
     settings: SummarySettings = Field(default_factory=default_settings)
     runs: list[RunRow] = Field(default_factory=list)
     systems: dict[str, SystemSummary]
-    views: list[Any] = Field(default_factory=list, exclude=True, repr=False)  # TaskViews: per-sample data for the report
+    # TaskViews: per-sample data for the report
+    views: list[Any] = Field(default_factory=list, exclude=True, repr=False)
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -235,7 +237,8 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
     for run in sorted(runs, key=lambda r: (r.policy != "always", not r.complete, r.name)):
         checkpoint, codec = system_of(run.records)
         key = f"{checkpoint}:{codec}"
-        system = systems.setdefault(key, SystemSummary(checkpoint=checkpoint, codec=codec, adapter=run.adapter, tasks={}))
+        system = systems.setdefault(key, SystemSummary(checkpoint=checkpoint, codec=codec, adapter=run.adapter,
+                                                       tasks={}))
         run_rows.append(RunRow(name=run.name, system=key, adapter=run.adapter, policy=run.policy, label=run_label(run),
                                policy_args=run.policy_args, tasks=run.tasks, samples=len(run.records),
                                errors=failed(run.records),
@@ -255,7 +258,8 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
                 view = task_view(name, task, records, scorer)
                 views.append(view)
                 metric = scorer.metric(task).metric
-                systems[name].tasks[task] = TaskSummary(metric=metric, from_always=from_always(view, run, metric, seeds))
+                systems[name].tasks[task] = TaskSummary(metric=metric,
+                                                        from_always=from_always(view, run, metric, seeds))
         else:
             for task, records in sorted(by_task.items()):
                 point = run_point(run, task, records, scorer)  # first: it tells which metric the documents use
@@ -319,7 +323,8 @@ def from_always(view: TaskView, run: Run, metric: str, seeds: int) -> FromAlways
         never=never, always=always, oracle=curves.point(s, curves.oracle_mask(s)),
         auroc={agg: curves.auroc(scores, error) for agg, scores in {primary: s.score, **view.scores}.items()},
         target_accuracy=target, reach_target=reach, savings_never=savings(never, bytes_original, always),
-        curves=Curves(gated=gated, gated_other_scores=others, random=random_curve, random_band=band, oracle=oracle_curve))
+        curves=Curves(gated=gated, gated_other_scores=others, random=random_curve, random_band=band,
+                      oracle=oracle_curve))
 
 
 def savings(p: Point | None, bytes_original: float, always: Point) -> Saving | None:

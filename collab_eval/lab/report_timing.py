@@ -43,7 +43,7 @@ def replicate(records: list[SampleRecord], size: int) -> list[SampleRecord]:
     for r in records:
         by_task.setdefault(r.task, []).append(r)
     out = []
-    for task, rows in sorted(by_task.items()):
+    for _task, rows in sorted(by_task.items()):
         rows = sorted(rows, key=lambda r: r.doc_id)
         for i in range(size):
             r, copy = rows[i % len(rows)], i // len(rows)
@@ -79,13 +79,14 @@ def measure(run_dir: Path, out_dir: Path, repeats: int) -> dict[str, tuple[float
             with summary_of([run_dir], seeds=20) as summary:
                 report.write(summary, out_dir)
 
-        def check_run():
-            with summary_of([run_dir], seeds=0) as summary:
-                check.compare(summary, baseline)
-
         _, cpu, wall = timed(report_run)
         best["report"] = min(best.get("report", (cpu, wall)), (cpu, wall))
         baseline = Summary.read(out_dir / "summary.json")
+
+        def check_run(baseline=baseline):
+            with summary_of([run_dir], seeds=0) as summary:
+                check.compare(summary, baseline)
+
         _, cpu, wall = timed(check_run)
         best["check"] = min(best.get("check", (cpu, wall)), (cpu, wall))
     return best
@@ -107,7 +108,8 @@ def main(argv=None) -> None:
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
     print(f"source: {source.name}, tasks {', '.join(source.tasks)}, {len(source.records)} records; "
           f"CPU seconds (wall), best of {args.repeats}")
-    print(f"{'samples/task':>12}  {'report':>15}  {'x/2n':>5}  {'check':>15}  {'x/2n':>5}   (x/2n: growth per doubling)")
+    print(f"{'samples/task':>12}  {'report':>15}  {'x/2n':>5}  {'check':>15}  {'x/2n':>5}   "
+          "(x/2n: growth per doubling)")
     previous = None
     with tempfile.TemporaryDirectory(prefix="report_timing_") as tmp:
         for size in sizes:

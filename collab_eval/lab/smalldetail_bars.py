@@ -66,8 +66,9 @@ def by_original_size(records: list[SampleRecord], s: curves.Samples, rate: float
     for kind, small in (("small", True), ("large", False)):
         mask = np.array([bool(size) and is_small_original(size) == small for size in sizes], dtype=bool)
         if mask.any():
-            out[kind] = {"n": int(mask.sum()), "never": float(s.acc1[mask].mean()), "always": float(s.acc2[mask].mean()),
-                         "median_score": float(np.median(s.score[mask])), f"gated_at_{rate:g}": int(sent[mask].sum())}
+            out[kind] = {"n": int(mask.sum()), "never": float(s.acc1[mask].mean()),
+                         "always": float(s.acc2[mask].mean()), "median_score": float(np.median(s.score[mask])),
+                         f"gated_at_{rate:g}": int(sent[mask].sum())}
     return out
 
 
@@ -85,8 +86,8 @@ def gain_intervals(s: curves.Samples, rate: float, level: float = 0.95, resample
                   "gate_gain_points": lambda t: 100 * gate_gain(t, rate)}
     out = {}
     for name, statistic in statistics.items():
-        ci = bootstrap((np.arange(s.n),), lambda index: statistic(subset(s, index.astype(int))), vectorized=False,
-                       n_resamples=resamples, confidence_level=level, method="percentile",
+        ci = bootstrap((np.arange(s.n),), lambda index, statistic=statistic: statistic(subset(s, index.astype(int))),
+                       vectorized=False, n_resamples=resamples, confidence_level=level, method="percentile",
                        rng=np.random.default_rng(seed)).confidence_interval
         out[f"{name}_ci"] = (float(ci.low), float(ci.high))
     return out
@@ -133,8 +134,8 @@ def markdown(measured: dict, rate: float = 0.5) -> str:
                        f"**{b['gap_points']:+.1f}** {interval(b['gap_points_ci'])} | {gated:.1f} vs {random:.1f} "
                        f"(**{gated - random:+.1f}**) {interval(b['gate_gain_points_ci'])} | {auc} | "
                        f"{100 * b['roi_contains_target']:.1f}% ({100 * b['roi_contains_target_centre']:.1f}%) |")
-        out += ["", f"| task: originals (samples) | never | always | median stage-1 score | retransmitted by the gate at "
-                f"{rate:.0%} |", "|---|---|---|---|---|"]
+        out += ["", "| task: originals (samples) | never | always | median stage-1 score | "
+                f"retransmitted by the gate at {rate:.0%} |", "|---|---|---|---|---|"]
         for task, b in sorted(tasks.items()):
             for kind, g in b["by_original_size"].items():
                 out.append(f"| `{task}`: {kind} ({g['n']}) | {100 * g['never']:.1f} | {100 * g['always']:.1f} | "
