@@ -286,19 +286,19 @@ def failure(sample: SampleInput, laps: "Laps", err: Exception) -> SampleResult:
     return SampleResult(sample, error=err, seconds={"total": laps.total()})
 
 
-def answer_each(server: Server, requests: list, limits: Limits, **kwargs) -> list[Answer | Exception]:
-    """One batched pass; if it fails, each request alone, so only the failing ones fail.
-    Per-request keyword lists (``prefixes``) are split with their requests."""
+def answer_each(server: Server, requests: list, limits: Limits, *, with_attention: bool, keep_prefix: bool = False,
+                prefixes: list | None = None) -> list[Answer | Exception]:
+    """One batched pass; if it fails, each request alone, so only the failing ones fail."""
     try:
-        return server.answer_batch(requests, limits, **kwargs)
+        return server.answer_batch(requests, limits, with_attention, keep_prefix, prefixes)
     except Exception as err:  # noqa: BLE001  -- which sample? each tries again alone
         if len(requests) == 1:
             return [err]
     answers = []
     for i, request in enumerate(requests):
-        alone = {k: [v[i]] if k == "prefixes" and v is not None else v for k, v in kwargs.items()}
         try:
-            answers.append(server.answer_batch([request], limits, **alone)[0])
+            alone = [prefixes[i]] if prefixes is not None else None
+            answers.append(server.answer_batch([request], limits, with_attention, keep_prefix, alone)[0])
         except Exception as err:  # noqa: BLE001  -- becomes this sample's failed result
             answers.append(err)
     return answers

@@ -133,7 +133,7 @@ class ServerModel:
             return [self.answer(images, question, limits, with_attention, prefix=prefix, keep_prefix=keep_prefix)
                     for (images, question), prefix in zip(requests, prefixes)]
         cached = [r.length if r is not None else 0 for r in reused]
-        batch, pads = self.padded([self.continue_from(inputs, r) for (inputs, _, r), r in zip(samples, reused)],
+        batch, pads = self.padded([self.continue_from(inputs, r) for inputs, _, r in samples],
                                   [inputs for inputs, _, _ in samples], cached)
         cache = Prefix.batch_cache(reused, self.model.config) if reused[0] is not None else None
         lm = {self.lm_module(): Probe(last_only=True)} if with_attention else {}
