@@ -5,7 +5,7 @@
 1. edge: each sample's global image(s), resized to the encoder's input, encoded, counted;
 2. server, stage 1: every sample answered from its global image(s) in one batched pass
    (logits per token; the question's attention map where a RoI may be needed);
-3. gate: the answer's min-entropy score against the policy;
+3. gate: the answer's uncertainty score (a plug-in, collab_eval.scores) against the policy;
 4. server: the region of interest (ViCrop's relative attention), sent back as a request;
 5. edge: the crop of the ORIGINAL image at the encoder's input, encoded, counted;
 6. server, stage 2: every retransmitted sample answered from both images in one batched pass;
@@ -26,6 +26,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from collab_eval import scores
 from collab_eval.edge import Box, Codec, Transmission, encode_request, encoded_size, sanitize, strict_decoding, transmit
 from collab_eval.policy import Policy
 from collab_eval.records import STAGE1_PARTS, Outcome, finite
@@ -41,7 +42,7 @@ class Method:
     """How a run answers every sample (fixed at start from the model args)."""
     policy: Policy
     codec: Codec
-    score: str = "max"  # how token min-entropies become the gate's score: max / mean / first
+    score: str = "max"  # the gate's score: an installed score's name (collab_eval.scores)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Answer:
     flops: dict[str, int]  # vision, projector, prefill, decode
     attentions: list[np.ndarray] | None = None  # last prompt token -> each image's patch grid, in image order
     prefix: object | None = None  # the prompt's start through the first image, cached for later passes (opaque)
+    tokens: tuple[int, ...] | None = None  # the generated token ids, one per row of ``logits``
 
 
 class Server(Protocol):
@@ -233,11 +235,13 @@ def send_globals(server: Server, sample: SampleInput, images: list, laps: "Laps"
 def gate(f: InFlight, method: Method) -> None:
     """Step 3: stage 1's answer, its uncertainty, and whether the sample is retransmitted."""
     uncertainty = token_uncertainties(f.stage1.logits)
-    score = uncertainty.score(method.score)
+    # Every installed score (collab_eval.scores), so one always run gives each score's curve.
+    values = scores.evaluate(scores.StageOneAnswer(f.stage1.logits, f.stage1.tokens, f.stage1.text))
+    score = values[method.score]
     f.out.answer_stage1 = f.out.answer = f.stage1.text
     f.out.min_entropy = uncertainty.min_entropy
     f.out.shannon_entropy = uncertainty.shannon_entropy
-    f.out.scores = {k: finite(v) for k, v in uncertainty.scores().items()}
+    f.out.scores = {k: finite(v) for k, v in values.items()}
     f.out.score = finite(score)
     f.out.flops.update({part: f.stage1.flops[part] for part in STAGE1_PARTS})
     f.out.retransmitted = method.policy.retransmit(score, f.sample.key)

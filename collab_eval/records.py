@@ -27,8 +27,8 @@ class Outcome(BaseModel):
     answer_stage1: str | None = None
     answer_stage2: str | None = None  # null when stage 2 did not run
     retransmitted: bool = False
-    score: float | None = None  # the aggregated min-entropy the gate used (null: empty answer)
-    scores: dict[str, float | None] = Field(default_factory=dict)  # every aggregation
+    score: float | None = None  # the score the gate used (null: empty answer)
+    scores: dict[str, float | None] = Field(default_factory=dict)  # every installed score (null: +inf)
     min_entropy: list[float] = Field(default_factory=list)
     shannon_entropy: list[float] = Field(default_factory=list)
     roi: list[int] | None = None
@@ -61,6 +61,7 @@ class SampleRecord(Outcome):
     policy_args: dict = Field(default_factory=dict)  # threshold, rate, seed as the run was started
     rank: int = 0  # the process that answered
     score_name: str = "max"  # the aggregation behind ``score``
+    settings: dict[str, str | int | float | bool | None] = Field(default_factory=dict)  # every model arg that changes answers or costs, as the run was started
     error: str | None = None
     doc: dict = Field(default_factory=dict)  # the task document without media: ground truth for rescoring
 

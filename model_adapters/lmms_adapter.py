@@ -18,14 +18,13 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from tqdm import tqdm
 
-from collab_eval import cost_handoff, model_args
+from collab_eval import cost_handoff, model_args, scores
 from collab_eval.checkpoints import checkpoint_identity, resolve
 from collab_eval.edge import Codec
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, SampleResult, run_batch
 from collab_eval.policy import POLICIES, Policy
 from collab_eval.records import RecordWriteError, SampleRecord, failure_reason, strip_media
 from collab_eval.run_session import RunLock, RunPlan, RunSession, open_run
-from collab_eval.uncertainty import AGGREGATES
 from model_adapters.server import DTYPES, ServerModel, pick_device
 from model_adapters.task_documents import media_problem, without_media
 
@@ -68,12 +67,13 @@ class CollabAdapter(lmms):
                                             what="a number of nats (inf: never retransmit, -inf: always)"),
                                         model_args.number("rate", rate, what="a number in [0, 1]"),
                                         model_args.integer("seed", seed)),
-                                 Codec.parse(str(codec)), model_args.one_of("score", score, AGGREGATES))
+                                 Codec.parse(str(codec)), scores.check_name(score))
             server_args = dict(dtype=model_args.one_of("dtype", dtype, tuple(DTYPES)), device_map=device_map,
                                threads=model_args.integer("threads", threads, minimum=0),
                                layer=model_args.optional_integer("layer", layer, minimum=0),
                                reuse_prefix=model_args.boolean("reuse_prefix", reuse_prefix))
             self.max_new_tokens = model_args.integer("max_new_tokens", max_new_tokens, minimum=1)
+            self.server_args, self.family = server_args, family  # for settings()
             resume, run_id = model_args.boolean("resume", resume), model_args.run_id("run_id", run_id)
             self.pretrained = model_args.local_path_exists("pretrained", resolve(str(pretrained)))
             records_dir = model_args.writable_directory("records_dir", records_dir)
@@ -118,6 +118,18 @@ class CollabAdapter(lmms):
         if box[0].error:
             raise ValueError(f"{self.model_id}: {box[0].error}")
         return box[0], lock
+
+    def settings(self) -> dict:
+        """Every model arg that changes answers or costs, as the run was started: what tells
+        this run's system apart in report and check (collab_eval.systems). Left out: device,
+        threads, batch sizes (the same answers and FLOPs), the records' place and run identity;
+        the policy's own τ, rate and seed are the record's ``policy_args``."""
+        out = {"codec": str(self.method.codec)}
+        if self.method.policy.name == "threshold":  # only a threshold run's answers depend on the score
+            out["score"] = self.method.score
+        out.update(layer=self.server_args["layer"], dtype=self.server_args["dtype"], max_new_tokens=self.max_new_tokens,
+                   reuse_prefix=self.server_args["reuse_prefix"])  # reuse_prefix: the FLOPs counted
+        return {**out, **self.family}
 
     @classmethod
     def allowed_args(cls) -> list[str]:
@@ -204,6 +216,7 @@ class CollabAdapter(lmms):
         header = dict(run_id=self.run_id, task=task, doc_id=doc_id, question=context, model=self.pretrained,
                       codec=str(self.method.codec), policy=self.method.policy.name,
                       policy_args=self.method.policy.args(), rank=self._rank, score_name=self.method.score,
+                      settings=self.settings(),
                       doc=strip_media(self._plain_docs[task, split][doc_id]))
         if result.error is None:
             return SampleRecord(**header, **vars(result.outcome))

@@ -107,7 +107,8 @@ class ServerModel:
         # The probe's one extra row of scores (about 1e-6 of the prefill) is not counted:
         # stage 1 costs what it costs under a policy that reads no map, as the records assume.
         return Answer(cut_at_stop(text, limits.until), logits,
-                      self.flops(inputs, generated=len(out.logits), cached=reused), attentions, prefix=kept)
+                      self.flops(inputs, generated=len(out.logits), cached=reused), attentions, prefix=kept,
+                      tokens=tuple(new_tokens.tolist()))
 
     @torch.inference_mode()
     def answer_batch(self, requests: list[tuple[list, str]], limits: Limits, with_attention: bool,
@@ -158,7 +159,8 @@ class ServerModel:
             kept = (self.prefix_to_keep(getattr(out, "cache", None), inputs, row=row, start=pads[row])
                     if keep_prefix else None)
             answers.append(Answer(cut_at_stop(text, limits.until), logits,
-                                  self.flops(inputs, generated=generated, cached=kept_from), attentions, prefix=kept))
+                                  self.flops(inputs, generated=generated, cached=kept_from), attentions, prefix=kept,
+                                  tokens=tuple(new_tokens[:generated].tolist())))
         return answers
 
     # Per-token inputs, padded in a batch; every other input is per image, stacked.

@@ -98,7 +98,7 @@ def test_an_incomplete_run_is_never_chosen_over_a_complete_one(tmp_path, capsys,
     # Both runs read together: the complete one is the system, the killed one a repeat beside it.
     summary = summarise(find_runs(tmp_path / "out") + find_runs(shared), seeds=0)
     assert summary.systems[SYSTEM].tasks[POPE].from_always.n == 4
-    assert summary.systems[f"{SYSTEM}@collab_llava-20260101T080000"].tasks[POPE].from_always.n == 2
+    assert summary.systems[f"{SYSTEM} #2"].tasks[POPE].from_always.n == 2
     assert check(tmp_path / "out", baseline) == 0
 
 

@@ -153,9 +153,10 @@ def test_always_runs_split_by_task_are_one_system_and_a_repeat_gets_its_own_curv
     write_run(tmp_path / "c", pope_records(), "collab_llava-20260101T000200")
     runs = [run for d in ("a", "b", "c") for run in find_runs(tmp_path / d)]
     systems = summarise(runs, seeds=0).systems
-    assert set(systems) == {"hand-llava:png", "hand-llava:png@collab_llava-20260101T000200"}
+    assert set(systems) == {"hand-llava:png", "hand-llava:png #2"}  # named by settings, never by run id
     assert set(systems["hand-llava:png"].tasks) == {POPE, TEXTVQA}
-    assert set(systems["hand-llava:png@collab_llava-20260101T000200"].tasks) == {POPE}
+    assert set(systems["hand-llava:png #2"].tasks) == {POPE}
+    assert systems["hand-llava:png #2"].always_runs == ["collab_llava-20260101T000200"]
 
 
 def test_failed_samples_score_as_wrong_and_count(tmp_path):
@@ -195,7 +196,7 @@ def test_report_prints_the_headline_per_task(baseline_dir, tmp_path, capsys):
     # The hand case: never 25% at 100 B, always 50% at 300 B; 99% of always first reached at tau = 2.0
     # with one sample of four retransmitted, 175 B: 41.7% fewer bytes and 50% fewer FLOPs than always,
     # 82.5% fewer bytes than the original image.
-    assert pope == [POPE, "pope_accuracy", "hand-llava:png", "4", "25.0% / 100", "50.0% / 300",
+    assert pope == [POPE, "pope_accuracy", "hand-llava", "4", "25.0% / 100", "50.0% / 300",
                     "τ=2 / 25.0% / 50.0% / 175", "+41.7%", "+50.0%", "+82.5%"]
     assert "gate reaching 99% of always" in headline.splitlines()[0]
     assert TEXTVQA in rows

@@ -12,9 +12,11 @@ For every system and task of the baseline that has curves, over the baseline's c
 
 Accuracies are fractions (0.01 = one point). Before comparing anything, the run must be
 comparable with the baseline: every such system and task present in the run with an always run
-and the same number of samples. Otherwise ``compare`` lists why (which side lacks what), and
-nothing is compared. A system of the run can stand for a differently named baseline system
-(``systems``), and a run on fewer samples or fewer tasks can be compared on what it has
+and the same number of samples. A run's system stands for the baseline system with the same
+checkpoint and the same settings (collab_eval.systems; a baseline written before systems had
+settings holds the defaults and its codec), whatever their names. Otherwise ``compare`` lists
+why (which side lacks what), and nothing is compared. A system of the run can stand for another
+baseline system (``systems``), and a run on fewer samples or fewer tasks can be compared on what it has
 (``allow_subset``) when the user asks for it.
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from collab_eval.analysis import curves
-from collab_eval.analysis.summary import FromAlways, Summary
+from collab_eval.analysis.summary import FromAlways, Summary, SystemSummary
+from collab_eval.systems import what_differs
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 UNITS = {"bytes": "bytes", "flops": "FLOPs"}
@@ -73,11 +76,12 @@ def compare(current: Summary, baseline: Summary, tol: Tolerances = Tolerances(),
         with_curves = {t: e.from_always for t, e in sorted(base_system.tasks.items()) if e.from_always}
         if not with_curves:
             continue
-        run_name = pairs.get(base_name, base_name)
+        run_name = pairs.get(base_name) or matching_system(current, base_name, base_system)
         label = run_name if run_name == base_name else f"{run_name} vs {base_name}"
-        run_system = current.systems.get(run_name)
+        run_system = current.systems.get(run_name) if run_name else None
         if run_system is None:
-            reason = f"system {base_name}: in the baseline, not in the run{run_systems_hint(current, base_name)}"
+            reason = (f"system {base_name}: in the baseline, not in the run"
+                      f"{run_systems_hint(current, base_name)}{settings_hint(current, base_system)}")
             (out.notes if allow_subset else out.not_comparable).append(reason)
             continue
         for task, base in with_curves.items():
@@ -122,6 +126,21 @@ def pair_systems(current: Summary, baseline: Summary, systems: dict[str, str]) -
             raise ValueError(f"--system: baseline system {base_name} is given twice")
         pairs[base_name] = run_name
     return pairs
+
+
+def matching_system(current: Summary, base_name: str, base: SystemSummary) -> str | None:
+    """The run's system that is the baseline's: the same checkpoint with the same settings (the
+    one of the same name first, when a system has repeated always runs), or None."""
+    same = [name for name, s in sorted(current.systems.items())
+            if s.checkpoint == base.checkpoint and s.full_settings() == base.full_settings()]
+    return base_name if base_name in same else (same[0] if same else None)
+
+
+def settings_hint(current: Summary, base: SystemSummary) -> str:
+    """What differs from the baseline system's settings in the run's systems of the same checkpoint."""
+    near = [(name, what_differs(s.full_settings(), base.full_settings())) for name, s in sorted(current.systems.items())
+            if s.checkpoint == base.checkpoint]
+    return "".join(f"; the run's {name} differs in {', '.join(diff)} (run vs baseline)" for name, diff in near if diff)
 
 
 def run_systems_hint(current: Summary, base_name: str) -> str:

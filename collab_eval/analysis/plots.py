@@ -88,8 +88,6 @@ def tradeoff_figure(task: str, systems: dict[str, TaskSummary]) -> Figure:
                 c = f.curves
                 draw(c.gated, "-", color=colour, lw=1.8, marker="." if len(c.gated) <= MARKERS_UP_TO else None, ms=3,
                      label=f"{name}: entropy gate ({f.score_name})")
-                for agg, points in c.gated_other_scores.items():
-                    draw(points, "-", color=colour, lw=0.8, alpha=0.35, label=f"{name}: gate ({agg})")
                 draw(c.random, "--", color=colour, lw=1, label=f"{name}: random (expected)")
                 if c.random_band:
                     band = c.random_band
@@ -133,6 +131,35 @@ def tradeoff_figure(task: str, systems: dict[str, TaskSummary]) -> Figure:
     return fig
 
 
+def score_curves(task: str, systems: dict[str, TaskSummary]) -> bytes:
+    """The gate of every recorded score against bytes, one panel per system with an always run
+    (six or more scores stay readable: one colour per score, the same in every panel)."""
+    with_curves = {name: e.from_always for name, e in sorted(systems.items()) if e.from_always}
+    fig = Figure(figsize=(4.8 * max(1, len(with_curves)), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(with_curves)), squeeze=False)[0])
+    names = list(dict.fromkeys(n for f in with_curves.values() for n in [f.score_name, *f.curves.gated_other_scores]))
+    colour_of = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
+    for ax, (system, f) in zip(axes, with_curves.items()):
+        ys = []
+        for score, points in {f.score_name: f.curves.gated, **f.curves.gated_other_scores}.items():
+            x, y = xy(points, "bytes")
+            ys += y
+            ax.plot(x, y, "-", color=colour_of[score], lw=1.4, label=score)
+        x, y = xy(f.curves.random, "bytes")
+        ax.plot(x, y, "--", color="black", lw=0.8, label="random (expected)")
+        ax.set_ylim(*accuracy_limits(ys + y))
+        ax.yaxis.set_major_formatter(ticker.PercentFormatter(xmax=1, decimals=0))
+        if log_scale(x):
+            ax.set_xscale("log")
+        ax.set_title(system, fontsize=8)
+        ax.set_xlabel("mean bytes sent per sample")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="gate score", title_fontsize=7)
+    fig.suptitle(f"{task}: the gate on each uncertainty score (from the always run), against random", fontsize=10)
+    return png(fig)
+
+
 def calibrated_marks(draw, ax, calibrated: Calibration, cost: str, scale: float, colour: str) -> None:
     """The calibrated τ on the whole run (★, on the curve) and its held-out outcome (☆)."""
     whole, held_out = calibrated.whole_run, calibrated.test
@@ -161,7 +188,7 @@ def histograms(task: str, views: list[TaskView]) -> bytes:
         empty = int((~finite).sum())
         title = f"{view.system}" + (f"\n({empty} empty answers: score +inf, not shown)" if empty else "")
         ax.set_title(title, fontsize=8)
-        ax.set_xlabel(f"min-entropy score ({view.records[0].score_name}), nats")
+        ax.set_xlabel(f"gate score ({view.records[0].score_name}; min-entropy ones in nats)")
         ax.set_ylabel("samples")
         ax.legend(fontsize=7)
     fig.suptitle(f"{task}: stage-1 uncertainty of right and wrong answers", fontsize=10)

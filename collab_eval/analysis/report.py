@@ -12,13 +12,14 @@ import html
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from collab_eval.analysis import plots
+from collab_eval.analysis import curves, plots
 from collab_eval.analysis.curves import Point
-from collab_eval.analysis.summary import CORRECT, Saving, Summary, TaskSummary
+from collab_eval.analysis.summary import CORRECT, Saving, Summary, TaskSummary, savings, system_labels
 from collab_eval.analysis.views import TaskView
+from collab_eval.systems import non_default
 
 RATE_ROWS = tuple(i / 10 for i in range(11))  # the gate's operating points shown: nearest to these rates
 EXAMPLES = 6
@@ -101,9 +102,11 @@ def headline_rows(summary: Summary) -> list[list[str]]:
     """Per task and system: never, always, and the cheapest entropy-gate point that reaches the
     target fraction of always's accuracy, with what it saves."""
     rows = []
+    labels = system_labels(summary)
     tasks = sorted({t for s in summary.systems.values() for t in s.tasks})
     for task in tasks:
-        for system, entry in sorted(summary.systems.items()):
+        for name, entry in sorted(summary.systems.items(), key=lambda item: labels[item[0]]):
+            system = labels[name]
             e = entry.tasks.get(task)
             if e is None:
                 continue
@@ -138,14 +141,16 @@ def document(summary: Summary) -> list:
                Table([h.replace("the target", target) for h in HEADLINE], headline_rows(summary)),
                Para(f"Bytes are mean bytes per sample. The gate point is the cheapest entropy-gate threshold whose "
                     f"accuracy reaches {target}-retransmit accuracy; savings are relative (+30% means 30% fewer).")]
+    labels = system_labels(summary)
     blocks += [Heading(2, "Runs"), Table(
         ["run", "lmms-eval model", "system", "policy", "tasks", "samples", "failed samples"],
-        [[r.name, r.adapter, r.system, r.label, ", ".join(r.tasks), str(r.samples), str(r.errors)]
-         for r in summary.runs])]
+        [[r.name, r.adapter, labels.get(r.system, r.system), r.label, ", ".join(r.tasks), str(r.samples),
+          str(r.errors)] for r in summary.runs])]
+    blocks += systems_section(summary, labels)
     tasks = sorted({t for s in summary.systems.values() for t in s.tasks})
     for task in tasks:
-        entries = {name: s.tasks[task] for name, s in summary.systems.items() if task in s.tasks}
-        views = [v for v in summary.views if v.task == task]
+        entries = {labels[name]: s.tasks[task] for name, s in summary.systems.items() if task in s.tasks}
+        views = [replace(v, system=labels.get(v.system, v.system)) for v in summary.views if v.task == task]
         blocks += task_section(task, entries, views, summary.settings.target_fraction)
     return blocks
 
@@ -168,16 +173,13 @@ def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskVie
     if with_curves:
         blocks += [Heading(3, "Ends, oracle and how well the score flags errors"), Table(
             ["system", "samples", "failed", "never: acc", "never: bytes", "always: acc", "always: bytes",
-             "oracle: acc", "oracle: retransmitted", "original image: bytes", "AUROC of score for stage-1 errors",
+             "oracle: acc", "oracle: retransmitted", "original image: bytes",
              "lmms-eval's own result for the always run"],
             [[k, str(e.n), str(e.errors), pct(e.never.accuracy), nbytes(e.never.bytes),
               pct(e.always.accuracy), nbytes(e.always.bytes), pct(e.oracle.accuracy),
-              pct(e.oracle.rate) + "%", nbytes(e.bytes_original),
-              ", ".join(f"{agg} {auc(v)}" for agg, v in e.auroc.items()), pct(e.lmms_eval_accuracy)]
+              pct(e.oracle.rate) + "%", nbytes(e.bytes_original), pct(e.lmms_eval_accuracy)]
              for k, e in with_curves.items()])]
-        blocks += [Para(f"AUROC: the probability that a wrong stage-1 answer (accuracy below {CORRECT:g}) gets a "
-                        "higher score than a right one; 0.5 is chance, 1 is perfect. The gate uses the score named "
-                        "first; the others are the other aggregations of the per-token min-entropy.")]
+        blocks += scores_section(task, slug, entries, target_fraction)
         blocks += [Heading(3, f"Cheapest operating point reaching {100 * target_fraction:g}% of "
                               "always-retransmit accuracy"), Table(
             ["system", "target acc", "gate", "τ", "retransmitted", "bytes", "GFLOPs", "acc",
@@ -216,6 +218,46 @@ def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskVie
                        Table(["doc", "question", "ground truth", "stage-1 answer", "score", "stage-2 answer",
                               "acc 1 → 2"], examples(view))]
     return blocks
+
+
+def systems_section(summary: Summary, labels: dict[str, str]) -> list:
+    """What each system is: its checkpoint and the settings that tell it apart, as the tables name it."""
+    if len(summary.systems) < 2:
+        return []
+    rows = [[labels[name], s.checkpoint, s.adapter, ", ".join(non_default(s.full_settings())) or "defaults",
+             str(s.full_settings().get("codec"))] for name, s in sorted(summary.systems.items(),
+                                                                          key=lambda item: labels[item[0]])]
+    return [Heading(2, "Systems"),
+            Para("A system is a checkpoint with every setting that changes its answers or costs; each is named by "
+                 "its checkpoint and the settings in which the systems of this report differ."),
+            Table(["system", "checkpoint", "lmms-eval model", "settings not at their default", "codec"], rows)]
+
+
+def scores_section(task: str, slug: str, entries: dict[str, TaskSummary], target_fraction: float) -> list:
+    """Every recorded uncertainty score as a gate, from the always run: how well it flags stage-1
+    errors (AUROC) and the cheapest threshold reaching the target, one row per system and score."""
+    rows = []
+    for k, e in entries.items():
+        f = e.from_always
+        if f is None:
+            continue
+        for score, points in {f.score_name: f.curves.gated, **f.curves.gated_other_scores}.items():
+            reach = savings(curves.cheapest_reaching(points, f.target_accuracy), f.bytes_original, f.always)
+            rows.append([k, score + (" (the run's)" if score == f.score_name else ""), auc(f.auroc.get(score)),
+                         *([tau(reach.tau), pct(reach.rate) + "%", nbytes(reach.bytes), gflops(reach.flops),
+                            pct(reach.accuracy), signed_pct(reach.saving_vs_always),
+                            signed_pct(reach.flops_saving_vs_always)] if reach else ["none reaches it"] + ["–"] * 6)])
+    if not rows:
+        return []
+    return [Heading(3, "Uncertainty scores as gates"),
+            Para(f"Every installed score (docs/scores.md) is recorded per sample, so the always run gives each one's "
+                 f"gate. AUROC: the probability that a wrong stage-1 answer (accuracy below {CORRECT:g}) gets a higher "
+                 "score than a right one; 0.5 is chance, 1 is perfect. Then the cheapest threshold of that score "
+                 f"whose accuracy reaches {100 * target_fraction:g}% of always-retransmit accuracy (τ in the score's "
+                 "own unit)."),
+            Table(["system", "score", "AUROC", "τ", "retransmitted", "bytes", "GFLOPs", "acc", "bytes saved vs always",
+                   "FLOPs saved vs always"], rows),
+            Figure(f"{slug}_scores.png", plots.score_curves(task, entries), f"{task}: the gate on each score")]
 
 
 def reach_cells(s: Saving | None) -> list[str]:

@@ -1,6 +1,8 @@
 """From runs to the machine-readable summary: scoring, curves, tables' numbers.
 
-A *system* is a checkpoint with a codec (``tiny-llava:png``): what a figure compares. Each
+A *system* is a checkpoint with every setting that changes answers or costs
+(collab_eval.systems), named ``checkpoint:codec`` then the settings not at their default
+(``tiny-llava:png``, ``tiny-llava:png dtype=bfloat16``): what a figure compares. Each
 ``always`` run of a system yields its curves per task; every other run (threshold, random,
 never, or any policy added later) is one operating point per task on its system's figure.
 
@@ -23,8 +25,9 @@ from collab_eval.analysis.calibrate import Calibration
 from collab_eval.analysis.curves import BandStep, Point, Samples
 from collab_eval.analysis.runs import Run, read_json
 from collab_eval.analysis.scoring import Scorer
-from collab_eval.analysis.views import TaskView, system_of, task_view
+from collab_eval.analysis.views import TaskView, settings_of, system_of, task_view
 from collab_eval.records import SampleRecord
+from collab_eval.systems import differing, system_key, system_settings
 from collab_eval.typed_json import is_none, problem
 
 SCHEMA = "collab-eval/summary/1"
@@ -154,8 +157,18 @@ class SystemSummary(BaseModel):
     checkpoint: str = ""
     codec: str = ""
     adapter: str = ""
+    # Every setting that tells the system apart (collab_eval.systems); absent from summaries written
+    # before it existed (read as {}: the defaults with ``codec``, and written back absent).
+    settings: dict[str, str | int | float | bool | None] = Field(default_factory=dict, exclude_if=lambda v: not v)
     always_runs: list[str] = Field(default_factory=list)
     tasks: dict[str, TaskSummary]
+
+    def full_settings(self) -> dict:
+        """Every system setting, defaults filled in (collab_eval.systems)."""
+        return system_settings(self.settings, self.codec)
+
+    def label_parts(self) -> tuple[str, dict]:
+        return self.checkpoint, self.full_settings()
 
 
 class RunRow(BaseModel):
@@ -215,6 +228,12 @@ class Summary(BaseModel):
         Path(path).write_text(json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
 
+def system_labels(summary: "Summary") -> dict[str, str]:
+    """Each system's name as the report shows it: its checkpoint and the settings that differ
+    among the summary's systems (``smalldetail-llava dtype=bfloat16``), never a run id."""
+    return differing({name: s.label_parts() for name, s in summary.systems.items()})
+
+
 # ----- computing the summary from runs ------------------------------------------------------
 def run_label(run: Run) -> str:
     args = run.policy_args
@@ -236,9 +255,10 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
     # run never takes a system's plain name from a finished one.
     for run in sorted(runs, key=lambda r: (r.policy != "always", not r.complete, r.name)):
         checkpoint, codec = system_of(run.records)
-        key = f"{checkpoint}:{codec}"
+        settings = settings_of(run.records)
+        key = system_key(checkpoint, settings)
         system = systems.setdefault(key, SystemSummary(checkpoint=checkpoint, codec=codec, adapter=run.adapter,
-                                                       tasks={}))
+                                                       settings=settings, tasks={}))
         run_rows.append(RunRow(name=run.name, system=key, adapter=run.adapter, policy=run.policy, label=run_label(run),
                                policy_args=run.policy_args, tasks=run.tasks, samples=len(run.records),
                                errors=failed(run.records),
@@ -249,11 +269,12 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
             by_task[record.task].append(record)
         if run.policy == "always":
             for task, records in sorted(by_task.items()):
-                name = key
-                if task in systems[name].tasks:  # a second always run of this system and task: its own curves
-                    name = f"{key}@{run.name}"
+                name, repeat = key, 1
+                while task in systems[name].tasks:  # another always run of this system and task: its own curves
+                    repeat += 1
+                    name = f"{key} #{repeat}"
                     systems.setdefault(name, SystemSummary(checkpoint=checkpoint, codec=codec, adapter=run.adapter,
-                                                           tasks={}))
+                                                           settings=settings, tasks={}))
                 systems[name].always_runs.append(run.name)
                 view = task_view(name, task, records, scorer)
                 views.append(view)

@@ -13,7 +13,7 @@ import numpy as np
 from collab_eval.analysis.curves import Samples
 from collab_eval.analysis.scoring import Scorer
 from collab_eval.records import STAGE1_PARTS, SampleRecord
-from collab_eval.uncertainty import AGGREGATES
+from collab_eval.systems import system_settings
 
 IMAGE_KEYS = ("image_id", "image_source", "image_path", "image_file")  # doc fields naming the image
 
@@ -24,7 +24,7 @@ class TaskView:
     system: str
     task: str
     samples: Samples
-    scores: dict[str, np.ndarray]  # aggregate -> per-sample score (+inf for null)
+    scores: dict[str, np.ndarray]  # score name -> per-sample score (+inf for null)
     records: list[SampleRecord]
     acc1: np.ndarray
     acc2: np.ndarray
@@ -34,6 +34,12 @@ def system_of(records: list[SampleRecord]) -> tuple[str, str]:
     """(checkpoint, codec) of the records' first sample: the checkpoint's directory name."""
     first = records[0]
     return Path(first.model.rstrip("/")).name, first.codec
+
+
+def settings_of(records: list[SampleRecord]) -> dict:
+    """The system settings of the records' first sample (defaults for what it does not hold)."""
+    first = records[0]
+    return system_settings(first.settings, first.codec)
 
 
 def task_view(system: str, task: str, records: list[SampleRecord], scorer: Scorer) -> TaskView:
@@ -47,9 +53,15 @@ def task_view(system: str, task: str, records: list[SampleRecord], scorer: Score
         flops1=[sum(r.flops.get(p, 0) for p in STAGE1_PARTS) for r in records],
         flops2=[r.flops_total - r.flops.get("generic", 0) for r in records],
         group=group, generic=generic, keys=[f"{r.task}/{r.doc_id}" for r in records])
-    scores = {agg: np.array([inf_if_none(r.scores.get(agg)) for r in records]) for agg in AGGREGATES
-              if all(agg in r.scores or r.error for r in records)}
+    scores = {name: np.array([inf_if_none(r.scores.get(name)) for r in records]) for name in score_names(records)}
     return TaskView(system, task, samples, scores, records, acc1, acc2)
+
+
+def score_names(records: list[SampleRecord]) -> list[str]:
+    """The scores every answered sample holds (the installed scores of the run), in recorded order."""
+    answered = [r for r in records if not r.error]
+    names = list(dict.fromkeys(name for r in answered for name in r.scores))
+    return [name for name in names if all(name in r.scores for r in answered)]
 
 
 def inf_if_none(value) -> float:
