@@ -12,7 +12,9 @@ import pytest
 
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, run_batch
 from collab_eval.records import FLOP_PARTS, Outcome, SampleRecord, finite, read_records
+from collab_eval.scores import installed as installed_scores
 from collab_eval.shipped import TASKS_DIR
+from collab_eval.systems import DEFAULTS
 from collab_eval.uncertainty import AGGREGATES, aggregate
 
 LMMS_EVAL = str(Path(sys.executable).with_name("lmms-eval"))
@@ -100,6 +102,9 @@ def check_record(record, method: Method | None = None) -> None:
     for how in AGGREGATES:
         assert r["scores"][how] == pytest.approx(finite(aggregate(r["min_entropy"], how)))
     assert r["score"] == r["scores"][r["score_name"]]
+    assert list(r["scores"]) == installed_scores().names()  # every installed score, in recording order
+    assert r["scores"]["shannon"] == pytest.approx(max(r["shannon_entropy"]), rel=1e-6)
+    assert r["settings"]["codec"] == r["codec"] and set(r["settings"]) <= {*DEFAULTS, "score"}
     if r["policy"] == "never":
         assert not r["retransmitted"]
     if r["policy"] in ("always", "tiles"):

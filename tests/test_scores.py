@@ -1,0 +1,112 @@
+"""Uncertainty scores as plug-ins (collab_eval.scores): each built-in on distributions whose
+value is known in closed form, the order and completeness of what is recorded, a failing or
+unknown score."""
+import math
+
+import pytest
+import torch
+
+from collab_eval import scores
+from collab_eval.model_args import ModelArgError
+from collab_eval.scores import ScoreError, StageOneAnswer
+
+BUILTINS = ("max", "mean", "first", "margin", "nll", "shannon")
+
+
+def answer(*steps, tokens=None) -> StageOneAnswer:
+    """An answer whose steps have these probability distributions (logits = log p)."""
+    return StageOneAnswer(torch.log(torch.tensor(steps, dtype=torch.float64)), tokens=tokens)
+
+
+def builtin(name):
+    return scores.installed().scores[name]
+
+
+def test_the_builtins_are_installed_through_entry_points_in_recording_order():
+    assert tuple(scores.installed().names()[:6]) == BUILTINS
+    assert scores.installed().broken == {}
+
+
+@pytest.mark.parametrize("k", [2, 5, 37])
+def test_uniform_over_k_tokens(k):
+    """Uniform: every min-entropy, Shannon entropy and NLL is ln k; the two best tokens tie (margin 0)."""
+    a = answer([1 / k] * k, [1 / k] * k)
+    values = scores.evaluate(a)
+    for name in ("max", "mean", "first", "shannon", "nll"):
+        assert values[name] == pytest.approx(math.log(k), abs=1e-6), name
+    assert values["margin"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_two_point_distribution():
+    a = answer([0.7, 0.3, 0.0])
+    assert builtin("margin")(a) == pytest.approx(1 - (0.7 - 0.3), abs=1e-6)
+    assert builtin("max")(a) == pytest.approx(-math.log(0.7), abs=1e-6)
+    assert builtin("shannon")(a) == pytest.approx(-(0.7 * math.log(0.7) + 0.3 * math.log(0.3)), abs=1e-6)
+    assert builtin("nll")(a) == pytest.approx(-math.log(0.7), abs=1e-6)  # greedy: the argmax
+
+
+def test_aggregation_over_tokens():
+    """max / mean / first of the min-entropies; margin and shannon take the least certain token;
+    nll averages -log p of the tokens actually generated."""
+    steps = ([0.9, 0.1, 0.0, 0.0], [0.5, 0.3, 0.2, 0.0], [0.25, 0.25, 0.25, 0.25])
+    a = answer(*steps)
+    min_ent = [-math.log(max(p)) for p in steps]
+    shannon = [-sum(x * math.log(x) for x in p if x > 0) for p in steps]
+    got = scores.evaluate(a)
+    assert got["max"] == pytest.approx(max(min_ent)) and got["first"] == pytest.approx(min_ent[0])
+    assert got["mean"] == pytest.approx(sum(min_ent) / 3)
+    assert got["margin"] == pytest.approx(max(1 - (0.9 - 0.1), 1 - (0.5 - 0.3), 1.0))
+    assert got["shannon"] == pytest.approx(max(shannon))
+    assert got["nll"] == pytest.approx(sum(min_ent) / 3)  # greedy: nll equals mean
+    # Tokens not chosen greedily: -log p of those tokens.
+    chosen = answer(*steps, tokens=(1, 2, 0))
+    assert builtin("nll")(chosen) == pytest.approx(-(math.log(0.1) + math.log(0.2) + math.log(0.25)) / 3)
+
+
+def test_an_empty_answer_is_maximally_uncertain_for_every_score():
+    empty = StageOneAnswer(torch.zeros(0, 7))
+    assert scores.evaluate(empty) == dict.fromkeys(scores.installed().names(), math.inf)
+
+
+def test_a_failing_or_non_numeric_score_fails_the_sample_naming_the_score():
+    a = answer([0.6, 0.4])
+    with pytest.raises(ScoreError, match=r"score boom failed: ZeroDivisionError"):
+        scores.evaluate(a, {"boom": lambda _: 1 / 0})
+    with pytest.raises(ScoreError, match=r"score words returned str 'high', expected a number"):
+        scores.evaluate(a, {"words": lambda _: "high"})
+    with pytest.raises(ScoreError, match=r"score nan returned nan"):
+        scores.evaluate(a, {"nan": lambda _: float("nan")})
+    assert scores.evaluate(a, {"tensor": lambda ans: ans.log_probs[0, 0]}) == {"tensor": pytest.approx(math.log(0.6))}
+
+
+def test_an_unknown_score_lists_the_installed_ones():
+    with pytest.raises(ScoreError, match=r"score must be one of the installed scores \(max, mean, first, margin, nll, "
+                                         r"shannon.*; entry-point group collab_eval.scores\), got 'median'"):
+        scores.check_name("median")
+
+
+def test_an_unknown_score_is_refused_before_the_model_loads(tmp_path):
+    from model_adapters.llava import CollabLlava
+    empty = tmp_path / "empty-checkpoint"
+    empty.mkdir()
+    with pytest.raises(ModelArgError, match=r"collab_llava: score must be one of the installed scores \(max, mean, "
+                                            r"first, margin, nll, shannon.*got 'median'"):
+        CollabLlava(pretrained=str(empty), records_dir=str(tmp_path / "records"), score="median")
+
+
+def test_every_installed_score_is_recorded_and_the_gate_uses_the_chosen_one(tiny_server):
+    from PIL import Image
+
+    from collab_eval.edge import Codec
+    from collab_eval.pipeline import Limits, Method
+    from collab_eval.policy import Policy
+    from tests.helpers import run_one
+    image = Image.new("RGB", (64, 48), (200, 30, 30))
+    method = Method(Policy("threshold", threshold=0.5), Codec.parse("png"), score="margin")
+    out = run_one(tiny_server("llava"), [image], "What colour?", method=method, limits=Limits(4))
+    assert list(out.scores) == scores.installed().names()
+    assert out.score == out.scores["margin"] and 0.0 <= out.score <= 1.0
+    assert out.retransmitted == (out.score > 0.5)
+    assert out.scores["shannon"] == pytest.approx(max(out.shannon_entropy), rel=1e-6)
+    assert out.scores["max"] == pytest.approx(max(out.min_entropy), rel=1e-6)
+    assert out.scores["nll"] == pytest.approx(out.scores["mean"], rel=1e-5)  # greedy decoding
