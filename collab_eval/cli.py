@@ -75,7 +75,8 @@ def main(argv=None) -> int:
                           help="calibrate on this fraction of the images, report the rest as the test part")
     held_out.add_argument("--test", metavar="RUN_DIR", help="an always run of new samples to report the choice on")
     calibrate.add_argument("--seed", type=int, default=0, help="seed of the split and of the randomised test")
-    calibrate.add_argument("--score", choices=["max", "mean", "first"], help="score aggregate (default: the run's)")
+    calibrate.add_argument("--score", help="the score to gate on: any score the records hold (docs/scores.md; "
+                                           "default: the run's)")
     calibrate.add_argument("--deterministic", action="store_true",
                            help="the conservative non-randomised test (needs more calibration images)")
     calibrate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

@@ -110,3 +110,30 @@ def test_every_installed_score_is_recorded_and_the_gate_uses_the_chosen_one(tiny
     assert out.scores["shannon"] == pytest.approx(max(out.shannon_entropy), rel=1e-6)
     assert out.scores["max"] == pytest.approx(max(out.min_entropy), rel=1e-6)
     assert out.scores["nll"] == pytest.approx(out.scores["mean"], rel=1e-5)  # greedy decoding
+
+
+def test_the_report_gives_every_recorded_score_its_auroc_and_gate(tmp_path):
+    """Hand records of the POPE case (stage 1 right only on sample 0) with six scores recorded:
+    ``margin`` ranks the three wrong answers above the right one (AUROC 1), ``max`` does for one
+    of three pairs (0.5 and 1.0 are below the right answer's 2.0; the empty answer is +inf)."""
+    from collab_eval import cli
+    from collab_eval.analysis.runs import find_runs
+    from collab_eval.analysis.summary import summarise
+    from tests.report_records import POPE, pope_records, write_run
+    records = pope_records()
+    extra = {"margin": [0.1, 0.9, 0.8, 0.7], "nll": [0.2, 0.1, None, 0.3], "shannon": [1.0, 1.0, 1.0, 1.0],
+             "zzz_plugin": [5.0, 6.0, 7.0, 4.0]}
+    for i, r in enumerate(records):
+        r["scores"] |= {name: values[i] for name, values in extra.items()}
+    write_run(tmp_path / "run", records)
+    f = summarise(find_runs(tmp_path / "run"), seeds=0).systems["hand-llava:png"].tasks[POPE].from_always
+    assert f.auroc == {"max": pytest.approx(1 / 3), "mean": pytest.approx(1 / 3), "first": pytest.approx(1 / 3),
+                       "margin": 1.0, "nll": pytest.approx(2 / 3), "shannon": 0.5, "zzz_plugin": pytest.approx(2 / 3)}
+    assert list(f.curves.gated_other_scores) == ["mean", "first", "margin", "nll", "shannon", "zzz_plugin"]
+    # margin's gate: τ=0.1 retransmits exactly the three wrong answers.
+    assert [p.rate for p in f.curves.gated_other_scores["margin"] if p.tau == 0.1] == [0.75]
+    assert cli.main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "report"), "--seeds", "0"]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "### Uncertainty scores as gates" in text
+    assert "| hand-llava | margin | 1.000 |" in text and "| hand-llava | max (the run's) | 0.333 |" in text
+    assert (tmp_path / "report" / f"{POPE}_scores.png").stat().st_size > 0

@@ -171,7 +171,7 @@ def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskVie
                          f"{task}: accuracy against bytes and FLOPs"))
     blocks += calibrated_section(entries)
     if with_curves:
-        blocks += [Heading(3, "Ends, oracle and how well the score flags errors"), Table(
+        blocks += [Heading(3, "Ends and oracle"), Table(
             ["system", "samples", "failed", "never: acc", "never: bytes", "always: acc", "always: bytes",
              "oracle: acc", "oracle: retransmitted", "original image: bytes",
              "lmms-eval's own result for the always run"],
