@@ -47,7 +47,7 @@ class StageOneAnswer:
         """(steps,) the generated token ids: ``tokens`` when given, else each step's argmax
         (what greedy decoding picks)."""
         if self.tokens is not None and len(self.tokens) == self.logits.shape[0]:
-            return torch.tensor(self.tokens, dtype=torch.long)
+            return torch.tensor(self.tokens, dtype=torch.long, device=self.logits.device)
         return self.log_probs.argmax(dim=-1)
 
     @cached_property
