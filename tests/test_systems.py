@@ -98,3 +98,14 @@ def test_always_runs_that_differ_in_layer_are_two_systems_through_lmms_eval(tiny
                                                                                      "summary.json")]) == 0
     out = capsys.readouterr().out
     assert f"tiny-llava:png layer=0 / {POPE}: in the run, not in the baseline" in out
+
+
+def test_keys_and_labels_name_only_what_differs():
+    from collab_eval.systems import differing, system_key
+    assert system_key("m", {}) == "m:png"  # a default run: the name summaries had before settings
+    assert system_key("m", {"codec": "jpeg:90", "dtype": "float16", "layer": 3}) == "m:jpeg:90 layer=3 dtype=float16"
+    assert system_key("m", {"score": "margin"}) == "m:png"  # a run setting, not the system's
+    assert differing({"a": ("m1", {}), "b": ("m2", {"codec": "png", "dtype": "auto"})}) == {"a": "m1", "b": "m2"}
+    assert differing({"a": ("m", {}), "b": ("m", {"codec": "webp:50"}), "c": ("n", {"locator": "grad_att"})}) == {
+        "a": "m codec=png locator=rel_att", "b": "m codec=webp:50 locator=rel_att", "c": "n codec=png locator=grad_att"}
+    assert differing({"x": ("m", {}), "x #2": ("m", {})}) == {"x": "m", "x #2": "m #2"}
