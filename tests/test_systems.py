@@ -109,3 +109,10 @@ def test_keys_and_labels_name_only_what_differs():
     assert differing({"a": ("m", {}), "b": ("m", {"codec": "webp:50"}), "c": ("n", {"locator": "grad_att"})}) == {
         "a": "m codec=png locator=rel_att", "b": "m codec=webp:50 locator=rel_att", "c": "n codec=png locator=grad_att"}
     assert differing({"x": ("m", {}), "x #2": ("m", {})}) == {"x": "m", "x #2": "m #2"}
+
+
+def test_calibrate_refuses_always_runs_of_two_systems_that_differ_only_in_a_setting(tmp_path):
+    from collab_eval.analysis.calibrate import always_records
+    f32, bf16 = two_dtypes(tmp_path)
+    with pytest.raises(ValueError, match=r"several systems \['hand-llava:png', 'hand-llava:png dtype=bfloat16'\]"):
+        always_records(find_runs(f32) + find_runs(bf16), POPE, "here")

@@ -42,8 +42,9 @@ from scipy import optimize, stats
 
 from collab_eval.analysis import curves
 from collab_eval.analysis.curves import Point, Samples
-from collab_eval.analysis.views import image_name, system_of, task_view
+from collab_eval.analysis.views import image_name, settings_of, system_of, task_view
 from collab_eval.records import SampleRecord
+from collab_eval.systems import system_key
 from collab_eval.typed_json import Threshold, is_none
 
 TARGETS = {"max-loss": "loss", "max-bytes": "bytes", "max-flops": "flops"}
@@ -343,10 +344,10 @@ def always_records(runs, task: str, where: str) -> list[SampleRecord]:
         raise ValueError(f"{where}: no run of task {task!r} (tasks there: "
                          f"{sorted({t for run in runs for t in run.tasks})})")
     records = [r for run in chosen for r in run.records if r.task == task]
-    systems = {system_of([r]) for r in records}
+    systems = {system_key(system_of([r])[0], settings_of([r])) for r in records}  # checkpoint and settings
     if len(systems) > 1:
         raise ValueError(f"{where}: the always runs of {task!r} are of several systems {sorted(systems)}; "
-                         "calibrate one checkpoint and codec at a time")
+                         "calibrate one system (checkpoint and settings) at a time")
     return records
 
 
