@@ -18,7 +18,7 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from tqdm import tqdm
 
-from collab_eval import cost_handoff, model_args
+from collab_eval import cost_handoff, locators, model_args
 from collab_eval.checkpoints import checkpoint_identity, resolve
 from collab_eval.edge import Codec
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, SampleResult, run_batch
@@ -53,7 +53,8 @@ class CollabAdapter(lmms):
                  records_dir: str = "collab_records", max_new_tokens: int = 32, resume: bool = False,
                  run_id: str | None = None, device: str | None = None, device_map: str | None = None,
                  dtype: str = "auto", threads: int = 1, reuse_prefix: bool | str = True, batch_size: int | str = 1,
-                 max_batch_size: int | None = None, **family_args):
+                 max_batch_size: int | None = None, locator: str = "rel_att", highres: bool | str = False,
+                 **family_args):
         super().__init__()
         # Every argument is checked before anything loads; a message names the arg, its value
         # and what is allowed.
@@ -68,7 +69,8 @@ class CollabAdapter(lmms):
                                             what="a number of nats (inf: never retransmit, -inf: always)"),
                                         model_args.number("rate", rate, what="a number in [0, 1]"),
                                         model_args.integer("seed", seed)),
-                                 Codec.parse(str(codec)), model_args.one_of("score", score, AGGREGATES))
+                                 Codec.parse(str(codec)), model_args.one_of("score", score, AGGREGATES),
+                                 *checked_locator(locator, highres))
             server_args = dict(dtype=model_args.one_of("dtype", dtype, tuple(DTYPES)), device_map=device_map,
                                threads=model_args.integer("threads", threads, minimum=0),
                                layer=model_args.optional_integer("layer", layer, minimum=0),
@@ -85,7 +87,8 @@ class CollabAdapter(lmms):
         run_settings = {"adapter": self.model_id, "model": checkpoint_identity(self.pretrained), "policy": policy_.name,
                         **policy_.args(), "codec": str(self.method.codec), "score": self.method.score,
                         "layer": server_args["layer"], "max_new_tokens": self.max_new_tokens,
-                        "dtype": server_args["dtype"], "reuse_prefix": server_args["reuse_prefix"], **family}
+                        "dtype": server_args["dtype"], "reuse_prefix": server_args["reuse_prefix"], **family,
+                        **self.settings()}
 
         self.accelerator = Accelerator()
         self._rank, self._world_size, local_rank = process_layout(self.accelerator)
@@ -118,6 +121,11 @@ class CollabAdapter(lmms):
         if box[0].error:
             raise ValueError(f"{self.model_id}: {box[0].error}")
         return box[0], lock
+
+    def settings(self) -> dict[str, str | int | float | bool | None]:
+        """The model args that change answers or costs, as the run was started (each record's
+        ``settings``)."""
+        return {"locator": self.method.locator, "highres": self.method.highres}
 
     @classmethod
     def allowed_args(cls) -> list[str]:
@@ -204,12 +212,23 @@ class CollabAdapter(lmms):
         header = dict(run_id=self.run_id, task=task, doc_id=doc_id, question=context, model=self.pretrained,
                       codec=str(self.method.codec), policy=self.method.policy.name,
                       policy_args=self.method.policy.args(), rank=self._rank, score_name=self.method.score,
+                      settings=self.settings(),
                       doc=strip_media(self._plain_docs[task, split][doc_id]))
         if result.error is None:
             return SampleRecord(**header, **vars(result.outcome))
         error = media_problem(docs, doc_id) or failure_reason(result.error)
         logger.warning(f"{self.model_id}: {task} doc {doc_id} failed: {error}")
         return SampleRecord(**header, error=error, seconds=result.seconds)
+
+
+def checked_locator(name, highres) -> tuple[str, bool]:
+    """(locator, highres), checked before anything loads: the locator must be installed
+    (collab_eval.locators) and highres applies to map locators only."""
+    locator = locators.load(str(name))
+    tiled = model_args.boolean("highres", highres)
+    if tiled and locator.kind != "map":
+        raise model_args.ModelArgError(f"highres=true tiles a map locator's maps; locator={name} returns a box")
+    return str(name), tiled
 
 
 def process_layout(accelerator) -> tuple[int, int, int]:
