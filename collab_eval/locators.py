@@ -116,16 +116,14 @@ class MapLocator:
 
 
 def tile_boxes(size: tuple[int, int], limit: int = TILE_LIMIT) -> list[Box]:
-    """ViCrop's high-resolution split: the fewest equal tiles under ``limit`` pixels a side,
-    as many columns as rows times the aspect ratio allows (so tiles keep the image's shape
-    where they can), row by row. An image within the limit is one tile."""
+    """ViCrop's high-resolution split, row by row: as many rows as the height needs under
+    ``limit`` pixels, columns as the rows times the aspect ratio (rounded down, so tiles keep
+    about the image's shape), but at least as many as the width needs under the limit
+    (ViCrop's own rule can give tiles over the limit, or none for a tall image). An image
+    within the limit is one tile."""
     width, height = size
     rows = max(1, math.ceil(height / limit))
-    cols = max(1, math.ceil(width / limit), round(rows * width / height))
-    while width / cols > limit:
-        cols += 1
-    while height / rows > limit:
-        rows += 1
+    cols = max(1, math.ceil(width / limit), int(rows * width / height))
     xs = [width * i / cols for i in range(cols + 1)]
     ys = [height * j / rows for j in range(rows + 1)]
     return [(xs[i], ys[j], xs[i + 1], ys[j + 1]) for j in range(rows) for i in range(cols)]

@@ -35,6 +35,7 @@ from collab_eval.roi import find_roi
 from collab_eval.uncertainty import token_uncertainties
 
 GENERIC_PROMPT = "Write a general description of the image."
+LOCATOR_PARTS = frozenset({"locate", "generic"})  # the FLOPs parts a locator may report
 
 
 # ----- what goes in ------------------------------------------------------------------------
@@ -256,6 +257,9 @@ def locate_crops(server: Server, f: InFlight, method: Method, caches: RunCaches)
             server, f.sample.question, f.stage1, f.images, f.regions, [original.size for original in f.originals],
             f.sample.scope, caches, highres=method.highres,
             send_tiles=lambda i, boxes: [transmit(f.originals[i], *server.frame(box), method.codec) for box in boxes]))
+        if set(found.flops) - LOCATOR_PARTS:
+            raise ValueError(f"locator {method.locator!r} reported FLOPs parts {sorted(found.flops)}; "
+                             f"a locator's parts are {sorted(LOCATOR_PARTS)}")
         f.out.flops.update(found.flops)
         f.out.generic_cached, f.out.bytes_tiles, look = found.generic_cached, found.bytes_tiles, found.image
         roi = found.box if found.box is not None else find_roi(
