@@ -7,8 +7,8 @@ name the run or measure time (``run_id``, ``seconds``, ``model`` — a path —,
 floats (scores, entropies) agree within the tolerance. Prints one line per differing sample
 (its first differing field) and a summary; exits 1 when any sample differs or the runs hold
 different samples. ``--ignore`` (repeatable) sets aside a field, or one key of a dict field
-(``flops.locate``), in both runs: fields a newer version added. Used to show that a refactor, a batch size or a data-parallel launch changes
-nothing a run records (docs/measurements.md).
+(``flops.locate``), in both runs: fields a newer version added. Used to show that a refactor,
+a batch size or a data-parallel launch changes nothing a run records (docs/measurements.md).
 """
 from __future__ import annotations
 
