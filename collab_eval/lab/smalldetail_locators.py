@@ -74,6 +74,12 @@ def markdown(measured: dict) -> str:
            "three trained smalldetail checkpoints (tiny models trained for this benchmark: a proxy, not evidence "
            "about real VLMs). highres is not run: no smalldetail original is over 1024 px a side, so ViCrop's "
            "tiling is the global image itself and `highres=true` changes nothing (docs/locators.md).", "",
+           "**Read the ranking with the training in mind.** The smalldetail checkpoints were trained with an "
+           "auxiliary loss on exactly the map rel_att reads: the question's attention at the map layer pulled "
+           "toward the sign, the generic prompt's toward a flat map (docs/smalldetail.md, \"Supervision beyond "
+           "the answers\", 1). rel_att's map is therefore supervised and the others are not: grad_att reuses that "
+           "attention but weights it by a gradient nobody trained, pure_grad reads the pixels' gradient. The "
+           "comparison says how each locator does on these checkpoints, not which is better on real VLMs.", "",
            "Columns: **never** is stage-1 accuracy (the same for every locator: stage 1 does not depend on it); "
            "**always** is accuracy when every sample gets its crop; **gate vs random at p** is the entropy gate "
            "(min-entropy, max over tokens) retransmitting the share p of samples with the highest scores, against "

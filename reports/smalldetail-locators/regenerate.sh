@@ -29,4 +29,4 @@ if [ "${1:-}" != "--report-only" ]; then
   done
 fi
 rm -f "$OUT"/*.png "$OUT"/README.md "$OUT"/locators.json
-python -m collab_eval.lab.smalldetail_locators "$RUNS"/*/* --out "$OUT"
+python -m collab_eval.lab.smalldetail_locators "$RUNS"/*/*/ --out "$OUT"
