@@ -161,8 +161,10 @@ def load(name: str) -> Locator:
     Unknown: ValueError listing what is installed; a broken plug-in: ValueError saying why."""
     found = installed()
     if name not in found:
+        stale = ("; none is installed, not even the built-ins: the package's metadata predates them "
+                 "(reinstall collab-eval, e.g. pip install -e .)") if not found else ""
         raise ValueError(f"locator must be one of the installed locators {sorted(found)} "
-                         f"(entry-point group {GROUP!r}), got {name!r}")
+                         f"(entry-point group {GROUP!r}), got {name!r}{stale}")
     try:
         obj = found[name].load()
         locator = obj() if isinstance(obj, type) else obj
