@@ -6,7 +6,8 @@
 2. server, stage 1: every sample answered from its global image(s) in one batched pass
    (logits per token; the question's attention map where a RoI may be needed);
 3. gate: the answer's uncertainty score (a plug-in, collab_eval.scores) against the policy;
-4. server: the region of interest (ViCrop's relative attention), sent back as a request;
+4. server: the region of interest (the run's locator, ViCrop's relative attention by
+   default: collab_eval.locators), sent back as a request;
 5. edge: the crop of the ORIGINAL image at the encoder's input, encoded, counted;
 6. server, stage 2: every retransmitted sample answered from both images in one batched pass;
 7. the sample's outcome: answers, scores, RoI, bytes, FLOPs, seconds.
@@ -26,14 +27,15 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from collab_eval import scores
+from collab_eval import locators, scores
 from collab_eval.edge import Box, Codec, Transmission, encode_request, encoded_size, sanitize, strict_decoding, transmit
 from collab_eval.policy import Policy
 from collab_eval.records import STAGE1_PARTS, Outcome, finite
-from collab_eval.roi import find_roi, relative_attention
+from collab_eval.roi import find_roi
 from collab_eval.uncertainty import token_uncertainties
 
 GENERIC_PROMPT = "Write a general description of the image."
+LOCATOR_PARTS = frozenset({"locate", "generic"})  # the FLOPs parts a locator may report
 
 
 # ----- what goes in ------------------------------------------------------------------------
@@ -43,6 +45,8 @@ class Method:
     policy: Policy
     codec: Codec
     score: str = "max"  # the gate's score: an installed score's name (collab_eval.scores)
+    locator: str = "rel_att"  # the registered locator that finds the region (collab_eval.locators)
+    highres: bool = False  # a map locator maps tiles of originals over 1024 px (ViCrop's "_high")
 
 
 @dataclass(frozen=True)
@@ -252,15 +256,17 @@ def locate_crops(server: Server, f: InFlight, method: Method, caches: RunCaches)
     if method.policy.name == "tiles":  # no request: the edge always sends each image's 2x2 tiles
         return [(i, tile) for i, original in enumerate(f.originals) for tile in quadrants(*original.size)]
     with f.laps.lap("roi"):
-        # The question's attention is one softmax row over every image's tokens: the image
-        # holding most of it is the one the question is about.
-        look = int(np.argmax([float(np.nansum(grid)) for grid in f.stage1.attentions]))
-        # The stage-1 prefix holds the first image: the generic pass reuses it when that is the one looked at.
-        generic, generic_flops, f.out.generic_cached = caches.generic_map(
-            server, f.sent[look].image, f.sample.scope, image_key(f.sent[look].image), prefix=f.stage1.prefix)
-        f.out.flops["generic"] = sum(generic_flops.values())
-        roi = find_roi(relative_attention(f.stage1.attentions[look], generic), f.regions[look], f.originals[look].size,
-                       server.input_side)
+        found = locators.load(method.locator).locate(locators.LocateRequest(
+            server, f.sample.question, f.stage1, f.images, f.regions, [original.size for original in f.originals],
+            f.sample.scope, caches, highres=method.highres,
+            send_tiles=lambda i, boxes: [transmit(f.originals[i], *server.frame(box), method.codec) for box in boxes]))
+        if set(found.flops) - LOCATOR_PARTS:
+            raise ValueError(f"locator {method.locator!r} reported FLOPs parts {sorted(found.flops)}; "
+                             f"a locator's parts are {sorted(LOCATOR_PARTS)}")
+        f.out.flops.update(found.flops)
+        f.out.generic_cached, f.out.bytes_tiles, look = found.generic_cached, found.bytes_tiles, found.image
+        roi = found.box if found.box is not None else find_roi(
+            found.map, found.region or f.regions[look], f.originals[look].size, server.input_side)
         f.out.roi, f.out.roi_image = list(roi), look
         f.out.bytes_request = len(encode_request(roi))
     return [(look, roi)]
@@ -280,7 +286,7 @@ def finish(f: InFlight) -> SampleResult:
     out.image_size = out.image_sizes[shown]
     out.global_region = [round(v, 3) for v in f.regions[shown]]
     out.image_key = image_key(f.sent[shown].image)
-    out.bytes_total = out.bytes_global + out.bytes_request + out.bytes_local
+    out.bytes_total = out.bytes_global + out.bytes_request + out.bytes_local + out.bytes_tiles
     out.flops_total = sum(out.flops.values())
     out.seconds = f.laps.with_total()
     return SampleResult(f.sample, out, seconds=out.seconds)

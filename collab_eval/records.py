@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 from collab_eval.edge import BadImage
 from collab_eval.typed_json import problem
 
-FLOP_PARTS = ("vision", "projector", "prefill", "decode", "generic", "stage2")
+FLOP_PARTS = ("vision", "projector", "prefill", "decode", "generic", "locate", "stage2")
 STAGE1_PARTS = ("vision", "projector", "prefill", "decode")
 
 
@@ -41,6 +41,7 @@ class Outcome(BaseModel):
     bytes_global_images: list[int] = Field(default_factory=list)  # each global image's payload
     bytes_request: int = 0
     bytes_local: int = 0
+    bytes_tiles: int = 0  # tiles of the original a highres locator asked the edge for
     bytes_total: int = 0
     flops: dict[str, int] = Field(default_factory=lambda: dict.fromkeys(FLOP_PARTS, 0))
     flops_total: int = 0
@@ -61,7 +62,8 @@ class SampleRecord(Outcome):
     policy_args: dict = Field(default_factory=dict)  # threshold, rate, seed as the run was started
     rank: int = 0  # the process that answered
     score_name: str = "max"  # the aggregation behind ``score``
-    settings: dict[str, str | int | float | bool | None] = Field(default_factory=dict)  # every model arg that changes answers or costs, as the run was started
+    # Every model arg that changes answers or costs, as the run was started (collab_eval.systems).
+    settings: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     error: str | None = None
     doc: dict = Field(default_factory=dict)  # the task document without media: ground truth for rescoring
 

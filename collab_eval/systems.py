@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Value] = {
     "max_pixels": None,  # Qwen2-VL
     "min_pixels": None,  # Qwen2-VL
     "qformer_layer": None,  # InstructBLIP
-    "locator": "rel_att",  # issue 24's locators (their branch adds them to the adapter's settings)
+    "locator": "rel_att",  # collab_eval.locators
     "highres": False,
 }
 RUN_LEVEL = ("score",)  # in a run's settings, not its system's (see above)

@@ -59,6 +59,11 @@ class InstructBlipServer(ServerModel):
         the text), with 32 more slots in front per further image; the Q-Former reads the
         question beside every image. The language model's input embeddings are computed
         here, once."""
+        return self.with_embeddings(self.gradient_inputs(images, question))
+
+    def gradient_inputs(self, images, question):
+        """The processor's inputs, before the images are encoded (a gradient pass encodes
+        them in its graph, ``last_logits``)."""
         inputs = self.processor(images=images, text=question, return_tensors="pt")
         if len(images) > 1:
             more = torch.full((1, self.queries * (len(images) - 1)), self.model.config.image_token_id, dtype=torch.long)
@@ -66,12 +71,20 @@ class InstructBlipServer(ServerModel):
             inputs["attention_mask"] = torch.cat([torch.ones_like(more), inputs["attention_mask"]], dim=1)
             for key in ("qformer_input_ids", "qformer_attention_mask"):
                 inputs[key] = inputs[key].repeat(len(images), 1)
-        inputs = self.to_device(inputs)
+        return self.to_device(inputs)
+
+    def with_embeddings(self, inputs):
+        """``inputs`` plus the language model's input embeddings, the query slots filled."""
         features = self.image_features(inputs)
         embeds = self.model.get_input_embeddings()(inputs["input_ids"])
         slots = self.model.get_placeholder_mask(inputs["input_ids"], inputs_embeds=embeds)
         inputs["inputs_embeds"] = embeds.masked_scatter(slots, features.to(embeds.dtype))
         return inputs
+
+    def last_logits(self, inputs):
+        inputs = self.with_embeddings(inputs)
+        return self.model.language_model(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
+                                         logits_to_keep=1, use_cache=False).logits[:, -1]
 
     def image_features(self, inputs):
         """Vision encoder, Q-Former and projection, as the model's get_image_features runs

@@ -18,7 +18,7 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from tqdm import tqdm
 
-from collab_eval import cost_handoff, model_args, scores
+from collab_eval import cost_handoff, locators, model_args, scores
 from collab_eval.checkpoints import checkpoint_identity, resolve
 from collab_eval.edge import Codec
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, SampleResult, run_batch
@@ -52,7 +52,8 @@ class CollabAdapter(lmms):
                  records_dir: str = "collab_records", max_new_tokens: int = 32, resume: bool = False,
                  run_id: str | None = None, device: str | None = None, device_map: str | None = None,
                  dtype: str = "auto", threads: int = 1, reuse_prefix: bool | str = True, batch_size: int | str = 1,
-                 max_batch_size: int | None = None, **family_args):
+                 max_batch_size: int | None = None, locator: str = "rel_att", highres: bool | str = False,
+                 **family_args):
         super().__init__()
         # Every argument is checked before anything loads; a message names the arg, its value
         # and what is allowed.
@@ -67,7 +68,8 @@ class CollabAdapter(lmms):
                                             what="a number of nats (inf: never retransmit, -inf: always)"),
                                         model_args.number("rate", rate, what="a number in [0, 1]"),
                                         model_args.integer("seed", seed)),
-                                 Codec.parse(str(codec)), scores.check_name(score))
+                                 Codec.parse(str(codec)), scores.check_name(score),
+                                 *checked_locator(locator, highres))
             server_args = dict(dtype=model_args.one_of("dtype", dtype, tuple(DTYPES)), device_map=device_map,
                                threads=model_args.integer("threads", threads, minimum=0),
                                layer=model_args.optional_integer("layer", layer, minimum=0),
@@ -85,7 +87,8 @@ class CollabAdapter(lmms):
         run_settings = {"adapter": self.model_id, "model": checkpoint_identity(self.pretrained), "policy": policy_.name,
                         **policy_.args(), "codec": str(self.method.codec), "score": self.method.score,
                         "layer": server_args["layer"], "max_new_tokens": self.max_new_tokens,
-                        "dtype": server_args["dtype"], "reuse_prefix": server_args["reuse_prefix"], **family}
+                        "dtype": server_args["dtype"], "reuse_prefix": server_args["reuse_prefix"], **family,
+                        **self.settings()}
 
         self.accelerator = Accelerator()
         self._rank, self._world_size, local_rank = process_layout(self.accelerator)
@@ -128,7 +131,8 @@ class CollabAdapter(lmms):
         if self.method.policy.name == "threshold":  # only a threshold run's answers depend on the score
             out["score"] = self.method.score
         out.update(layer=self.server_args["layer"], dtype=self.server_args["dtype"], max_new_tokens=self.max_new_tokens,
-                   reuse_prefix=self.server_args["reuse_prefix"])  # reuse_prefix: the FLOPs counted
+                   reuse_prefix=self.server_args["reuse_prefix"],  # reuse_prefix: the FLOPs counted
+                   locator=self.method.locator, highres=self.method.highres)
         return {**out, **self.family}
 
     @classmethod
@@ -223,6 +227,16 @@ class CollabAdapter(lmms):
         error = media_problem(docs, doc_id) or failure_reason(result.error)
         logger.warning(f"{self.model_id}: {task} doc {doc_id} failed: {error}")
         return SampleRecord(**header, error=error, seconds=result.seconds)
+
+
+def checked_locator(name, highres) -> tuple[str, bool]:
+    """(locator, highres), checked before anything loads: the locator must be installed
+    (collab_eval.locators) and highres applies to map locators only."""
+    locator = locators.load(str(name))
+    tiled = model_args.boolean("highres", highres)
+    if tiled and locator.kind != "map":
+        raise model_args.ModelArgError(f"highres=true tiles a map locator's maps; locator={name} returns a box")
+    return str(name), tiled
 
 
 def process_layout(accelerator) -> tuple[int, int, int]:

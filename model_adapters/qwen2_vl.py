@@ -76,6 +76,24 @@ class Qwen2VLServer(ServerModel):
         _, h, w = inputs["image_grid_thw"][image_index].tolist()
         return row.reshape(h // self.merge, w // self.merge)
 
+    def map_shape(self, inputs, image_index=0):
+        _, h, w = inputs["image_grid_thw"][image_index].tolist()
+        return h // self.merge, w // self.merge
+
+    def pixel_layout(self, grad, inputs):
+        """pixel_values are one row per patch, rows in (time, merged row, merged column, row
+        in merge, column in merge) order, each row (channels, time, patch, patch): back to
+        the image, summing the time copies (an image is repeated over the temporal patch)."""
+        _, h, w = inputs["image_grid_thw"][0].tolist()
+        p, m = self.factor // self.merge, self.merge
+        rows = grad[:h * w].reshape(h // m, w // m, m, m, -1, grad.shape[1] // (p * p * 3), p, p).sum(dim=5)
+        return rows.permute(0, 2, 5, 1, 3, 6, 4).reshape(h * p, w * p, -1).numpy()
+
+    def last_logits(self, inputs):
+        logits = super().last_logits(inputs)
+        self.model.model.rope_deltas = None  # this forward's positions must not leak into the next call
+        return logits
+
     def frame(self, region: Box):
         return qwen2_vl_frame(region, self.factor, self.min_pixels, self.max_pixels)
 

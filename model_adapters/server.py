@@ -15,7 +15,8 @@ import torch
 from collab_eval import flops as flop_counts
 from collab_eval.edge import Box
 from collab_eval.pipeline import Answer, Limits
-from model_adapters.attention_capture import KERNEL, Probe, probing
+from model_adapters.attention_capture import KERNEL, Probe, backward_into, probing, weigh_by_gradient
+from model_adapters.flop_measure import counted
 from model_adapters.prefix_cache import Prefix
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -65,6 +66,9 @@ class ServerModel:
                                                  attn_implementation=KERNEL)
         if not device_map:
             model.to(self.device)
+        # Frozen: a locator's gradient pass (grad_att, pure_grad) needs gradients of activations
+        # only, never of weights (no weight gradients computed or stored).
+        model.requires_grad_(False)
         return model.eval(), AutoProcessor.from_pretrained(pretrained)
 
     def to_device(self, inputs):
@@ -224,6 +228,57 @@ class ServerModel:
         """The model's own generate; a family whose generate hides what its map needs overrides it."""
         return self.model.generate(**inputs, **kwargs)
 
+    # ----- gradient passes (locators grad_att and pure_grad) -------------------
+    # One forward of ``prompt`` on one image with autograd on, then one backward of the log
+    # of the top next-token probability at the last position (ViCrop's target: minus the
+    # cross-entropy against the argmax). They run only when a locator asks, outside stage 1
+    # (which stays under inference_mode). FLOPs: as torch executed them (flop_measure).
+    def gradient_attention(self, image, prompt) -> tuple[np.ndarray, int]:
+        """ViCrop's grad_att map: the probed attention (``attention_probes``: the last token's
+        row at the map layer, and a family's own, InstructBLIP's Q-Former cross-attention)
+        times the ReLU of its gradient, head-averaged, as a patch grid; and its FLOPs."""
+        probes = self.attention_probes(stop=False)
+        for probe in probes.values():
+            probe.grad = True
+
+        def run():
+            with torch.enable_grad(), probing(probes):
+                inputs = self.gradient_inputs([image], prompt)
+                target = top_log_probability(self.last_logits(inputs))
+            weigh_by_gradient(probes, target)
+            return self.image_attentions(probes, inputs, 1)[0]
+        return counted(run)
+
+    def pixel_gradient(self, image, prompt) -> tuple[tuple[np.ndarray, tuple[int, int]], int]:
+        """The gradient of the same target with respect to the image's pixels as the encoder
+        gets them, (height, width, channels) over the encoder's input, with the image's map
+        shape; and its FLOPs."""
+        def run():
+            with torch.enable_grad():
+                inputs = self.gradient_inputs([image], prompt)
+                pixels = inputs["pixel_values"].requires_grad_()
+                backward_into(top_log_probability(self.last_logits(inputs)), [pixels])
+            return self.pixel_layout(pixels.grad.float().cpu(), inputs), self.map_shape(inputs)
+        return counted(run)
+
+    def gradient_inputs(self, images, prompt):
+        """Inputs of a differentiable forward (a family that encodes the images inside
+        ``inputs`` overrides it, so that the encoding runs in the graph)."""
+        return self.inputs(images, prompt)
+
+    def last_logits(self, inputs) -> torch.Tensor:
+        """Next-token logits at the last prompt position, one forward, no cache."""
+        return self.model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1]
+
+    def pixel_layout(self, grad: torch.Tensor, inputs) -> np.ndarray:
+        """``pixel_values``-shaped gradient as (height, width, channels) of the first image
+        (default: pixel_values are (images, channels, height, width))."""
+        return grad[0].permute(1, 2, 0).numpy()
+
+    def map_shape(self, inputs, image_index: int = 0) -> tuple[int, int]:
+        """(rows, cols) of image ``image_index``'s patch grid (the maps' shape)."""
+        return self.grid
+
     # ----- reusing a prompt's prefix (prefix_cache) ----------------------------
     def prefix_length(self, inputs) -> int:
         """Where the shared prefix ends: after the first (global) image's tokens."""
@@ -326,6 +381,11 @@ class ServerModel:
         prefill, decode_flops = flop_counts.generation(prompt, generated, tc.vocab_size, cached=skip, **decoder)
         return {**encoder, "prefill": prefill, "decode": decode_flops}
 
+
+
+def top_log_probability(logits: torch.Tensor) -> torch.Tensor:
+    """log p of the most likely next token (first row): ViCrop's gradient target."""
+    return torch.log_softmax(logits[0].float(), dim=-1).max()
 
 
 def cut_at_stop(text: str, until: tuple[str, ...]) -> str:

@@ -88,11 +88,11 @@ def check_record(record, method: Method | None = None) -> None:
     if isinstance(record, Outcome) and not isinstance(record, SampleRecord):
         assert method is not None, "an Outcome does not say its policy: pass its Method"
         r = {**record.model_dump(), "policy": method.policy.name, "score_name": method.score,
-             "error": None}
+             "settings": {"locator": method.locator, "highres": method.highres}, "error": None}
     else:
         r = record.model_dump() if isinstance(record, SampleRecord) else record
         assert set(r) == RECORD_FIELDS, set(r) ^ RECORD_FIELDS
-    assert r["bytes_total"] == r["bytes_global"] + r["bytes_request"] + r["bytes_local"]
+    assert r["bytes_total"] == r["bytes_global"] + r["bytes_request"] + r["bytes_local"] + r["bytes_tiles"]
     assert set(r["flops"]) == set(FLOP_PARTS) and r["flops_total"] == sum(r["flops"].values())
     if r["error"]:  # a failed sample is scored as wrong and costs what it sent before failing
         assert r["answer"] == "", r
@@ -113,7 +113,7 @@ def check_record(record, method: Method | None = None) -> None:
     if not r["retransmitted"]:
         assert r["answer"] == r["answer_stage1"] and r["answer_stage2"] is None and r["roi"] is None
         assert r["bytes_total"] == r["bytes_global"] and r["bytes_request"] == r["bytes_local"] == 0
-        assert r["flops"]["generic"] == r["flops"]["stage2"] == 0
+        assert r["flops"]["generic"] == r["flops"]["locate"] == r["flops"]["stage2"] == r["bytes_tiles"] == 0
         return
     assert r["answer"] == r["answer_stage2"] is not None
     assert r["bytes_local"] > 0 and r["flops"]["stage2"] > r["flops"]["prefill"]
@@ -123,7 +123,10 @@ def check_record(record, method: Method | None = None) -> None:
         assert r["bytes_request"] == 16
         x0, y0, x1, y1 = r["roi"]
         assert 0 <= x0 < x1 <= r["image_size"][0] and 0 <= y0 < y1 <= r["image_size"][1]
-        assert (r["flops"]["generic"] == 0) == r["generic_cached"]  # a cached map was paid for before
+        if r.get("settings", {}).get("locator", "rel_att") == "rel_att":
+            assert (r["flops"]["generic"] == 0) == r["generic_cached"]  # a cached map was paid for before
+        else:  # only rel_att reads the generic prompt's map; the others' passes are their own part
+            assert r["flops"]["generic"] == 0 and not r["generic_cached"]
 
 
 def check_run(run: Run, tasks: list[str], per_task: int) -> None:

@@ -24,7 +24,8 @@ def test_the_adapter_records_the_settings_that_change_answers_or_costs(tmp_path)
     chosen = CollabLlava(pretrained="tiny-llava", records_dir=str(tmp_path / "b"), policy="threshold", score="margin",
                          codec="jpeg:80", layer=1, max_new_tokens=8, reuse_prefix=False, threads=2, batch_size=4)
     assert chosen.settings() == {"codec": "jpeg:80", "score": "margin", "layer": 1, "dtype": "auto",
-                                 "max_new_tokens": 8, "reuse_prefix": False}  # threads, batch size: no change
+                                 "max_new_tokens": 8, "reuse_prefix": False, "locator": "rel_att",
+                                 "highres": False}  # threads, batch size: no change
 
 
 def test_records_without_settings_are_read_as_the_default_system(tmp_path):

@@ -1,13 +1,14 @@
 """Whether two runs recorded the same samples the same way.
 
-    python -m collab_eval.lab.same_records RECORDS_DIR_A RECORDS_DIR_B [--tolerance 1e-4]
+    python -m collab_eval.lab.same_records RECORDS_DIR_A RECORDS_DIR_B [--tolerance 1e-4] [--ignore FIELD[.KEY]]
 
 Two records of a sample (task, doc id) are the same when every field is equal but those that
 name the run or measure time (``run_id``, ``seconds``, ``model`` — a path —, ``rank``), and
 floats (scores, entropies) agree within the tolerance. Prints one line per differing sample
 (its first differing field) and a summary; exits 1 when any sample differs or the runs hold
-different samples. Used to show that a refactor, a batch size or a data-parallel launch changes
-nothing a run records (docs/measurements.md).
+different samples. ``--ignore`` (repeatable) sets aside a field, or one key of a dict field
+(``flops.locate``), in both runs: fields a newer version added. Used to show that a refactor,
+a batch size or a data-parallel launch changes nothing a run records (docs/measurements.md).
 """
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def first_difference(a, b, tolerance: float, path: str = "") -> str | None:
     return None if a == b else f"{path}: {a!r} != {b!r}"
 
 
+def kept(record: dict, ignore: list[str]) -> dict:
+    """``record`` without the fields that name the run or measure time, nor those in ``ignore``."""
+    out = {k: v for k, v in record.items() if k not in IGNORED and k not in ignore}
+    for field, _, key in (name.partition(".") for name in ignore if "." in name):
+        if isinstance(out.get(field), dict):
+            out[field] = {k: v for k, v in out[field].items() if k != key}
+    return out
+
+
 def by_sample(directory: Path) -> dict[tuple[str, int], dict]:
     return {(r.task, r.doc_id): r.model_dump() for r in read_records(sorted(Path(directory).glob("*.jsonl")))}
 
@@ -46,12 +56,13 @@ def main(argv=None) -> int:
     parser.add_argument("a", type=Path)
     parser.add_argument("b", type=Path)
     parser.add_argument("--tolerance", type=float, default=1e-4, help="for floats (scores, entropies)")
+    parser.add_argument("--ignore", action="append", default=[], metavar="FIELD[.KEY]",
+                        help="a field (or a dict field's key) to leave out of the comparison")
     args = parser.parse_args(argv)
     a, b = by_sample(args.a), by_sample(args.b)
     differ = 0
     for key in sorted(set(a) & set(b)):
-        kept_a = {k: v for k, v in a[key].items() if k not in IGNORED}
-        kept_b = {k: v for k, v in b[key].items() if k not in IGNORED}
+        kept_a, kept_b = kept(a[key], args.ignore), kept(b[key], args.ignore)
         if (where := first_difference(kept_a, kept_b, args.tolerance, "record")) is not None:
             differ += 1
             print(f"{key[0]} doc {key[1]}: {where}")
