@@ -165,6 +165,8 @@ def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskVie
     blocks.append(Figure(f"{slug}_tradeoff.png", plots.tradeoff(task, entries),
                          f"{task}: accuracy against bytes and FLOPs"))
     blocks += calibrated_section(entries)
+    from collab_eval.analysis import latency_report  # imports this module's blocks: imported here
+    blocks += latency_report.section(task, entries)
     if with_curves:
         blocks += [Heading(3, "Ends, oracle and how well the score flags errors"), Table(
             ["system", "samples", "failed", "never: acc", "never: bytes", "always: acc", "always: bytes",

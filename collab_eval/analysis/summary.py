@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from collab_eval.analysis import curves
 from collab_eval.analysis.calibrate import Calibration
 from collab_eval.analysis.curves import BandStep, Point, Samples
+from collab_eval.analysis.latency import LatencyProfile
 from collab_eval.analysis.runs import Run, read_json
 from collab_eval.analysis.scoring import Scorer
 from collab_eval.analysis.views import TaskView, system_of, task_view
@@ -139,6 +140,8 @@ class TaskSummary(BaseModel):
     points: list[RunPoint] = Field(default_factory=list)
     # collab-eval report --calibrate: calibrate.Calibration with its threshold's point on the whole run.
     calibrated: Calibration | None = Field(default=None, exclude_if=is_none)
+    # collab-eval report --link: per link spec, latency of never/always/the gated curve (latency.py).
+    latency: dict[str, LatencyProfile] | None = Field(default=None, exclude_if=is_none)
 
     @model_validator(mode="before")
     @classmethod
