@@ -138,7 +138,7 @@ def summary_of(run_dirs, seeds: int, command: str = "report"):
     finally:
         gc.enable()
     try:
-        yield summarise(runs, seeds=seeds)
+        yield summarise(runs, seeds=seeds, warn=warn)
     finally:
         gc.unfreeze()
 

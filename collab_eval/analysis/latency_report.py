@@ -69,13 +69,16 @@ def figure(task: str, spec: str, profiles: dict[str, LatencyProfile]) -> bytes:
         for name, p in sorted(profiles.items()):
             colour = colour_of[name]
 
-            def draw(points, *args, **kw):
+            def draw(points, *args, ax=ax, stat=stat, ys=ys, **kw):
                 ys.extend(q.accuracy for q in points)
                 return ax.plot([getattr(q, stat) for q in points], [q.accuracy for q in points], *args, **kw)
             draw(p.gated, "-", color=colour, lw=1.8, marker="." if len(p.gated) <= plots.MARKERS_UP_TO else None,
                  ms=3, label=f"{name}: entropy gate")
             draw(p.random, "--", color=colour, lw=1, label=f"{name}: random")
-            draw(p.oracle_curve, ":", color=colour, lw=1.2, label=f"{name}: oracle")
+            # Beyond its last point the oracle keeps its accuracy (as in the bytes figure).
+            last = p.oracle_curve[-1]
+            draw(p.oracle_curve + [last.model_copy(update={stat: max(getattr(p.always, stat), getattr(last, stat))})],
+                 ":", color=colour, lw=1.2, label=f"{name}: oracle")
             for end, marker in (("never", "o"), ("always", "s")):
                 at = getattr(p, end)
                 draw([at], marker, color=colour, ms=7, mfc="white")

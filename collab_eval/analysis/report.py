@@ -107,6 +107,9 @@ def headline_rows(summary: Summary) -> list[list[str]]:
             e = entry.tasks.get(task)
             if e is None:
                 continue
+            if e.unscored:
+                rows.append([task, e.metric, system, "–", f"not scored: {e.unscored}"] + ["–"] * 5)
+                continue
             if e.from_always is None:
                 rows.append([task, e.metric, system, "–", "no always run: no curves"] + ["–"] * 5)
                 continue
@@ -151,6 +154,14 @@ def document(summary: Summary) -> list:
 
 
 def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskView], target_fraction: float) -> list:
+    not_scored = [Para(f"Not scored for {k}: {e.unscored}") for k, e in entries.items() if e.unscored]
+    entries = {k: e for k, e in entries.items() if not e.unscored}
+    if not entries:
+        return [Heading(2, f"Task {task}"), *not_scored]
+    return [*task_blocks(task, entries, views, target_fraction), *not_scored]
+
+
+def task_blocks(task: str, entries: dict[str, TaskSummary], views: list[TaskView], target_fraction: float) -> list:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)
     with_curves = {k: e.from_always for k, e in entries.items() if e.from_always}
     metric = next(iter(entries.values())).metric
