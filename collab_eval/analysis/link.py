@@ -73,12 +73,14 @@ class Trace:
         opportunities = np.asarray(self.opportunities_ms, dtype=np.int64)
         period, count = self.period_ms, len(opportunities)
         start_ms = start * 1000
-        cycle = math.floor(start_ms / period)
-        phase = start_ms - cycle * period
-        first = int(np.searchsorted(opportunities, phase, side="left"))  # first opportunity at or after start
-        last = first + packets - 1  # counted on the unrolled trace
-        wraps, index = divmod(last, count)
-        done_ms = (cycle + wraps) * period + int(opportunities[index])
+        # The unrolled trace: opportunity g is at opportunities[g % count] + (g // count) * period, in
+        # time order (the last of a pass, at the period, comes no later than the next pass's first).
+        # The first one at or after the start lies within three passes from the one before the start's.
+        base = max(math.floor(start_ms / period) - 1, 0)
+        window = np.concatenate([opportunities + (base + k) * period for k in range(3)])
+        first = base * count + int(np.searchsorted(window, start_ms, side="left"))
+        wraps, index = divmod(first + packets - 1, count)
+        done_ms = wraps * period + int(opportunities[index])
         return (done_ms - start_ms) / 1000
 
     def mean_bits_per_second(self) -> float:
