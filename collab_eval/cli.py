@@ -156,6 +156,9 @@ def run_report(args) -> int:
         for path in paths.values():
             print(path)
         print("\n" + report.headline(summary))
+        if args.link:
+            from collab_eval.analysis import latency_report
+            print("\n" + latency_report.headline(summary))
     return 0
 
 

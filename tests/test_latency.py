@@ -242,6 +242,8 @@ def test_report_command_with_two_links_writes_tables_figures_and_summary(tmp_pat
                              "--link", "1mbit@50ms", "--link", "10mbit/50mbit@20ms"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    latency_headline = result.stdout.split("\n\n")[-1].splitlines()
+    assert latency_headline[0].split()[:3] == ["task", "system", "link"] and len(latency_headline) == 2 + 2
     md = (tmp_path / "report" / "report.md").read_text()
     assert "### Latency under 1mbit@50ms" in md and "### Latency under 10mbit/50mbit@20ms" in md
     assert (tmp_path / "report" / "collab_pope_mini_latency_0.png").stat().st_size > 10_000

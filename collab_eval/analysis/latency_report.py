@@ -94,3 +94,20 @@ def figure(task: str, spec: str, profiles: dict[str, LatencyProfile]) -> bytes:
         fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(f"{task}: accuracy against latency under {spec} (markers: never/always ○□)", fontsize=10)
     return plots.png(fig)
+
+
+def headline(summary) -> str:
+    """Per task, system and link profile, for the terminal: never, always and the gate point, mean / p95 seconds."""
+    rows = [["task", "system", "link", "never: mean / p95 s", "always: mean / p95 s",
+             "gate reaching the target: τ / retransmitted / mean / p95 s"]]
+    for system, entry in sorted(summary.systems.items()):
+        for task, e in sorted(entry.tasks.items()):
+            for spec, p in (e.latency or {}).items():
+                gate = p.reach_target
+                rows.append([task, system, spec, f"{seconds(p.never.mean)} / {seconds(p.never.p95)}",
+                             f"{seconds(p.always.mean)} / {seconds(p.always.p95)}",
+                             f"τ={gate.tau:.5g} / {100 * gate.rate:.1f}% / {seconds(gate.mean)} / {seconds(gate.p95)}"
+                             if gate else "none reaches it"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

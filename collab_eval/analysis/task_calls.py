@@ -67,7 +67,7 @@ def judge_reason(task: str, config: dict) -> str | None:
         if callable(fn):
             found = judge_name(fn)
             if found:
-                return (f"task {task!r} needs an external judge: its scoring function {fn.__name__} calls "
+                return (f"task {task!r} needs an external judge: its scoring function {fn.__name__} refers to "
                         f"{found!r}; its answers are not rescored here")
     return None
 
