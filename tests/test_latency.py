@@ -233,6 +233,8 @@ def test_calibrate_command_with_max_latency(tmp_path, capsys):
     assert out["test"]["latency"]["always_mean"] >= out["test"]["latency"]["never_mean"] > 0
     assert main(["calibrate", str(run), "--task", "collab_pope_mini", "--max-latency", "1"]) == 2
     assert "--max-latency needs --link" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="use collab-eval calibrate --max-latency"):
+        calibrate.parse_spec("max-latency=0.5")
 
 
 @pytest.mark.slow

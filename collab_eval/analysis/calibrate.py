@@ -462,6 +462,9 @@ def calibration_table(c: Calibration) -> str:
 def parse_spec(text: str) -> tuple[Target, float, int]:
     """``max-loss=0.02[,delta=0.1][,calib-fraction=0.5][,seed=0]`` (report --calibrate)."""
     fields = dict(part.split("=", 1) if "=" in part else (part, "") for part in text.split(",") if part.strip())
+    if "max-latency" in fields:
+        raise ValueError(f"--calibrate {text!r}: report --calibrate takes max-loss, max-bytes or max-flops; for a "
+                         "latency limit use collab-eval calibrate --max-latency SECONDS --link SPEC")
     goals = [k for k in fields if k in TARGETS]
     unknown = set(fields) - set(TARGETS) - {"delta", "calib-fraction", "seed"}
     if len(goals) != 1 or unknown:
