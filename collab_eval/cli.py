@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     report.add_argument("--calibrate", metavar="TARGET",
                         help="add the calibrated threshold and its held-out outcome, e.g. max-loss=0.02 "
                              "(also max-bytes=B, max-flops=F; optional ,delta=0.1,calib-fraction=0.5,seed=0)")
+    add_link_options(report, several=True)
     check = sub.add_parser("check", help="fail (exit 1) when accuracy against bytes/FLOPs regressed from a baseline; "
                                          "exit 2 when the run cannot be compared with it or an input is malformed")
     check.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or one summary.json")
@@ -68,6 +69,10 @@ def main(argv=None) -> int:
                       "fewest retransmissions")
     goal.add_argument("--max-bytes", type=float, metavar="B", help="mean bytes per sample at most B; most accurate τ")
     goal.add_argument("--max-flops", type=float, metavar="F", help="mean FLOPs per sample at most F; most accurate τ")
+    goal.add_argument("--max-latency", type=float, metavar="SECONDS",
+                      help="mean (or --latency-stat p95) latency per sample under --link at most SECONDS; "
+                           "most accurate τ (docs/latency.md)")
+    add_link_options(calibrate, several=False)
     calibrate.add_argument("--delta", type=float, default=0.1,
                            help="the guarantee holds with probability at least 1 - delta (default %(default)s)")
     held_out = calibrate.add_mutually_exclusive_group()
@@ -134,7 +139,7 @@ def summary_of(run_dirs, seeds: int, command: str = "report"):
     finally:
         gc.enable()
     try:
-        yield summarise(runs, seeds=seeds)
+        yield summarise(runs, seeds=seeds, warn=warn)
     finally:
         gc.unfreeze()
 
@@ -145,10 +150,16 @@ def run_report(args) -> int:
         if args.calibrate:
             from collab_eval.analysis.calibrate import annotate
             annotate(summary, args.calibrate)
+        if args.link:
+            from collab_eval.analysis import latency
+            latency.annotate(summary, args.link, latency_costs(args))
         paths = report.write(summary, args.out)
         for path in paths.values():
             print(path)
         print("\n" + report.headline(summary))
+        if args.link:
+            from collab_eval.analysis import latency_report
+            print("\n" + latency_report.headline(summary))
     return 0
 
 
@@ -197,25 +208,62 @@ def run_calibrate(args) -> int:
     from collab_eval.analysis.scoring import Scorer
     from collab_eval.analysis.summary import include_paths
     kind, limit = next((k, v) for k, v in (("loss", args.max_loss), ("bytes", args.max_bytes),
-                                           ("flops", args.max_flops)) if v is not None)
-    target = calibrate.Target(kind, limit, args.delta)
+                                           ("flops", args.max_flops), ("latency", args.max_latency)) if v is not None)
+    if (kind == "latency") != bool(args.link):
+        raise ValueError("--max-latency needs --link SPEC (the link the latency is on)" if kind == "latency"
+                         else "--link is only used with --max-latency")
+    target = calibrate.Target(kind, limit, args.delta, stat=args.latency_stat if kind == "latency" else "mean")
     runs = list({run.name: run for d in args.run_dirs for run in find_runs(d)}.values())  # each run once
     test_runs = find_runs(args.test) if args.test else []
     scorer = Scorer(include_paths=include_paths(runs + test_runs))
     records = calibrate.always_records(runs, args.task, " ".join(args.run_dirs))
     samples, names, system, score = calibrate.samples_of(records, args.task, args.score, scorer)
+    timed = {}  # --max-latency: each sample's latencies under the link
+    if kind == "latency":
+        from collab_eval.analysis.latency import Latencies
+        timed = dict(latency=Latencies.of(records, args.link, latency_costs(args)), link=args.link.spec)
     test = None
     if args.test:
-        test_samples, test_names, test_system, _ = calibrate.samples_of(
-            calibrate.always_records(test_runs, args.task, args.test), args.task, score, scorer)
+        test_records = calibrate.always_records(test_runs, args.task, args.test)
+        test_samples, test_names, test_system, _ = calibrate.samples_of(test_records, args.task, score, scorer)
         if test_system != system:
             raise ValueError(f"--test {args.test} is a run of {test_system}, the calibration runs of {system}")
         test = (test_samples, test_names)
+        if timed:
+            timed["test_latency"] = Latencies.of(test_records, args.link, latency_costs(args))
     result = calibrate.calibrate(samples, names, target, task=args.task, system=system, score=score,
                                  calib_fraction=args.calib_fraction, seed=args.seed, test=test,
-                                 randomise=not args.deterministic)
+                                 randomise=not args.deterministic, **timed)
     print(json.dumps(result.model_dump(), allow_nan=False) if args.json else calibrate.calibration_table(result))
     return 0
+
+
+def add_link_options(parser, several: bool) -> None:
+    """--link and the options of how a sample's steps are timed (docs/latency.md)."""
+    parser.add_argument("--link", action="append" if several else "store", type=link_spec, default=[] if several
+                        else None, metavar="SPEC",
+                        help="a link profile: UP[/DOWN][@RTT] (e.g. 1mbit@50ms, 10mbit/50mbit@20ms) or "
+                             "trace:UP_FILE[,DOWN_FILE][@RTT] (mahimahi traces)" + ("; repeatable" if several else ""))
+    parser.add_argument("--server-flops-per-second", type=float, metavar="F",
+                        help="time the server's steps as their FLOPs / F instead of the measured seconds")
+    parser.add_argument("--edge-scale", type=float, default=1.0, metavar="K",
+                        help="multiply the edge's measured seconds by K (a slower device: K > 1; default 1)")
+    if not several:
+        parser.add_argument("--latency-stat", choices=["mean", "p95"], default="mean",
+                            help="the latency statistic --max-latency bounds (default %(default)s)")
+
+
+def link_spec(text: str):
+    from collab_eval.analysis.link import LinkError, parse_link
+    try:
+        return parse_link(text)
+    except LinkError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def latency_costs(args):
+    from collab_eval.analysis.latency import Costs
+    return Costs(server_flops_per_second=args.server_flops_per_second, edge_scale=args.edge_scale)
 
 
 def floats(text: str) -> list[float]:

@@ -42,20 +42,24 @@ from scipy import optimize, stats
 
 from collab_eval.analysis import curves
 from collab_eval.analysis.curves import Point, Samples
+from collab_eval.analysis.latency import Latencies, p95
 from collab_eval.analysis.views import image_name, settings_of, system_of, task_view
 from collab_eval.records import SampleRecord
 from collab_eval.systems import system_key
 from collab_eval.typed_json import Threshold, is_none
 
-TARGETS = {"max-loss": "loss", "max-bytes": "bytes", "max-flops": "flops"}
+TARGETS = {"max-loss": "loss", "max-bytes": "bytes", "max-flops": "flops", "max-latency": "latency"}
+LATENCY_STATS = ("mean", "p95")
+TAIL = 0.05  # p95: at most this fraction of samples over the limit
 METHOD = "learn-then-test (fixed sequence)"
 
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # "loss" (accuracy lost against always), "bytes" or "flops" (mean per sample)
-    limit: float  # ε, or the budget B / F
+    kind: str  # "loss" (accuracy lost against always), "bytes", "flops" or "latency" (per sample)
+    limit: float  # ε, or the budget B / F / seconds
     delta: float = 0.1
+    stat: str = "mean"  # latency: bound its mean, or its 95th percentile (at most 5% of samples over the limit)
 
     def __post_init__(self):
         if self.kind not in TARGETS.values():
@@ -64,10 +68,25 @@ class Target:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
         if not math.isfinite(self.limit):
             raise ValueError(f"the {self.kind} limit must be a finite number, got {self.limit}")
+        if self.stat not in LATENCY_STATS:
+            raise ValueError(f"the latency statistic must be one of {list(LATENCY_STATS)}, got {self.stat!r}")
 
     @property
     def name(self) -> str:
         return next(k for k, v in TARGETS.items() if v == self.kind)
+
+
+class LatencyResult(BaseModel):
+    """The chosen threshold's latency on one part, seconds per sample (calibrate --max-latency)."""
+    model_config = ConfigDict(frozen=True)
+
+    link: str
+    mean: float
+    p95: float
+    always_mean: float
+    always_p95: float
+    never_mean: float
+    never_p95: float
 
 
 class PartResult(BaseModel):
@@ -84,6 +103,7 @@ class PartResult(BaseModel):
     always_accuracy: float
     always_bytes: float
     always_flops: float
+    latency: LatencyResult | None = Field(default=None, exclude_if=is_none)  # --max-latency
 
 
 class Calibration(BaseModel):
@@ -93,9 +113,11 @@ class Calibration(BaseModel):
 
     task: str
     system: str
-    target: str  # max-loss, max-bytes or max-flops
-    limit: float  # ε, or the budget B / F
+    target: str  # max-loss, max-bytes, max-flops or max-latency
+    limit: float  # ε, or the budget B / F / seconds
     delta: float
+    latency_stat: str | None = Field(default=None, exclude_if=is_none)  # max-latency: mean or p95
+    link: str | None = Field(default=None, exclude_if=is_none)  # max-latency: the --link spec
     method: str = METHOD
     tau: Threshold
     score: str  # the score aggregate the gate uses (max / mean / first)
@@ -111,7 +133,7 @@ class Calibration(BaseModel):
 
     @property
     def goal(self) -> Target:
-        return Target(TARGETS[self.target], self.limit, self.delta)
+        return Target(TARGETS[self.target], self.limit, self.delta, self.latency_stat or "mean")
 
 
 def gate_args(tau: float, score: str) -> str:
@@ -218,8 +240,15 @@ class Choice:
     tested: int
 
 
+def latency_per_image(image: np.ndarray, n_images: int, each: np.ndarray, target: Target) -> np.ndarray:
+    """Per image: the mean latency of its samples, or (p95) the fraction of them over the limit."""
+    count = np.bincount(image, minlength=n_images)
+    values = each if target.stat == "mean" else (each > target.limit).astype(float)
+    return np.bincount(image, values, n_images) / count
+
+
 def learn_then_test(s: Samples, image: np.ndarray, target: Target, rng: np.random.Generator,
-                    randomise: bool = True) -> Choice:
+                    randomise: bool = True, latency: Latencies | None = None) -> Choice:
     """Fixed-sequence testing over the calibration samples' own score values (each one a
     threshold; between two of them the decisions do not change). ``image`` numbers each
     sample's image 0..m-1."""
@@ -232,6 +261,14 @@ def learn_then_test(s: Samples, image: np.ndarray, target: Target, rng: np.rando
     shuffle = rng.permutation(n_images)
     if target.kind == "loss":
         order, safe = taus, -math.inf  # most retransmission first
+    elif target.kind == "latency":
+        order, safe = taus[::-1], math.inf  # least retransmission first
+        if target.stat == "mean":  # mean latency per image, within the range seen in calibration
+            lo = float(latency_per_image(image, n_images, latency.stage1, target).min())
+            hi = float(latency_per_image(image, n_images, latency.whole, target).max())
+            budget = target.limit
+        else:  # H0: more than 5% of new samples over the limit; per image a fraction in [0, 1]
+            lo, hi, budget = 0.0, 1.0, TAIL
     else:
         order, safe = taus[::-1], math.inf  # least retransmission first
         always_cost = per_image(s, image, n_images, np.ones(s.n, dtype=bool))[1 if target.kind == "bytes" else 2]
@@ -249,6 +286,9 @@ def learn_then_test(s: Samples, image: np.ndarray, target: Target, rng: np.rando
             if key not in cache:
                 cache[key] = loss_p_value(n_images, *key, target.limit, u)
             p = cache[key]
+        elif target.kind == "latency":
+            cost = latency_per_image(image, n_images, latency.of_gate(s.score > tau), target)
+            p = cost_p_value(cost[shuffle], lo, hi, budget, target.delta)
         else:
             cost = nbytes if target.kind == "bytes" else flops
             p = cost_p_value(cost[shuffle], lo, hi, target.limit, target.delta)
@@ -300,20 +340,35 @@ def split_by_image(names: list[str], fraction: float, rng: np.random.Generator) 
     return np.array([name in chosen for name in names], dtype=bool)
 
 
-def part_result(s: Samples, names: list[str], tau: float) -> PartResult:
+def part_result(s: Samples, names: list[str], tau: float, latency: Latencies | None = None,
+                link: str = "") -> PartResult:
     gated, always = curves.threshold_point(s, tau), curves.always(s)
+    timed = None
+    if latency is not None:
+        each = latency.of_gate(s.score > tau)
+        timed = LatencyResult(link=link, mean=float(each.mean()), p95=p95(each),
+                              always_mean=float(latency.whole.mean()), always_p95=p95(latency.whole),
+                              never_mean=float(latency.stage1.mean()),
+                              never_p95=p95(latency.stage1))
     return PartResult(accuracy=gated.accuracy, loss=always.accuracy - gated.accuracy, bytes=gated.bytes,
                       flops=gated.flops, retransmitted=gated.rate, n=s.n, images=len(set(names)),
-                      always_accuracy=always.accuracy, always_bytes=always.bytes, always_flops=always.flops)
+                      always_accuracy=always.accuracy, always_bytes=always.bytes, always_flops=always.flops,
+                      latency=timed)
 
 
 def calibrate(samples: Samples, names: list[str], target: Target, *, task: str = "", system: str = "",
               score: str = "max", calib_fraction: float | None = None, seed: int = 0,
-              test: tuple[Samples, list[str]] | None = None, randomise: bool = True) -> Calibration:
+              test: tuple[Samples, list[str]] | None = None, randomise: bool = True,
+              latency: Latencies | None = None, test_latency: Latencies | None = None,
+              link: str | None = None) -> Calibration:
     """Choose τ on the calibration samples and score it on the test samples: the held-out
-    images of ``samples`` when ``calib_fraction`` is given, else ``test`` (another run), else none."""
+    images of ``samples`` when ``calib_fraction`` is given, else ``test`` (another run), else none.
+    A latency target needs ``latency`` (each sample's latencies under ``link``; latency.py), and
+    ``test_latency`` with ``test``."""
     if samples.n == 0:
         raise ValueError(f"no samples of task {task!r} to calibrate on")
+    if target.kind == "latency" and (latency is None or (test is not None and test_latency is None)):
+        raise ValueError("a latency target needs a link (--link SPEC) to time the samples on")
     rng = np.random.default_rng(seed)
     calib_index = np.arange(samples.n)
     if calib_fraction is not None:
@@ -322,14 +377,19 @@ def calibrate(samples: Samples, names: list[str], target: Target, *, task: str =
         mask = split_by_image(names, calib_fraction, rng)
         calib_index, test_index = np.flatnonzero(mask), np.flatnonzero(~mask)
         test = (subset(samples, test_index), [names[i] for i in test_index])
+        test_latency = latency.subset(test_index) if latency is not None else None
     cal = subset(samples, calib_index)
     cal_names = [names[i] for i in calib_index]
-    choice = learn_then_test(cal, numbered(cal_names), target, rng, randomise)
+    cal_latency = latency.subset(calib_index) if latency is not None else None
+    choice = learn_then_test(cal, numbered(cal_names), target, rng, randomise, cal_latency)
+    timed = target.kind == "latency"
     return Calibration(task=task, system=system, target=target.name, limit=target.limit, delta=target.delta,
+                       latency_stat=target.stat if timed else None, link=link if timed else None,
                        tau=choice.tau, score=score, feasible=choice.feasible, p_value=choice.p_value,
                        tested=choice.tested, seed=seed, calib_fraction=calib_fraction,
-                       calib=part_result(cal, cal_names, choice.tau),
-                       test=part_result(*test, choice.tau) if test else None, model_args=gate_args(choice.tau, score))
+                       calib=part_result(cal, cal_names, choice.tau, cal_latency, link or ""),
+                       test=part_result(*test, choice.tau, test_latency, link or "") if test else None,
+                       model_args=gate_args(choice.tau, score))
 
 
 # ----- from runs -----------------------------------------------------------------------
@@ -369,7 +429,8 @@ def samples_of(records: list[SampleRecord], task: str, score: str | None,
 def calibration_table(c: Calibration) -> str:
     t = c.goal
     limit = {"loss": f"{t.limit:g} ({100 * t.limit:g} points of accuracy against always)",
-             "bytes": f"{t.limit:g} bytes per sample", "flops": f"{t.limit:g} FLOPs per sample"}[t.kind]
+             "bytes": f"{t.limit:g} bytes per sample", "flops": f"{t.limit:g} FLOPs per sample",
+             "latency": f"{t.limit:g} s {t.stat} latency per sample under --link {c.link}"}[t.kind]
     lines = [f"{c.task} on {c.system}, gate score {c.score}: {t.name} {limit}, "
              f"with probability >= {1 - t.delta:g} (Learn-then-Test, {c.tested} threshold(s) tested)"]
     if c.feasible:
@@ -387,6 +448,12 @@ def calibration_table(c: Calibration) -> str:
         lines.append(f"{name:<6} {o.images:>6} {o.n:>7} {100 * o.retransmitted:>12.1f}% {100 * o.accuracy:>8.1f} "
                      f"{100 * o.always_accuracy:>7.1f} {100 * o.loss:>+7.1f} {o.bytes:>9,.0f} {o.always_bytes:>9,.0f} "
                      f"{o.flops / 1e9:>8.4g} {o.always_flops / 1e9:>8.4g}")
+    for name, o in (("calib", c.calib), ("test", c.test)):
+        if o is not None and o.latency is not None:
+            x = o.latency
+            lines.append(f"{name:<6} latency under {x.link}: mean {x.mean:.3f} s, p95 {x.p95:.3f} s (never "
+                         f"{x.never_mean:.3f} / {x.never_p95:.3f} s, "
+                         f"always {x.always_mean:.3f} / {x.always_p95:.3f} s)")
     lines.append("(accuracy and loss in points; bytes and FLOPs are means per sample; 'always' columns: the same "
                  "samples all retransmitted)")
     return "\n".join(lines)
@@ -396,6 +463,9 @@ def calibration_table(c: Calibration) -> str:
 def parse_spec(text: str) -> tuple[Target, float, int]:
     """``max-loss=0.02[,delta=0.1][,calib-fraction=0.5][,seed=0]`` (report --calibrate)."""
     fields = dict(part.split("=", 1) if "=" in part else (part, "") for part in text.split(",") if part.strip())
+    if "max-latency" in fields:
+        raise ValueError(f"--calibrate {text!r}: report --calibrate takes max-loss, max-bytes or max-flops; for a "
+                         "latency limit use collab-eval calibrate --max-latency SECONDS --link SPEC")
     goals = [k for k in fields if k in TARGETS]
     unknown = set(fields) - set(TARGETS) - {"delta", "calib-fraction", "seed"}
     if len(goals) != 1 or unknown:

@@ -110,6 +110,9 @@ def headline_rows(summary: Summary) -> list[list[str]]:
             e = entry.tasks.get(task)
             if e is None:
                 continue
+            if e.unscored:
+                rows.append([task, e.metric, system, "–", f"not scored: {e.unscored}"] + ["–"] * 5)
+                continue
             if e.from_always is None:
                 rows.append([task, e.metric, system, "–", "no always run: no curves"] + ["–"] * 5)
                 continue
@@ -156,6 +159,14 @@ def document(summary: Summary) -> list:
 
 
 def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskView], target_fraction: float) -> list:
+    not_scored = [Para(f"Not scored for {k}: {e.unscored}") for k, e in entries.items() if e.unscored]
+    entries = {k: e for k, e in entries.items() if not e.unscored}
+    if not entries:
+        return [Heading(2, f"Task {task}"), *not_scored]
+    return [*task_blocks(task, entries, views, target_fraction), *not_scored]
+
+
+def task_blocks(task: str, entries: dict[str, TaskSummary], views: list[TaskView], target_fraction: float) -> list:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)
     with_curves = {k: e.from_always for k, e in entries.items() if e.from_always}
     metric = next(iter(entries.values())).metric
@@ -170,6 +181,8 @@ def task_section(task: str, entries: dict[str, TaskSummary], views: list[TaskVie
     blocks.append(Figure(f"{slug}_tradeoff.png", plots.tradeoff(task, entries),
                          f"{task}: accuracy against bytes and FLOPs"))
     blocks += calibrated_section(entries)
+    from collab_eval.analysis import latency_report  # imports this module's blocks: imported here
+    blocks += latency_report.section(task, entries)
     if with_curves:
         blocks += [Heading(3, "Ends and oracle"), Table(
             ["system", "samples", "failed", "never: acc", "never: bytes", "always: acc", "always: bytes",

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from collab_eval.analysis.task_calls import Unscorable, aggregate, judge_reason
 from collab_eval.shipped import TASKS_DIR
 
 
@@ -149,8 +150,13 @@ class TaskMetric:
                 value = value[self.score_key]
             elif metric in self.aggregations:
                 # Per-sample details (MUIRBench, SEED-Bench: prediction and answer) that only the
-                # task's own aggregation turns into a number: that number for this one sample.
-                value = self.aggregations[metric]([value])
+                # task's own aggregation turns into a number: that number for this one sample,
+                # called as lmms-eval calls it (with its arguments where it takes them).
+                value = aggregate(self.aggregations[metric], [value])
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise Unscorable(f"task {self.task!r}: metric {metric!r} cannot be scored per sample: its "
+                                     f"aggregation {getattr(self.aggregations[metric], '__name__', '')} returned "
+                                     f"{type(value).__name__}, not a number (a submission file, a corpus score)")
             else:
                 raise ValueError(f"task {self.task!r}: metric {metric!r} returned a dict without {self.score_key!r} "
                                  f"(keys {sorted(value)}) and has no aggregation function; "
@@ -162,6 +168,9 @@ class TaskMetric:
 
 
 def metric_from_config(task: str, config: dict) -> TaskMetric:
+    judge = judge_reason(task, config)
+    if judge:
+        raise Unscorable(judge)
     if config.get("output_type", "generate_until") != "generate_until":
         raise ValueError(f"task {task!r} is a {config.get('output_type')!r} task; only generate_until tasks have "
                          "answers to rescore")
@@ -216,7 +225,12 @@ class Scorer:
         return self.metric(task).accuracy(doc, answer)
 
     def _config(self, task: str) -> dict:
-        return task_config(task, tuple(self.include_paths))
+        try:
+            return task_config(task, tuple(self.include_paths))
+        except ValueError:
+            raise
+        except Exception as err:  # its module fails to import here (a judge client without a key, a missing package)
+            raise Unscorable(f"task {task!r} cannot be loaded here: {type(err).__name__}: {err}") from err
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from collab_eval.analysis import curves
 from collab_eval.analysis.calibrate import Calibration
 from collab_eval.analysis.curves import BandStep, Point, Samples
-from collab_eval.analysis.runs import Run, read_json
+from collab_eval.analysis.latency import LatencyProfile
+from collab_eval.analysis.runs import Run, read_json, warn_on_stderr
 from collab_eval.analysis.scoring import Scorer
 from collab_eval.analysis.views import TaskView, settings_of, system_of, task_view
 from collab_eval.records import SampleRecord
@@ -138,10 +139,14 @@ class TaskSummary(BaseModel):
     INLINED: ClassVar[tuple[str, ...]] = ("from_always",)
 
     metric: str
+    # Why the task's answers could not be scored (an external judge, no per-sample score): then no curves or points.
+    unscored: str | None = Field(default=None, exclude_if=is_none)
     from_always: FromAlways | None = None  # None when the system has no always run of this task
     points: list[RunPoint] = Field(default_factory=list)
     # collab-eval report --calibrate: calibrate.Calibration with its threshold's point on the whole run.
     calibrated: Calibration | None = Field(default=None, exclude_if=is_none)
+    # collab-eval report --link: per link spec, latency of never/always/the gated curve (latency.py).
+    latency: dict[str, LatencyProfile] | None = Field(default=None, exclude_if=is_none)
 
     @model_validator(mode="before")
     @classmethod
@@ -245,7 +250,7 @@ def run_label(run: Run) -> str:
     return run.policy
 
 
-def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) -> Summary:
+def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20, warn=warn_on_stderr) -> Summary:
     scorer = scorer or Scorer(include_paths=include_paths(runs))
     runs = unique(runs)
     systems: dict[str, SystemSummary] = {}
@@ -276,14 +281,24 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
                     systems.setdefault(name, SystemSummary(checkpoint=checkpoint, codec=codec, adapter=run.adapter,
                                                            settings=settings, tasks={}))
                 systems[name].always_runs.append(run.name)
-                view = task_view(name, task, records, scorer)
+                try:
+                    view = task_view(name, task, records, scorer)
+                except Exception as err:  # noqa: BLE001  -- the task's own functions: one task fails, not the report
+                    systems[name].tasks[task] = unscored(task, err, warn)
+                    continue
                 views.append(view)
                 metric = scorer.metric(task).metric
                 systems[name].tasks[task] = TaskSummary(metric=metric,
                                                         from_always=from_always(view, run, metric, seeds))
         else:
             for task, records in sorted(by_task.items()):
-                point = run_point(run, task, records, scorer)  # first: it tells which metric the documents use
+                if system.tasks.get(task) and system.tasks[task].unscored:
+                    continue
+                try:
+                    point = run_point(run, task, records, scorer)  # first: it tells which metric the documents use
+                except Exception as err:  # noqa: BLE001  -- as above
+                    system.tasks[task] = unscored(task, err, warn)
+                    continue
                 system.tasks.setdefault(task, TaskSummary(metric=scorer.metric(task).metric)).points.append(point)
     for view in views:
         for entry in systems[view.system].tasks[view.task].points:
@@ -291,6 +306,13 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20) ->
     settings = SummarySettings(correct_at=CORRECT, target_fraction=TARGET, random_seeds=seeds,
                                random_rates=list(curves.RATES))
     return Summary(settings=settings, runs=run_rows, systems=systems, views=views)
+
+
+def unscored(task: str, err: Exception, warn) -> TaskSummary:
+    """A task whose answers cannot be scored here: its reason, in the summary and as a warning."""
+    reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+    warn(f"{task}: not scored, its section says why: {reason}")
+    return TaskSummary(metric="–", unscored=reason)
 
 
 def unique(runs: list[Run]) -> list[Run]:
