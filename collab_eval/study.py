@@ -400,9 +400,10 @@ def run_cell(cell: Cell, argv: list[str], study: Study, out: Path, limit: int | 
 
 
 def run_study(study: Study, out: Path, launcher: Launcher = Launcher(), limit: int | None = None,
-              seeds: int = 20, say=print) -> int:
+              seeds: int = 20, say=None) -> int:
     """Generate the variants, run every cell that is not complete, then the report over all
     complete cells into ``out/report``. Returns 0, or 1 when a cell failed."""
+    say = say or (lambda message: print(message, flush=True))
     out = Path(out).resolve()
     p = plan(study, out, launcher, limit)  # refuses a changed cell before anything runs
     generate_costed(study, out, say)

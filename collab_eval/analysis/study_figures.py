@@ -147,6 +147,7 @@ def codec_figure(task: str, runs_by_checkpoint: dict[str, dict[str, CodecRun]], 
         label = "mean bytes sent per sample"
         if plots.log_scale(xs):
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             label += " (log scale)"
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
