@@ -176,10 +176,14 @@ def load_study(spec: str | os.PathLike) -> Study:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise StudyError(f"{path}: cannot read it as YAML ({err})") from None
     try:
-        return Study.model_validate(data)
+        spec = Study.model_validate(data)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in err.errors())
         raise StudyError(f"{path}: not a study file: {problems}") from None
+    # A relative include_path is relative to the study file, wherever the command runs.
+    sets = [t.model_copy(update={"include_path": str((path.parent / t.include_path).resolve())})
+            if t.include_path else t for t in spec.task_sets]
+    return spec.model_copy(update={"task_sets": sets})
 
 
 # ----- the cells ------------------------------------------------------------------------------

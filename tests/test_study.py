@@ -96,6 +96,15 @@ def test_a_partial_cell_is_resumed_and_accelerate_launches_the_cells(capsys, tmp
     assert [option(c, "--output_path") for c in resumed] == [str(cell.folder)]
 
 
+def test_a_relative_include_path_is_relative_to_the_study_file(capsys, tmp_path):
+    data = yaml.safe_load((study.STUDIES_DIR / "smalldetail.yaml").read_text())
+    data["task_sets"][0]["include_path"] = "my_tasks"
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "s.yaml").write_text(yaml.safe_dump(data))
+    runs = dry_run(capsys, str(tmp_path / "studies" / "s.yaml"), "--out", str(tmp_path / "out"))
+    assert {option(c, "--include_path") for c in runs} == {str(tmp_path.resolve() / "studies" / "my_tasks")}
+
+
 def test_a_cell_started_with_other_arguments_is_refused(capsys, tmp_path):
     spec = study.load_study("smalldetail")
     cell = study.cells(spec, tmp_path.resolve())[0]
