@@ -180,6 +180,10 @@ def run_study(args) -> int:
             study.print_plan(study.plan(spec, Path(args.out), launcher, args.limit))
             return 0
         return study.run_study(spec, Path(args.out), launcher, args.limit, seeds=args.seeds)
+    except KeyboardInterrupt:
+        print("collab-eval study: interrupted; the same command continues it (complete cells are skipped, the "
+              "interrupted one resumed)", file=sys.stderr)
+        return 130
     except ValueError as err:  # StudyError, and what report or costed-tasks refuse
         print(f"collab-eval study: error: {err}", file=sys.stderr)
         return 2
