@@ -22,6 +22,10 @@ def main(argv=None) -> int:
     costed.add_argument("--out", required=True,
                         help="directory to write the YAMLs into (then pass it to --include_path)")
     costed.add_argument("--include_path", help="a directory of further task YAMLs to look the names up in")
+    costed.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="set a prompt setting in the task's lmms_eval_specific_kwargs.default (VALUE read as "
+                             "YAML: true, 3, text); repeatable; the variant is named after it (ocr=true: "
+                             "collab_textvqa_val_ocr)")
     task_data = sub.add_parser("build-task-data",
                                help="regenerate the local TextVQA/POPE-schema task data in tasks/data")
     task_data.add_argument("--out", default=str(TASK_DATA_DIR))
@@ -37,6 +41,17 @@ def main(argv=None) -> int:
                         help="add the calibrated threshold and its held-out outcome, e.g. max-loss=0.02 "
                              "(also max-bytes=B, max-flops=F; optional ,delta=0.1,calib-fraction=0.5,seed=0)")
     add_link_options(report, several=True)
+    study = sub.add_parser("study", help="run every cell of a study file (model x task set x policy x codec) "
+                           "through lmms-eval, skipping complete cells and resuming interrupted ones, then the report")
+    study.add_argument("study_file", metavar="FILE",
+                       help="a study YAML, or a shipped study's name (paper, smalldetail)")
+    study.add_argument("--out", required=True, help="the study's folder: cells/, tasks/ (generated variants), report/")
+    study.add_argument("--dry-run", action="store_true", help="print the commands it would run, run nothing")
+    study.add_argument("--launcher", choices=["lmms-eval", "accelerate"], default="lmms-eval",
+                       help="start each cell with lmms-eval, or with accelerate launch (data parallel)")
+    study.add_argument("--num-processes", type=int, default=1, help="processes for --launcher accelerate")
+    study.add_argument("--limit", type=int, help="lmms-eval's --limit for every cell (documents per task)")
+    study.add_argument("--seeds", type=int, default=20, help="the report's random draws per rate (as report)")
     check = sub.add_parser("check", help="fail (exit 1) when accuracy against bytes/FLOPs regressed from a baseline; "
                                          "exit 2 when the run cannot be compared with it or an input is malformed")
     check.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or one summary.json")
@@ -90,9 +105,10 @@ def main(argv=None) -> int:
     if args.command == "tasks-dir":
         print(TASKS_DIR)
     elif args.command == "costed-tasks":
-        from collab_eval.costed_tasks import write_costed_tasks
+        from collab_eval.costed_tasks import parse_overrides, write_costed_tasks
         try:
-            names = write_costed_tasks([t for t in args.tasks.split(",") if t.strip()], args.out, args.include_path)
+            names = write_costed_tasks([t for t in args.tasks.split(",") if t.strip()], args.out, args.include_path,
+                                       overrides=parse_overrides(args.overrides))
         except ValueError as err:
             print(f"collab-eval costed-tasks: error: {err}", file=sys.stderr)
             return 2
@@ -104,6 +120,8 @@ def main(argv=None) -> int:
     elif args.command == "build-tiny":
         from collab_eval.checkpoints import resolve
         print(resolve(args.name))
+    elif args.command == "study":
+        return run_study(args)
     elif args.command in ("report", "check", "calibrate"):
         # Malformed or missing inputs (each message names the file) exit 2, never with a traceback:
         # exit 1 means a regression and nothing else.
@@ -161,6 +179,26 @@ def run_report(args) -> int:
             from collab_eval.analysis import latency_report
             print("\n" + latency_report.headline(summary))
     return 0
+
+
+def run_study(args) -> int:
+    from collab_eval import study
+    try:
+        if args.num_processes < 1 or (args.limit is not None and args.limit < 1):
+            raise study.StudyError("--num-processes and --limit must be at least 1")
+        launcher = study.Launcher(args.launcher, args.num_processes)
+        spec = study.load_study(args.study_file)
+        if args.dry_run:
+            study.print_plan(study.plan(spec, Path(args.out), launcher, args.limit))
+            return 0
+        return study.run_study(spec, Path(args.out), launcher, args.limit, seeds=args.seeds)
+    except KeyboardInterrupt:
+        print("collab-eval study: interrupted; the same command continues it (complete cells are skipped, the "
+              "interrupted one resumed)", file=sys.stderr)
+        return 130
+    except ValueError as err:  # StudyError, and what report or costed-tasks refuse
+        print(f"collab-eval study: error: {err}", file=sys.stderr)
+        return 2
 
 
 def run_check(args) -> int:

@@ -155,6 +155,8 @@ def document(summary: Summary) -> list:
         entries = {labels[name]: s.tasks[task] for name, s in summary.systems.items() if task in s.tasks}
         views = [replace(v, system=labels.get(v.system, v.system)) for v in summary.views if v.task == task]
         blocks += task_section(task, entries, views, summary.settings.target_fraction)
+    from collab_eval.analysis import study_figures  # imports this module's blocks: imported here
+    blocks += study_figures.sections(summary)  # codecs against the gate, savings across models
     return blocks
 
 
