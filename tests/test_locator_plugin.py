@@ -44,4 +44,5 @@ def test_a_plugin_locator_runs_through_the_lmms_eval_command_line(plugin_on_path
     for r in run.records:
         check_record(r)
         assert r["roi"] == [0, 0, 10, 10] and r["roi_image"] == 0
-        assert r["flops"]["locate"] == 7 and r["settings"]["locator"] == "top_left" and r["settings"]["highres"] is False
+        assert r["flops"]["locate"] == 7
+        assert r["settings"]["locator"] == "top_left" and r["settings"]["highres"] is False

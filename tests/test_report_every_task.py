@@ -108,7 +108,7 @@ def test_report_writes_every_scorable_task_and_says_why_not_the_others(tasks_dir
     assert "docvqa_test_aggregate_results returned NoneType" in tasks[SUBMISSION_TASK]["unscored"]
     assert sorted(w.split(":")[0] for w in warnings) == [SUBMISSION_TASK, JUDGE_TASK]
     md = report.write(summary, tmp_path / "report")["markdown"].read_text()
-    assert "## Task replica\\_hallusion\\_bench" in md and "Not scored for hand-llava:png: task" in md
+    assert "## Task replica\\_hallusion\\_bench" in md and "Not scored for hand-llava: task" in md
     assert "## Task replica\\_args\\_aggregation" in md and "## Task collab\\_pope\\_mini" in md
 
 
