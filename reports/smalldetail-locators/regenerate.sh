@@ -7,11 +7,13 @@
 # tiling gives one tile (the global image) and highres=true changes nothing (docs/locators.md).
 #   reports/smalldetail-locators/regenerate.sh                # runs, then the report
 #   reports/smalldetail-locators/regenerate.sh --report-only  # the report from existing runs
-# Runs go to $RUNS (default /work/runs/locators), outside the repository. Run from the
-# repository root with the venv active.
+# Besides this comparison, collab-eval report over the same runs writes report/: each system is
+# the checkpoint with its locator, labelled by it (docs/report-and-check.md, systems).
+# Runs go to $RUNS (default out/smalldetail-locators). Run from the repository root with the
+# venv active.
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-RUNS=${RUNS:-/work/runs/locators}
+RUNS=${RUNS:-out/smalldetail-locators}
 OUT=reports/smalldetail-locators
 LOCATORS=${LOCATORS:-"rel_att center grad_att pure_grad"}
 if [ "${1:-}" != "--report-only" ]; then
@@ -28,5 +30,6 @@ if [ "${1:-}" != "--report-only" ]; then
     done
   done
 fi
-rm -f "$OUT"/*.png "$OUT"/README.md "$OUT"/locators.json
+rm -rf "$OUT"/*.png "$OUT"/README.md "$OUT"/locators.json "$OUT"/report
 python -m collab_eval.lab.smalldetail_locators "$RUNS"/*/*/ --out "$OUT"
+collab-eval report "$RUNS"/*/*/ --out "$OUT/report"
