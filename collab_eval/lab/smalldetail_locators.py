@@ -109,7 +109,10 @@ def markdown(measured: dict) -> str:
                            f"{b['seconds_locating']:.3f} | {100 * b['roi_contains_target']:.1f}% "
                            f"({100 * b['roi_contains_target_centre']:.1f}%) |")
             out += ["", verdict(locators, task), ""]
-    out += ["![gated and random retransmission per locator](gated_vs_random.png)", ""]
+    out += ["![gated and random retransmission per locator](gated_vs_random.png)", "",
+            "The same runs through `collab-eval report` are in [report/](report/report.md): each system is a",
+            "checkpoint with its locator, labelled by the setting that differs (`smalldetail-llava",
+            "locator=grad_att`), with every score's gated curve, AUROC and the costs per task.", ""]
     return "\n".join(out)
 
 
