@@ -341,15 +341,24 @@ def check_manifest(cell: Cell, args: list[str]) -> None:
         before = json.loads(path.read_text(encoding="utf-8"))["lmms_eval_args"]
     except (OSError, ValueError, KeyError, TypeError):
         raise StudyError(f"{path}: not a cell manifest written by collab-eval study") from None
-    if before != args:
+    if before != portable(args):
         raise StudyError(f"{cell.folder}: started with other lmms-eval arguments ({shlex.join(before)}), not "
-                         f"({shlex.join(args)}); choose another --out, or delete that folder to run it again")
+                         f"({shlex.join(portable(args))}); choose another --out, or delete that folder to run it again")
 
 
 def write_manifest(cell: Cell, args: list[str]) -> None:
     cell.folder.mkdir(parents=True, exist_ok=True)
-    manifest_path(cell).write_text(json.dumps({"cell": cell.label, "lmms_eval_args": args}, indent=1) + "\n",
-                                   encoding="utf-8")
+    manifest_path(cell).write_text(json.dumps({"cell": cell.label, "lmms_eval_args": portable(args)}, indent=1)
+                                   + "\n", encoding="utf-8")
+
+
+SHIPPED_TASKS = "$(collab-eval tasks-dir)"
+
+
+def portable(args: list[str]) -> list[str]:
+    """A cell's arguments as its manifest keeps them: the shipped tasks' folder by name, not by
+    where this install put it (a new venv or an upgrade must not make complete cells foreign)."""
+    return [SHIPPED_TASKS if arg == str(TASKS_DIR) else arg for arg in args]
 
 
 # ----- running it -----------------------------------------------------------------------------

@@ -115,6 +115,18 @@ def test_a_cell_started_with_other_arguments_is_refused(capsys, tmp_path):
     assert main(["study", "smalldetail", "--out", str(tmp_path), "--dry-run", "--limit", "2"]) == 0
 
 
+def test_a_cell_manifest_names_the_shipped_tasks_folder_not_where_it_is_installed(capsys, tmp_path):
+    # A complete cell stays complete after a new venv or an upgrade moves the shipped tasks.
+    spec = study.load_study("smalldetail")
+    cell = study.cells(spec, tmp_path.resolve())[0]
+    args = study.lmms_eval_args(cell, tmp_path.resolve(), limit=None, resume=False)
+    assert option(args, "--include_path") == str(TASKS_DIR)
+    study.write_manifest(cell, args)
+    kept = json.loads(study.manifest_path(cell).read_text())["lmms_eval_args"]
+    assert option(kept, "--include_path") == "$(collab-eval tasks-dir)" and str(TASKS_DIR) not in kept
+    assert main(["study", "smalldetail", "--out", str(tmp_path), "--dry-run"]) == 0
+
+
 @pytest.mark.parametrize("change, message", [
     ({"codecs": ["png", "jpeg:0"]}, "codecs"),
     ({"policies": ["always", "always"]}, "policy names must be unique; repeated: always"),
