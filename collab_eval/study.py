@@ -17,9 +17,11 @@ Costed variants the study names (a task with ``costed: true`` or ``set:``) are g
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -397,6 +399,26 @@ def environment() -> dict[str, str]:
     return env
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def ends_with_parent(parent: int):
+    """A ``preexec_fn`` that asks Linux to send the child SIGTERM when ``parent`` (the study
+    command) dies, however it dies (SIGKILL included): a killed study must not leave its cell's
+    lmms-eval running, holding the run's lock, so that the restart can resume that cell at once.
+    SIGTERM, not SIGKILL, so that ``accelerate launch`` can end its workers; a record is on disk
+    before the next sample starts, so nothing finished is lost. Elsewhere than Linux: nothing."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arrange():
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the study died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arrange
+
+
 def run_cell(cell: Cell, argv: list[str], study: Study, out: Path, limit: int | None, say) -> bool:
     """Run one cell; True when it ended complete. lmms-eval's output goes to the cell's log."""
     write_manifest(cell, lmms_eval_args(cell, out, limit, resume=False) + list(study.lmms_eval_args))
@@ -405,7 +427,8 @@ def run_cell(cell: Cell, argv: list[str], study: Study, out: Path, limit: int | 
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"$ {shlex.join(argv)}\n")
         f.flush()
-        code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=environment()).returncode
+        code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=environment(),
+                              preexec_fn=ends_with_parent(os.getpid())).returncode
     if cell_state(cell) == "complete":
         return True
     say(f"{cell.label}: FAILED (exit status {code}, not complete); see {log}")

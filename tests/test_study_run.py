@@ -1,6 +1,7 @@
 """collab-eval study for real (slow): a one-cell study on the tiny LLaVA, TextVQA's OCR variant
-generated from lmms-eval's own textvqa_val YAML (on the shipped local TextVQA fixture), killed
-with SIGKILL once its first record is written, restarted (the cell resumed with resume=true),
+generated from lmms-eval's own textvqa_val YAML (on the shipped local TextVQA fixture), the
+study command alone killed with SIGKILL once its first record is written (its lmms-eval child
+ends with it), restarted (the cell resumed with resume=true),
 started once more (the cell skipped), and its report compared with an uninterrupted run's."""
 from __future__ import annotations
 
@@ -60,6 +61,19 @@ def first_record_written(records_dir: Path, process: subprocess.Popen, timeout: 
     raise AssertionError(f"no record in {records_dir} after {timeout} s")
 
 
+def group_ended(group: int, timeout: float) -> bool:
+    """Whether every process of process group ``group`` has exited, waiting up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_a_study_killed_and_restarted_reports_as_an_uninterrupted_one(tmp_path, tiny_llava_path, capsys):
     spec_file = tiny_study(tmp_path)
@@ -75,16 +89,21 @@ def test_a_study_killed_and_restarted_reports_as_an_uninterrupted_one(tmp_path, 
     for r in records:  # lmms-eval's own prompt, with the document's OCR tokens
         assert f"\nReference OCR token: {', '.join(r.doc['ocr_tokens'])}\n" in r.question
 
-    # Killed once its first record is on disk (the same variants, already generated, are kept).
+    # The study command alone killed (kill -9 of its pid, not of its process group) once its cell's
+    # first record is on disk: its lmms-eval child must end with it (left running, it would finish
+    # the cell, and hold the run's lock meanwhile). The variants already generated are kept.
     shutil.copytree(whole / "tasks", cut / "tasks")
     process = subprocess.Popen([COLLAB_EVAL, "study", str(spec_file), "--out", str(cut), "--limit", "2"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     (killed,) = study.cells(study.load_study(spec_file), cut)
     try:
         first_record_written(killed.records_dir, process)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.kill(process.pid, signal.SIGKILL)
         process.wait()
+        assert group_ended(process.pid, timeout=30), "the killed study's lmms-eval child kept running"
+    finally:
+        if not group_ended(process.pid, timeout=0):
+            os.killpg(process.pid, signal.SIGKILL)
     assert study.cell_state(killed) == "interrupted"
     assert main(["study", str(spec_file), "--out", str(cut), "--limit", "2", "--dry-run"]) == 0
     assert "resume=true" in capsys.readouterr().out
