@@ -253,7 +253,11 @@ class Launcher:
 
     def prefix(self) -> list[str]:
         if self.kind == "accelerate":
-            return ["accelerate", "launch", "--num_processes", str(self.num_processes), "-m", "lmms_eval"]
+            # --multi_gpu: without it and without an accelerate config, accelerate starts ONE process
+            # on a machine without GPUs whatever --num_processes says (with it: N CPU processes).
+            several = ["--multi_gpu"] if self.num_processes > 1 else []
+            return ["accelerate", "launch", *several, "--num_processes", str(self.num_processes), "--num_machines", "1",
+                    "-m", "lmms_eval"]
         return ["lmms-eval"]
 
 

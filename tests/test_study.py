@@ -91,7 +91,8 @@ def test_a_partial_cell_is_resumed_and_accelerate_launches_the_cells(capsys, tmp
     cell.records_dir.mkdir(parents=True)
     (cell.records_dir / "collab_llava-20261203T000000.000000Z-00000000.rank0.jsonl").write_text('{"task": "x"')
     runs = dry_run(capsys, "smalldetail", "--out", str(tmp_path), "--launcher", "accelerate", "--num-processes", "4")
-    assert all(c[:6] == ["accelerate", "launch", "--num_processes", "4", "-m", "lmms_eval"] for c in runs)
+    assert all(c[:9] == ["accelerate", "launch", "--multi_gpu", "--num_processes", "4", "--num_machines", "1", "-m",
+                         "lmms_eval"] for c in runs)
     resumed = [c for c in runs if model_args(c).get("resume") == "true"]
     assert [option(c, "--output_path") for c in resumed] == [str(cell.folder)]
 
