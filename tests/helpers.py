@@ -123,7 +123,9 @@ def check_record(record, method: Method | None = None) -> None:
         assert r["bytes_request"] == 16
         x0, y0, x1, y1 = r["roi"]
         assert 0 <= x0 < x1 <= r["image_size"][0] and 0 <= y0 < y1 <= r["image_size"][1]
-        if r.get("settings", {}).get("locator", "rel_att") == "rel_att":
+        if r["bytes_tiles"]:  # highres: every pass over the tiles (rel_att's generic ones too) is locate's
+            assert r["flops"]["locate"] > 0 and r["flops"]["generic"] == 0 and not r["generic_cached"]
+        elif r.get("settings", {}).get("locator", "rel_att") == "rel_att":
             assert (r["flops"]["generic"] == 0) == r["generic_cached"]  # a cached map was paid for before
         else:  # only rel_att reads the generic prompt's map; the others' passes are their own part
             assert r["flops"]["generic"] == 0 and not r["generic_cached"]

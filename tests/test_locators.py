@@ -210,3 +210,22 @@ def test_highres_maps_tiles_sent_by_the_edge_and_counts_them(tiny_server):
     assert out.bytes_total == out.bytes_global + out.bytes_request + out.bytes_local + out.bytes_tiles
     assert out.flops["locate"] == sum(server.gradient_attention(tile.image, QUESTION)[1] for tile in tiles)
     check_record(out, method("grad_att", highres=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip"])
+@pytest.mark.parametrize("locator", ["rel_att", "grad_att", "pure_grad"])
+def test_highres_tiles_the_original_for_every_family_and_map_locator(family, locator, tiny_server):
+    # An original over 1024 px (2 rows of 3 tiles under ViCrop's rule): its tiles are sent and
+    # counted, every pass over them is locate's, and stage 1, the locator's input, is what it is
+    # without highres.
+    server = tiny_server(family)
+    large = noise(2100, 1300, seed=3)
+    out = run_one(server, [large], QUESTION, method=method(locator, highres=True), limits=LIMITS)
+    check_record(out, method(locator, highres=True))
+    tiles = tile_boxes(large.size)
+    assert len(tiles) == 6 and out.bytes_tiles == sum(transmit(large, *server.frame(box), Codec.parse("png")).nbytes
+                                                       for box in tiles)
+    assert out.flops["locate"] > 0 and out.flops["generic"] == 0
+    plain = run_one(server, [large], QUESTION, method=method(locator), limits=LIMITS)
+    assert out.answer_stage1 == plain.answer_stage1 and out.scores == plain.scores
