@@ -72,18 +72,8 @@ def figure(task: str, spec: str, profiles: dict[str, LatencyProfile]) -> bytes:
             def draw(points, *args, ax=ax, stat=stat, ys=ys, **kw):
                 ys.extend(q.accuracy for q in points)
                 return ax.plot([getattr(q, stat) for q in points], [q.accuracy for q in points], *args, **kw)
-            draw(p.gated, "-", color=colour, lw=1.8, marker="." if len(p.gated) <= plots.MARKERS_UP_TO else None,
-                 ms=3, label=f"{name}: entropy gate")
-            draw(p.random, "--", color=colour, lw=1, label=f"{name}: random")
-            # Beyond its last point the oracle keeps its accuracy (as in the bytes figure).
-            last = p.oracle_curve[-1]
-            draw(p.oracle_curve + [last.model_copy(update={stat: max(getattr(p.always, stat), getattr(last, stat))})],
-                 ":", color=colour, lw=1.2, label=f"{name}: oracle")
-            for end, marker in (("never", "o"), ("always", "s")):
-                at = getattr(p, end)
-                draw([at], marker, color=colour, ms=7, mfc="white")
-                ax.annotate(end, (getattr(at, stat), at.accuracy), textcoords="offset points", xytext=(4, -10),
-                            fontsize=7, color=colour)
+            plots.derived_curves(draw, ax, name, colour, stat, gated=p.gated, random=p.random,
+                                 oracle=p.oracle_curve, never=p.never, always=p.always)
         ax.set_ylim(*plots.accuracy_limits(ys))
         ax.yaxis.set_major_formatter(ticker.PercentFormatter(xmax=1, decimals=0))
         ax.set_xlabel(label)

@@ -86,23 +86,16 @@ def tradeoff_figure(task: str, systems: dict[str, TaskSummary]) -> Figure:
             f = entry.from_always
             if f:
                 c = f.curves
-                draw(c.gated, "-", color=colour, lw=1.8, marker="." if len(c.gated) <= MARKERS_UP_TO else None, ms=3,
-                     label=f"{name}: entropy gate ({f.score_name})")
-                draw(c.random, "--", color=colour, lw=1, label=f"{name}: random (expected)")
-                if c.random_band:
-                    band = c.random_band
-                    ax.fill_between([getattr(b, cost) * scale for b in band], [b.lo for b in band],
-                                    [b.hi for b in band], color=colour, alpha=0.12, lw=0)
-                    ys.extend([b.lo for b in band] + [b.hi for b in band])
-                # Beyond its last point the oracle keeps its accuracy: an upper bound for larger budgets.
-                last = c.oracle[-1]
-                draw(c.oracle + [last.model_copy(update={cost: max(getattr(f.always, cost), getattr(last, cost))})],
-                     ":", color=colour, lw=1.2, label=f"{name}: oracle")
-                for end, marker in (("never", "o"), ("always", "s")):
-                    at = getattr(f, end)
-                    draw([at], marker, color=colour, ms=7, mfc="white")
-                    ax.annotate(end, (getattr(at, cost) * scale, at.accuracy), textcoords="offset points",
-                                xytext=(4, -10), fontsize=7, color=colour)
+
+                def band(c=c, colour=colour, ax=ax, cost=cost, scale=scale, ys=ys):
+                    if c.random_band:
+                        ax.fill_between([getattr(b, cost) * scale for b in c.random_band],
+                                        [b.lo for b in c.random_band], [b.hi for b in c.random_band], color=colour,
+                                        alpha=0.12, lw=0)
+                        ys.extend([b.lo for b in c.random_band] + [b.hi for b in c.random_band])
+                derived_curves(draw, ax, name, colour, cost, scale, gated=c.gated, random=c.random, oracle=c.oracle,
+                               never=f.never, always=f.always, gate_label=f"entropy gate ({f.score_name})",
+                               random_label="random (expected)", after_random=band)
             if entry.calibrated:
                 calibrated_marks(draw, ax, entry.calibrated, cost, scale, colour)
             for j, run in enumerate(sorted(entry.points, key=lambda run: getattr(run.point, cost))):
@@ -129,6 +122,27 @@ def tradeoff_figure(task: str, systems: dict[str, TaskSummary]) -> Figure:
     fig.suptitle(f"{task}: accuracy against cost (markers: never/always ○□, other runs ✕; band: random draws 10–90%)",
                  fontsize=10)
     return fig
+
+
+def derived_curves(draw, ax, name: str, colour: str, cost: str, scale: float = 1.0, *, gated, random, oracle, never,
+                   always, gate_label: str = "entropy gate", random_label: str = "random", after_random=None) -> None:
+    """One system's curves derived from its always run, on ``cost`` (an attribute of the points):
+    the gate, random retransmission (``after_random``: what to draw right after it, the bytes
+    figure's band), the oracle, and the never/always ends, each labelled. ``draw(points, ...)``
+    plots points on ``ax``."""
+    draw(gated, "-", color=colour, lw=1.8, marker="." if len(gated) <= MARKERS_UP_TO else None, ms=3,
+         label=f"{name}: {gate_label}")
+    draw(random, "--", color=colour, lw=1, label=f"{name}: {random_label}")
+    if after_random is not None:
+        after_random()
+    # Beyond its last point the oracle keeps its accuracy: an upper bound for larger budgets.
+    last = oracle[-1]
+    draw(oracle + [last.model_copy(update={cost: max(getattr(always, cost), getattr(last, cost))})],
+         ":", color=colour, lw=1.2, label=f"{name}: oracle")
+    for end, marker, at in (("never", "o", never), ("always", "s", always)):
+        draw([at], marker, color=colour, ms=7, mfc="white")
+        ax.annotate(end, (getattr(at, cost) * scale, at.accuracy), textcoords="offset points", xytext=(4, -10),
+                    fontsize=7, color=colour)
 
 
 def score_curves(task: str, systems: dict[str, TaskSummary]) -> bytes:
