@@ -6,22 +6,30 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from collab_eval import families
 from collab_eval.shipped import WEIGHTS_DIR
 
-# Random-weight checkpoints built on first use: the name of their builder in
-# collab_eval.lab.tiny_checkpoints, imported only then (the runtime does not depend on the lab).
-BUILDERS = {
-    "tiny-llava": "build_tiny_llava",
-    "tiny-qwen2-vl": "build_tiny_qwen2_vl",
-    "tiny-instructblip": "build_tiny_instructblip",
-    "geometry-llava": "build_geometry_llava",  # LLaVA-1.5's 576 image tokens, 145 M params (timing)
+# Random-weight checkpoints built on first use beside the families' own (tiny-<name>, from the
+# registry): the name of their builder in collab_eval.lab.tiny_checkpoints, imported only then
+# (the runtime does not depend on the lab).
+EXTRA_BUILDERS = {
+    "geometry-llava": "collab_eval.lab.tiny_checkpoints:build_geometry_llava",  # LLaVA-1.5's 576 image tokens (timing)
 }
 
 
-# Trained checkpoints shipped inside the package (collab_eval/weights/<name>/), reproduced by the
-# training script: python -m collab_eval.lab.train_smalldetail --family <family>.
-PACKAGED = {name: WEIGHTS_DIR / name
-            for name in ("smalldetail-llava", "smalldetail-qwen2-vl", "smalldetail-instructblip")}
+def builders() -> dict[str, str]:
+    """Short name -> its builder (``module:function``): every family's ``tiny-<name>`` and the extras."""
+    return {**{name: family.tiny for name, family in families.tiny_checkpoints().items()}, **EXTRA_BUILDERS}
+
+
+def packaged() -> dict[str, Path]:
+    """Trained checkpoints shipped inside the package (collab_eval/weights/<name>/), one per family
+    that declares ``trained``; reproduced by python -m collab_eval.lab.train_smalldetail --family <recipe>."""
+    return {name: WEIGHTS_DIR / name for name in families.trained_checkpoints()}
+
+
+def short_names() -> list[str]:
+    return [*builders(), *packaged()]
 
 
 def cache_dir() -> Path:
@@ -32,16 +40,17 @@ def resolve(name: str) -> str:
     """A short name becomes the path of its (built once, then cached) checkpoint; any
     other value is a local path or hub id and is returned as is. Packaged trained
     checkpoints resolve to their files."""
-    if name in PACKAGED:
-        return str(PACKAGED[name])
-    if name not in BUILDERS:
+    if "/" in name or os.sep in name:  # a path or hub id: no short name has one (nor a need to list families)
+        return name
+    if name in (shipped := packaged()):
+        return str(shipped[name])
+    if name not in (known := builders()):
         return name
     target = cache_dir() / name
     if not (target / "config.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-        from collab_eval.lab import tiny_checkpoints
-        getattr(tiny_checkpoints, BUILDERS[name])(staging)
+        families.load_attribute(known[name], f"checkpoint {name}: builder")(staging)
         try:  # atomic: concurrent ranks may build at once; the first rename wins
             staging.rename(target)
         except OSError:

@@ -19,9 +19,9 @@ from transformers import InstructBlipForConditionalGeneration
 
 from collab_eval import flops as flop_counts
 from collab_eval.edge import Box
+from collab_eval.families import Family
 from collab_eval.model_args import optional_integer
 from model_adapters.attention_capture import Probe
-from model_adapters.lmms_adapter import CollabAdapter
 from model_adapters.server import ServerModel
 
 
@@ -156,12 +156,15 @@ class InstructBlipServer(ServerModel):
         return {"vision": vision, "projector": projector}
 
 
-class CollabInstructBlip(CollabAdapter):
-    model_id = "collab_instructblip"
-    server_class = InstructBlipServer
-
-    def __init__(self, pretrained: str = "Salesforce/instructblip-vicuna-7b", **kwargs):
-        super().__init__(pretrained=pretrained, **kwargs)
+FAMILY = Family(
+    name="instructblip", title="InstructBLIP", server="model_adapters.instructblip:InstructBlipServer",
+    reference_checkpoints=("Salesforce/instructblip-vicuna-7b",),
+    lmms_eval_model="instructblip", lmms_eval_model_args="",
+    tiny="collab_eval.lab.tiny_checkpoints:build_tiny_instructblip", trained="smalldetail-instructblip",
+    recipe="collab_eval.lab.smalldetail_families:InstructBlip",
+    lmms_eval_differs="lmms-eval's instructblip returns the prompt in front of the answer under transformers 5 "
+                      "(every sample scored wrong); it accepts no device_map")
+CollabInstructBlip = FAMILY.adapter_class()  # the lmms-eval class (--model collab_instructblip)
 
 
 def instructblip_frame(region: Box, size: tuple[int, int]) -> tuple[Box, tuple[int, int]]:

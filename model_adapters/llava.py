@@ -5,7 +5,7 @@ from transformers import LlavaForConditionalGeneration
 
 from collab_eval import flops as flop_counts
 from collab_eval.edge import Box
-from model_adapters.lmms_adapter import CollabAdapter
+from collab_eval.families import Family
 from model_adapters.server import ServerModel
 
 
@@ -62,12 +62,15 @@ class LlavaServer(ServerModel):
         return self.model.config.vision_config.num_hidden_layers
 
 
-class CollabLlava(CollabAdapter):
-    model_id = "collab_llava"
-    server_class = LlavaServer
-
-    def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", **kwargs):
-        super().__init__(pretrained=pretrained, **kwargs)
+FAMILY = Family(
+    name="llava", title="LLaVA-1.5", server="model_adapters.llava:LlavaServer",
+    reference_checkpoints=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
+    lmms_eval_model="llava_hf", lmms_eval_model_args="device_map=cpu",
+    tiny="collab_eval.lab.tiny_checkpoints:build_tiny_llava", trained="smalldetail-llava",
+    recipe="collab_eval.lab.smalldetail_families:Llava",
+    lmms_eval_differs="prompt: llava_hf writes LLaVA-1.5's template itself (the same text); generation: the same "
+                      "greedy decoding")
+CollabLlava = FAMILY.adapter_class()  # the lmms-eval class (--model collab_llava)
 
 
 def llava_frame(region: Box, crop: tuple[int, int], shortest_edge: int) -> tuple[Box, tuple[int, int]]:

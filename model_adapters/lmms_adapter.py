@@ -10,6 +10,7 @@ import inspect
 import os
 import time
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from accelerate import Accelerator
@@ -21,12 +22,25 @@ from tqdm import tqdm
 from collab_eval import cost_handoff, locators, model_args, scores
 from collab_eval.checkpoints import checkpoint_identity, resolve
 from collab_eval.edge import Codec
+from collab_eval.families import Family
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, SampleResult, run_batch
 from collab_eval.policy import POLICIES, Policy
 from collab_eval.records import RecordWriteError, SampleRecord, failure_reason, strip_media
 from collab_eval.run_session import RunLock, RunPlan, RunSession, open_run
 from model_adapters.server import DTYPES, ServerModel, pick_device
 from model_adapters.task_documents import media_problem, without_media
+
+
+@cache
+def adapter_class(family: Family) -> type[CollabAdapter]:
+    """The lmms-eval model class of a registered family: CollabAdapter with the family's model
+    id, server class and default checkpoint (one class per family and process)."""
+    name = "".join(part.capitalize() for part in family.name.split("_"))
+    return type(f"Collab{name}", (CollabAdapter,), {
+        "model_id": family.model_id, "server_class": family.server_class(),
+        "default_pretrained": family.pretrained, "family": family,
+        "__module__": "model_adapters.registered", "__qualname__": family.name,
+        "__doc__": f"--model {family.model_id}: {family.title or family.name} (collab_eval.families)."})
 
 
 @dataclass
@@ -44,10 +58,12 @@ class CostCounts(TokenCounts):
 
 
 class CollabAdapter(lmms):
-    model_id = "collab"  # the name users pass to --model; set by each family
+    model_id = "collab"  # the name users pass to --model; set per family by adapter_class
     server_class: type[ServerModel] = ServerModel
+    default_pretrained: str | None = None  # the family's first reference checkpoint
 
-    def __init__(self, pretrained: str, policy: str = "threshold", threshold: float = 1.0, rate: float = 0.5,
+    def __init__(self, pretrained: str | None = None, policy: str = "threshold", threshold: float = 1.0,
+                 rate: float = 0.5,
                  score: str = "max", codec: str = "png", layer: int | None = None, seed: int = 0,
                  records_dir: str = "collab_records", max_new_tokens: int = 32, resume: bool = False,
                  run_id: str | None = None, device: str | None = None, device_map: str | None = None,
@@ -55,9 +71,12 @@ class CollabAdapter(lmms):
                  max_batch_size: int | None = None, locator: str = "rel_att", highres: bool | str = False,
                  **family_args):
         super().__init__()
+        pretrained = self.default_pretrained if pretrained is None else pretrained
         # Every argument is checked before anything loads; a message names the arg, its value
         # and what is allowed.
         try:
+            if pretrained is None:
+                raise model_args.ModelArgError("pretrained is required (a checkpoint path, hub id or short name)")
             unknown = sorted(set(family_args) - set(inspect.signature(self.server_class.family_args).parameters))
             if unknown:
                 raise model_args.ModelArgError(f"unknown model arg(s) {unknown}; allowed: {self.allowed_args()}")

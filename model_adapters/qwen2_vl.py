@@ -16,8 +16,8 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from collab_eval import flops as flop_counts
 from collab_eval.edge import Box
+from collab_eval.families import Family
 from collab_eval.model_args import optional_integer
-from model_adapters.lmms_adapter import CollabAdapter
 from model_adapters.server import ServerModel
 
 # LLaVA-1.5's 336 x 336 input area: 12 x 12 = 144 language tokens for a square image.
@@ -140,12 +140,14 @@ class Qwen2VLServer(ServerModel):
         return {"vision": vision, "projector": projector}
 
 
-class CollabQwen2VL(CollabAdapter):
-    model_id = "collab_qwen2_vl"
-    server_class = Qwen2VLServer
-
-    def __init__(self, pretrained: str = "Qwen/Qwen2-VL-7B-Instruct", **kwargs):
-        super().__init__(pretrained=pretrained, **kwargs)
+FAMILY = Family(
+    name="qwen2_vl", title="Qwen2-VL", server="model_adapters.qwen2_vl:Qwen2VLServer",
+    reference_checkpoints=("Qwen/Qwen2-VL-7B-Instruct", "Qwen/Qwen2-VL-2B-Instruct"),
+    lmms_eval_model="qwen2_vl", lmms_eval_model_args="device_map=cpu",
+    tiny="collab_eval.lab.tiny_checkpoints:build_tiny_qwen2_vl", trained="smalldetail-qwen2-vl",
+    recipe="collab_eval.lab.smalldetail_families:Qwen2VL",
+    lmms_eval_differs="")
+CollabQwen2VL = FAMILY.adapter_class()  # the lmms-eval class (--model collab_qwen2_vl)
 
 
 def qwen2_vl_frame(region: Box, factor: int, min_pixels: int, max_pixels: int) -> tuple[Box, tuple[int, int]]:
