@@ -92,11 +92,6 @@ class Family:
         """The family's ``ServerModel`` subclass."""
         return load_attribute(self.server, f"family {self.name}: server")
 
-    def adapter_class(self) -> type:
-        """The lmms-eval model class (model_adapters.lmms_adapter.CollabAdapter, made for this family)."""
-        from model_adapters.lmms_adapter import adapter_class
-        return adapter_class(self)
-
     def build_tiny(self, out_dir):
         if not self.tiny:
             raise FamilyError(f"family {self.name} has no tiny checkpoint builder")

@@ -22,6 +22,7 @@ from collab_eval.edge import Box
 from collab_eval.families import Family
 from collab_eval.model_args import optional_integer
 from model_adapters.attention_capture import Probe
+from model_adapters.lmms_adapter import adapter_class
 from model_adapters.server import ServerModel
 
 
@@ -164,7 +165,7 @@ FAMILY = Family(
     recipe="collab_eval.lab.smalldetail_families:InstructBlip",
     lmms_eval_differs="lmms-eval's instructblip returns the prompt in front of the answer under transformers 5 "
                       "(every sample scored wrong); it accepts no device_map")
-CollabInstructBlip = FAMILY.adapter_class()  # the lmms-eval class (--model collab_instructblip)
+CollabInstructBlip = adapter_class(FAMILY)  # the lmms-eval class (--model collab_instructblip)
 
 
 def instructblip_frame(region: Box, size: tuple[int, int]) -> tuple[Box, tuple[int, int]]:

@@ -6,6 +6,7 @@ from transformers import LlavaForConditionalGeneration
 from collab_eval import flops as flop_counts
 from collab_eval.edge import Box
 from collab_eval.families import Family
+from model_adapters.lmms_adapter import adapter_class
 from model_adapters.server import ServerModel
 
 
@@ -70,7 +71,7 @@ FAMILY = Family(
     recipe="collab_eval.lab.smalldetail_families:Llava",
     lmms_eval_differs="prompt: llava_hf writes LLaVA-1.5's template itself (the same text); generation: the same "
                       "greedy decoding")
-CollabLlava = FAMILY.adapter_class()  # the lmms-eval class (--model collab_llava)
+CollabLlava = adapter_class(FAMILY)  # the lmms-eval class (--model collab_llava)
 
 
 def llava_frame(region: Box, crop: tuple[int, int], shortest_edge: int) -> tuple[Box, tuple[int, int]]:

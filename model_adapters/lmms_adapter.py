@@ -31,18 +31,6 @@ from model_adapters.server import DTYPES, ServerModel, pick_device
 from model_adapters.task_documents import media_problem, without_media
 
 
-@cache
-def adapter_class(family: Family) -> type[CollabAdapter]:
-    """The lmms-eval model class of a registered family: CollabAdapter with the family's model
-    id, server class and default checkpoint (one class per family and process)."""
-    name = "".join(part.capitalize() for part in family.name.split("_"))
-    return type(f"Collab{name}", (CollabAdapter,), {
-        "model_id": family.model_id, "server_class": family.server_class(),
-        "default_pretrained": family.pretrained, "family": family,
-        "__module__": "model_adapters.registered", "__qualname__": family.name,
-        "__doc__": f"--model {family.model_id}: {family.title or family.name} (collab_eval.families)."})
-
-
 @dataclass
 class CostCounts(TokenCounts):
     """Token counts plus this sample's costs and run, so they appear in --log_samples output
@@ -266,3 +254,15 @@ def process_layout(accelerator) -> tuple[int, int, int]:
         return (torch.distributed.get_rank(), torch.distributed.get_world_size(),
                 int(os.environ.get("LOCAL_RANK", accelerator.local_process_index)))
     return accelerator.process_index, accelerator.num_processes, accelerator.local_process_index
+
+
+@cache
+def adapter_class(family: Family) -> type[CollabAdapter]:
+    """The lmms-eval model class of a registered family: CollabAdapter with the family's model
+    id, server class and default checkpoint (one class per family and process)."""
+    name = "".join(part.capitalize() for part in family.name.split("_"))
+    return type(f"Collab{name}", (CollabAdapter,), {
+        "model_id": family.model_id, "server_class": family.server_class(),
+        "default_pretrained": family.pretrained, "family": family,
+        "__module__": "model_adapters.registered", "__qualname__": family.name,
+        "__doc__": f"--model {family.model_id}: {family.title or family.name} (collab_eval.families)."})

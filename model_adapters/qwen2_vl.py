@@ -18,6 +18,7 @@ from collab_eval import flops as flop_counts
 from collab_eval.edge import Box
 from collab_eval.families import Family
 from collab_eval.model_args import optional_integer
+from model_adapters.lmms_adapter import adapter_class
 from model_adapters.server import ServerModel
 
 # LLaVA-1.5's 336 x 336 input area: 12 x 12 = 144 language tokens for a square image.
@@ -147,7 +148,7 @@ FAMILY = Family(
     tiny="collab_eval.lab.tiny_checkpoints:build_tiny_qwen2_vl", trained="smalldetail-qwen2-vl",
     recipe="collab_eval.lab.smalldetail_families:Qwen2VL",
     lmms_eval_differs="")
-CollabQwen2VL = FAMILY.adapter_class()  # the lmms-eval class (--model collab_qwen2_vl)
+CollabQwen2VL = adapter_class(FAMILY)  # the lmms-eval class (--model collab_qwen2_vl)
 
 
 def qwen2_vl_frame(region: Box, factor: int, min_pixels: int, max_pixels: int) -> tuple[Box, tuple[int, int]]:

@@ -8,8 +8,9 @@ def __getattr__(name: str):
     if name.startswith("__"):
         raise AttributeError(name)
     from collab_eval import families
+    from model_adapters.lmms_adapter import adapter_class
     try:
         family = families.get(name)
     except families.FamilyError as err:
         raise AttributeError(f"model_adapters.registered has no {name!r}: {err}") from None
-    return family.adapter_class()
+    return adapter_class(family)
