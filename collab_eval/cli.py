@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import sys
 from pathlib import Path
 
 from collab_eval.analysis.check import FRACTIONS, Tolerances
+from collab_eval.analysis.summarised import summary_of
 from collab_eval.shipped import TASK_DATA_DIR, TASKS_DIR
 
 
@@ -134,32 +134,6 @@ def main(argv=None) -> int:
             print(f"collab-eval {args.command}: error: unexpected {type(err).__name__}: {err}", file=sys.stderr)
             return 2
     return 0
-
-
-@contextlib.contextmanager
-def summary_of(run_dirs, seeds: int, command: str = "report"):
-    """The summary of the runs in ``run_dirs``, for the duration of a ``with`` block.
-
-    Records parse into millions of small objects without cycles. Left to the garbage collector,
-    its full passes rescan them again and again: at 9,000 samples per task, 60% of the reading
-    time and half of the rest, growing faster than the samples. So they are read with the
-    collector off and then frozen (left out of its passes) until the block ends."""
-    from collab_eval.analysis.runs import find_runs
-    from collab_eval.analysis.summary import summarise
-
-    def warn(message):  # what a crash can leave (empty file, cut-off last line) is skipped, and said
-        print(f"collab-eval {command}: warning: {message}", file=sys.stderr)
-
-    gc.disable()
-    try:
-        runs = [run for d in run_dirs for run in find_runs(d, warn=warn)]
-        gc.freeze()
-    finally:
-        gc.enable()
-    try:
-        yield summarise(runs, seeds=seeds, warn=warn)
-    finally:
-        gc.unfreeze()
 
 
 def run_report(args) -> int:

@@ -466,7 +466,7 @@ def run_study(study: Study, out: Path, launcher: Launcher = Launcher(), limit: i
 
 def write_report(folders: list[Path], report_dir: Path, seeds: int, say) -> None:
     from collab_eval.analysis import report
-    from collab_eval.cli import summary_of
+    from collab_eval.analysis.summarised import summary_of
     with summary_of([str(f) for f in folders], seeds, "study") as summary:
         paths = report.write(summary, report_dir)
         for path in paths.values():

@@ -68,8 +68,8 @@ def measure(run_dir: Path, out_dir: Path, repeats: int) -> dict[str, tuple[float
     from collab_eval.analysis import check, report
     from collab_eval.analysis.runs import find_runs
     from collab_eval.analysis.scoring import Scorer
+    from collab_eval.analysis.summarised import summary_of
     from collab_eval.analysis.summary import Summary
-    from collab_eval.cli import summary_of
 
     for task in find_runs(run_dir)[0].tasks:  # task loading, outside the clock (cached per process)
         Scorer().metric(task)
