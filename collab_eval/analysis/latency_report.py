@@ -11,6 +11,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure as MplFigure
 
 from collab_eval.analysis import plots
+from collab_eval.analysis.blocks import Figure, Heading, Para, Table, pct, signed_pct, tau
 from collab_eval.analysis.latency import LatencyProfile
 
 
@@ -20,7 +21,6 @@ def seconds(x) -> str:
 
 def section(task: str, entries: dict) -> list:
     """Blocks (report.py's Heading/Para/Table/Figure) for every link profile of the task."""
-    from collab_eval.analysis.report import Figure, Heading, Para, Table, pct, signed_pct, tau
 
     specs = list(dict.fromkeys(spec for e in entries.values() for spec in (e.latency or {})))
     if not specs:

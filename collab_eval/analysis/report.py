@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import re
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from collab_eval.analysis import curves, plots
+from collab_eval.analysis import curves, latency_report, plots, study_figures
+from collab_eval.analysis.blocks import Figure, Heading, Para, Table, auc, gflops, nbytes, pct, signed_pct, tau
 from collab_eval.analysis.curves import Point
 from collab_eval.analysis.summary import CORRECT, Saving, Summary, TaskSummary, savings, system_labels
 from collab_eval.analysis.views import TaskView
@@ -23,58 +23,6 @@ from collab_eval.systems import non_default
 
 RATE_ROWS = tuple(i / 10 for i in range(11))  # the gate's operating points shown: nearest to these rates
 EXAMPLES = 6
-
-
-@dataclass
-class Heading:
-    level: int
-    text: str
-
-
-@dataclass
-class Para:
-    text: str
-
-
-@dataclass
-class Table:
-    headers: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class Figure:
-    filename: str
-    png: bytes
-    alt: str
-
-
-# ----- numbers ------------------------------------------------------------------------
-def pct(x) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
-
-
-def signed_pct(x) -> str:
-    return "–" if x is None else f"{100 * x:+.1f}%"
-
-
-def nbytes(x) -> str:
-    return "–" if x is None else f"{x:,.0f}"
-
-
-def gflops(x) -> str:
-    return "–" if x is None else f"{x / 1e9:.4g}"
-
-
-def tau(x) -> str:
-    if x is None:
-        return "–"
-    x = float(x)
-    return "+∞" if x == math.inf else "−∞" if x == -math.inf else f"{x:.5g}"
-
-
-def auc(x) -> str:
-    return "–" if x is None else f"{x:.3f}"
 
 
 # ----- the document -------------------------------------------------------------------
@@ -155,7 +103,6 @@ def document(summary: Summary) -> list:
         entries = {labels[name]: s.tasks[task] for name, s in summary.systems.items() if task in s.tasks}
         views = [replace(v, system=labels.get(v.system, v.system)) for v in summary.views if v.task == task]
         blocks += task_section(task, entries, views, summary.settings.target_fraction)
-    from collab_eval.analysis import study_figures  # imports this module's blocks: imported here
     blocks += study_figures.sections(summary)  # codecs against the gate, savings across models
     return blocks
 
@@ -183,7 +130,6 @@ def task_blocks(task: str, entries: dict[str, TaskSummary], views: list[TaskView
     blocks.append(Figure(f"{slug}_tradeoff.png", plots.tradeoff(task, entries),
                          f"{task}: accuracy against bytes and FLOPs"))
     blocks += calibrated_section(entries)
-    from collab_eval.analysis import latency_report  # imports this module's blocks: imported here
     blocks += latency_report.section(task, entries)
     if with_curves:
         blocks += [Heading(3, "Ends and oracle"), Table(

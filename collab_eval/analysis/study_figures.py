@@ -24,6 +24,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure as MplFigure
 
 from collab_eval.analysis import plots
+from collab_eval.analysis.blocks import Figure, Heading, Para, Table, gflops, nbytes, pct, signed_pct, tau
 from collab_eval.analysis.curves import Point, cheapest_reaching
 from collab_eval.analysis.summary import FromAlways, Summary, TaskSummary
 
@@ -162,7 +163,6 @@ def codec_figure(task: str, runs_by_checkpoint: dict[str, dict[str, CodecRun]], 
 
 # ----- the report's blocks ------------------------------------------------------------------
 def sections(summary: Summary) -> list:
-    from collab_eval.analysis.report import Figure, Heading, Para, Table, gflops, nbytes, pct, signed_pct, tau
     grouped = by_checkpoint(summary)
     if not any(len(runs) > 1 for runs in grouped.values()):
         return []
