@@ -10,8 +10,8 @@ from PIL import Image
 from scipy.ndimage import median_filter
 
 from collab_eval.locators import Located, LocateRequest, MapLocator, Mapped
-from collab_eval.pipeline import GENERIC_PROMPT, image_key
 from collab_eval.roi import relative_attention, square_box
+from collab_eval.server_contract import GENERIC_PROMPT, image_key
 
 
 class RelativeAttention(MapLocator):

@@ -23,15 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from collab_eval.edge import Box, Transmission
-
-if TYPE_CHECKING:  # the pipeline imports this module; these are annotations only
-    from collab_eval.pipeline import Answer, RunCaches, Server
+from collab_eval.server_contract import Answer, RunCaches, Server
 
 GROUP = "collab_eval.locators"
 TILE_LIMIT = 1024  # ViCrop's high-resolution variant: tiles under this many pixels a side

@@ -17,24 +17,21 @@ only itself; a batched pass that fails is retried sample by sample to find which
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
 
-import numpy as np
 from PIL import Image
 
 from collab_eval import locators, scores
-from collab_eval.edge import Box, Codec, Transmission, encode_request, encoded_size, sanitize, strict_decoding, transmit
+from collab_eval.edge import Box, Codec, Transmission, encode_request, sanitize, strict_decoding, transmit
 from collab_eval.policy import Policy
 from collab_eval.records import STAGE1_PARTS, Outcome, finite
 from collab_eval.roi import find_roi
+from collab_eval.server_contract import Answer, Limits, RunCaches, Server, image_key
 from collab_eval.uncertainty import token_uncertainties
 
-GENERIC_PROMPT = "Write a general description of the image."
 LOCATOR_PARTS = frozenset({"locate", "generic"})  # the FLOPs parts a locator may report
 
 
@@ -47,21 +44,6 @@ class Method:
     score: str = "max"  # the gate's score: an installed score's name (collab_eval.scores)
     locator: str = "rel_att"  # the registered locator that finds the region (collab_eval.locators)
     highres: bool = False  # a map locator maps tiles of originals over 1024 px (ViCrop's "_high")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How far one answer may go: the task's generation limits within the run's cap."""
-    max_new_tokens: int
-    until: tuple[str, ...] = ()
-
-    @classmethod
-    def from_gen_kwargs(cls, gen_kwargs: dict, cap: int) -> "Limits":
-        """lmms-eval's ``generation_kwargs``: a task's smaller ``max_new_tokens`` wins over
-        the run's cap; ``until`` is a string or a list of stop strings."""
-        asked = gen_kwargs.get("max_new_tokens")
-        until = gen_kwargs.get("until") or ()
-        return cls(min(cap, int(asked)) if asked else cap, (until,) if isinstance(until, str) else tuple(until))
 
 
 @dataclass(frozen=True)
@@ -81,66 +63,6 @@ class SampleResult:
     outcome: Outcome | None = None
     error: Exception | None = None
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-# ----- what a model family provides ------------------------------------------------------------
-@dataclass
-class Answer:
-    """What the server's model produced for one prompt."""
-    text: str
-    logits: "torch.Tensor"  # (steps, vocab) raw logits of the generated tokens  # noqa: F821
-    flops: dict[str, int]  # vision, projector, prefill, decode
-    attentions: list[np.ndarray] | None = None  # last prompt token -> each image's patch grid, in image order
-    prefix: object | None = None  # the prompt's start through the first image, cached for later passes (opaque)
-    tokens: tuple[int, ...] | None = None  # the generated token ids, one per row of ``logits``
-
-
-class Server(Protocol):
-    """The part of a model family the pipeline needs (model_adapters.server.ServerModel)."""
-    input_side: int  # encoder input side, pixels: the base RoI window side in original pixels
-
-    def frame(self, region: Box) -> tuple[Box, tuple[int, int]]:
-        """The part of ``region`` (original pixels) the encoder will see, and the (w, h)
-        the edge should resample it to."""
-
-    def answer_batch(self, requests: list[tuple[list[Image.Image], str]], limits: Limits, with_attention: bool,
-                     keep_prefix: bool = False, prefixes: list | None = None) -> list[Answer]:
-        """Each (images, question) answered as it would be alone. ``prefixes``: each request's
-        earlier answer's prefix, reused where the prompts share it; ``keep_prefix``: return each one's."""
-
-    def attention(self, image: Image.Image, prompt: str,
-                  prefix: object | None = None) -> tuple[np.ndarray, dict[str, int]]:
-        """Patch-grid attention of the last token of ``prompt`` (one prefill), and its FLOPs."""
-
-
-# ----- state shared by the samples of a run -------------------------------------------------
-def image_key(image: Image.Image) -> str:
-    """Identity of an image by its pixels: the generic-map cache key, kept in the record."""
-    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
-
-
-@dataclass
-class RunCaches:
-    """What depends only on an image, computed once per scope (the task), so that each
-    task's costs stand alone whatever else ran in the process: the generic prompt's map of a
-    received image, and ``bytes_original`` of an original under the codec."""
-    generic_maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
-    original_sizes: dict[tuple[str, str, str], int] = field(default_factory=dict)
-
-    def generic_map(self, server: Server, image: Image.Image, scope: str, key: str,
-                    prefix: object | None) -> tuple[np.ndarray, dict[str, int], bool]:
-        """(map, FLOPs spent on it now, whether it was cached)."""
-        if (scope, key) in self.generic_maps:
-            return self.generic_maps[scope, key], {}, True
-        grid, flops = server.attention(image, GENERIC_PROMPT, prefix=prefix)
-        self.generic_maps[scope, key] = grid
-        return grid, flops, False
-
-    def original_size(self, original: Image.Image, codec: Codec, scope: str) -> int:
-        key = (scope, image_key(original), str(codec))  # hashing the pixels: ~1% of a PNG encode
-        if key not in self.original_sizes:
-            self.original_sizes[key] = encoded_size(original, codec)
-        return self.original_sizes[key]
 
 
 # ----- the method ----------------------------------------------------------------------------

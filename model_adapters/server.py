@@ -14,7 +14,7 @@ import torch
 
 from collab_eval import flops as flop_counts
 from collab_eval.edge import Box
-from collab_eval.pipeline import Answer, Limits
+from collab_eval.server_contract import Answer, Limits
 from model_adapters.attention_capture import KERNEL, Probe, backward_into, probing, weigh_by_gradient
 from model_adapters.flop_measure import counted
 from model_adapters.prefix_cache import Prefix

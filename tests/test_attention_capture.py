@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from collab_eval.pipeline import GENERIC_PROMPT, Limits
+from collab_eval.server_contract import GENERIC_PROMPT, Limits
 from model_adapters.attention_capture import KERNEL, attention_probs
 
 QUESTION = "what is the number on the sign ?"

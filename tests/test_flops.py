@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from collab_eval.pipeline import GENERIC_PROMPT, Limits
+from collab_eval.server_contract import GENERIC_PROMPT, Limits
 
 TOLERANCE = 0.02
 MAX_NEW_TOKENS = 8

@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 
 from collab_eval.edge import Codec
-from collab_eval.pipeline import GENERIC_PROMPT, Limits, Method, RunCaches
+from collab_eval.pipeline import Limits, Method, RunCaches
 from collab_eval.policy import Policy
+from collab_eval.server_contract import GENERIC_PROMPT
 from tests.helpers import run_one
 
 LIMITS = Limits(max_new_tokens=6)

@@ -17,7 +17,7 @@ family's prompt format, with one image (stage 1) or two (stage 2: global then lo
 
 The mixture, per step:
 - one-image batch: reading and existence questions on the global view, and the generic
-  description prompt (collab_eval.pipeline.GENERIC_PROMPT; no answer, attention loss only);
+  description prompt (collab_eval.server_contract.GENERIC_PROMPT; no answer, attention loss only);
 - two-image batch: reading and existence questions on [global, local], where the local crop
   contains the digit (80%) or is deliberately elsewhere (20%).
 
@@ -62,8 +62,8 @@ import torch
 from collab_eval.edge import Codec, transmit
 from collab_eval.lab import smalldetail as sd
 from collab_eval.lab.smalldetail_families import FAMILIES, INPUT_SIDE, Family
-from collab_eval.pipeline import GENERIC_PROMPT
 from collab_eval.roi import square_box
+from collab_eval.server_contract import GENERIC_PROMPT
 
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
 DIGITS = "0123456789"
