@@ -30,7 +30,14 @@ def main(argv=None) -> int:
                                help="regenerate the local TextVQA/POPE-schema task data in tasks/data")
     task_data.add_argument("--out", default=str(TASK_DATA_DIR))
     build = sub.add_parser("build-tiny", help="build (or find) a tiny checkpoint and print its path")
-    build.add_argument("name", choices=["tiny-llava", "tiny-qwen2-vl", "tiny-instructblip"])
+    build.add_argument("name", help="tiny-<family> for every registered family with a tiny builder "
+                                    "(collab-eval families --tiny lists them), or geometry-llava")
+    families = sub.add_parser("families", help="list the registered model families (collab_eval.families): "
+                              "name, lmms-eval model, lmms-eval's own adapter, tiny and trained checkpoints")
+    families.add_argument("--trained", action="store_true",
+                          help="print MODEL=CHECKPOINT for every family with a shipped trained checkpoint "
+                               "(CI's loop over trained families)")
+    families.add_argument("--tiny", action="store_true", help="print MODEL=CHECKPOINT for every tiny checkpoint")
     report = sub.add_parser("report",
                             help="compare runs: accuracy against bytes and FLOPs, as report.md/.html and summary.json")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
@@ -118,8 +125,14 @@ def main(argv=None) -> int:
         for path in write_all(args.out):
             print(path)
     elif args.command == "build-tiny":
-        from collab_eval.checkpoints import resolve
+        from collab_eval.checkpoints import builders, resolve
+        if args.name not in builders():
+            print(f"collab-eval build-tiny: error: unknown tiny checkpoint {args.name!r}; "
+                  f"one of {', '.join(builders())}", file=sys.stderr)
+            return 2
         print(resolve(args.name))
+    elif args.command == "families":
+        return list_families(args)
     elif args.command == "study":
         return run_study(args)
     elif args.command in ("report", "check", "calibrate"):
@@ -133,6 +146,24 @@ def main(argv=None) -> int:
         except Exception as err:  # a bug, or an input no check foresaw: still one line and exit 2
             print(f"collab-eval {args.command}: error: unexpected {type(err).__name__}: {err}", file=sys.stderr)
             return 2
+    return 0
+
+
+def list_families(args) -> int:
+    from collab_eval import families
+    installed = families.installed()
+    for name, why in installed.broken.items():
+        print(f"collab-eval families: warning: family {name} cannot be loaded: {why}", file=sys.stderr)
+    if args.trained or args.tiny:
+        for family in installed.families.values():
+            checkpoint = family.trained if args.trained else family.tiny_name
+            if checkpoint:
+                print(f"{family.model_id}={checkpoint}")
+        return 0
+    print("\t".join(["family", "model", "lmms-eval adapter", "tiny", "trained", "reference checkpoints"]))
+    for f in installed.families.values():
+        print("\t".join([f.name, f.model_id, f.lmms_eval_model, f.tiny_name or "-", f.trained or "-",
+                         " ".join(f.reference_checkpoints)]))
     return 0
 
 

@@ -12,6 +12,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 # and the tiny models gain nothing from more.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from collab_eval import families  # noqa: E402
 from tests.helpers import MINI_LIMIT, MINI_TASKS, Run, evaluate  # noqa: E402
 
 
@@ -57,28 +58,23 @@ def tiny_llava_run(tiny_llava_path, tmp_path_factory):
     return run
 
 
-SERVERS = {"llava": "model_adapters.llava.LlavaServer", "qwen2_vl": "model_adapters.qwen2_vl.Qwen2VLServer",
-           "instructblip": "model_adapters.instructblip.InstructBlipServer"}
 
 
 @pytest.fixture(scope="session")
 def tiny_server():
     """server(family, **args): the family's model wrapper (model_adapters.server) on its tiny
     checkpoint (or ``checkpoint=``, a name checkpoints.resolve knows), loaded once per session
-    and argument set (``fresh=True``: a new one, for a test that changes it); family is llava,
-    qwen2_vl or instructblip. Tests that change a shared server's state restore it."""
-    import importlib
-
+    and argument set (``fresh=True``: a new one, for a test that changes it); family is a
+    registered family's name (FAMILIES). Tests that change a shared server's state restore it."""
     from collab_eval.checkpoints import resolve
     loaded = {}
 
     def server(family: str, fresh: bool = False, checkpoint: str | None = None, **args):
-        checkpoint = checkpoint or f"tiny-{family.replace('_', '-')}"
+        declared = families.get(family)
+        checkpoint = checkpoint or declared.tiny_name
         key = (family, checkpoint, tuple(sorted(args.items())))
         if fresh or key not in loaded:
-            module, name = SERVERS[family].rsplit(".", 1)
-            server_class = getattr(importlib.import_module(module), name)
-            made = server_class(resolve(checkpoint), name=f"collab_{family}", **args)
+            made = declared.server_class()(resolve(checkpoint), name=declared.model_id, **args)
             if fresh:
                 return made
             loaded[key] = made

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke test: the three collab adapters on their tiny offline checkpoints, end to end
+# GPU smoke test: every registered family's collab adapter on its tiny offline checkpoint, end to end
 # through the lmms-eval command line on CUDA (--limit 4 on the local TextVQA and POPE
 # tasks), one result line per adapter; then the timing benchmark on CUDA (collab_llava
 # never/always against lmms-eval's llava_hf on geometry-llava, LLaVA-1.5's 576-token image
@@ -38,9 +38,11 @@ print(f"gpu_smoke: torch {torch.__version__} on {device} ({name})")
 EOF
 
 status=0
-# adapter, tiny checkpoint, policy (one that exercises stage 2; tiles: five images)
-for run in "collab_llava tiny-llava always" "collab_qwen2_vl tiny-qwen2-vl tiles" "collab_instructblip tiny-instructblip always"; do
-    read -r model checkpoint policy <<<"$run"
+# Every registered family on its tiny checkpoint (collab-eval families --tiny: MODEL=CHECKPOINT),
+# policy=always (stage 1, the map, the crop, stage 2).
+RUNS=$("${BIN}collab-eval" families --tiny) || exit 1
+for run in $RUNS; do
+    model=${run%%=*} checkpoint=${run#*=} policy=always
     dir="$OUT/$model"
     mkdir -p "$dir"
     started=$(date +%s)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from collab_eval import families
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, run_batch
 from collab_eval.records import FLOP_PARTS, Outcome, SampleRecord, finite, read_records
 from collab_eval.scores import installed as installed_scores
@@ -23,6 +24,18 @@ RECORD_FIELDS = set(SampleRecord.model_fields)
 # MINI_LIMIT documents of each.
 MINI_TASKS = ("collab_textvqa_mini", "collab_textvqa_mini_ocr", "collab_pope_mini")
 MINI_LIMIT = 4
+# Every registered family with a tiny checkpoint (collab_eval.families): what family-parametrised
+# tests run over, so a new family is tested by registering it.
+FAMILIES = [f.name for f in families.all_families() if f.tiny]
+TRAINED = {f.name: f.trained for f in families.all_families() if f.trained}  # family -> its shipped checkpoint
+
+
+def small_budget(family: str) -> dict:
+    """Server args that keep a tiny checkpoint's images small in tests: a pixel budget of
+    112 x 112 for every family that takes ``max_pixels`` (Qwen2-VL and its kind), none otherwise."""
+    import inspect
+    server = families.get(family).server_class()
+    return {"max_pixels": 112 * 112} if "max_pixels" in inspect.signature(server.family_args).parameters else {}
 
 
 def run_lmms_eval(model: str, model_args: str, tasks: str, out: Path, include_path: Path = TASKS_DIR,

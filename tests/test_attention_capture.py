@@ -8,6 +8,7 @@ from PIL import Image
 
 from collab_eval.server_contract import GENERIC_PROMPT, Limits
 from model_adapters.attention_capture import KERNEL, attention_probs
+from tests.helpers import FAMILIES
 
 QUESTION = "what is the number on the sign ?"
 LIMITS = Limits(max_new_tokens=6)
@@ -56,7 +57,7 @@ def eager_map(model, prompt):
     return grid, logits
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_sdpa_probes_equal_eager_maps_and_answers(family, tiny_server):
     sdpa = tiny_server(family)
     eager = tiny_server(family, fresh=True)

@@ -12,6 +12,7 @@ from collab_eval.model_args import ModelArgError
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, run_batch
 from collab_eval.policy import Policy
 from collab_eval.records import SampleRecord
+from tests.helpers import FAMILIES, TRAINED, small_budget
 
 SIZES = [(210, 500), (400, 260), (300, 300), (120, 90), (333, 517), (64, 700), (256, 200)]  # (h, w), all different
 QUESTIONS = ["is there a red square in the image ?", "what is written", "which colour is the car , and why",
@@ -32,9 +33,9 @@ def visuals(doc):
     return [doc["image"], *([doc["image2"]] if "image2" in doc else [])]
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "instructblip"])
+@pytest.fixture(scope="module", params=FAMILIES)
 def adapter(request, tiny_server):
-    return tiny_server(request.param, **({"max_pixels": 112 * 112} if request.param == "qwen2_vl" else {}))
+    return tiny_server(request.param, **small_budget(request.param))
 
 
 def run(server, policy: Policy, batch_size: int, visuals_of=visuals) -> tuple[list[str], list]:
@@ -96,11 +97,11 @@ def test_batch_of_four_records_what_one_at_a_time_records(adapter, policy_name):
         assert all(sent) if policy_name != "never" else not any(sent)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip"])
+@pytest.mark.parametrize("family", TRAINED)
 def test_trained_checkpoints_batch_as_they_run_alone(family, tiny_server):
     """The same equality on the shipped trained checkpoints (whose answers are not noise):
     always, and a threshold some samples pass, in batches of four."""
-    server = tiny_server(family, checkpoint=f"smalldetail-{family.replace('_', '-')}")
+    server = tiny_server(family, checkpoint=TRAINED[family])
     _, never = run(server, Policy("never"), 1)
     scores = sorted(r.outcome.score for r in never)
     middle = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2

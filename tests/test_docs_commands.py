@@ -23,10 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from collab_eval import families
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(bash|sh|console)\s*$")
-COLLAB_MODELS = ("collab_llava", "collab_qwen2_vl", "collab_instructblip")
+COLLAB_MODELS = tuple(f.model_id for f in families.all_families())  # every registered family
 BIN = Path(sys.executable).parent
 
 
@@ -171,10 +173,9 @@ def parse_error(parser: argparse.ArgumentParser, args) -> str | None:
 
 def adapter_classes() -> dict:
     """The collab adapters' classes by model name (each has allowed_args())."""
-    from model_adapters.instructblip import CollabInstructBlip
-    from model_adapters.llava import CollabLlava
-    from model_adapters.qwen2_vl import CollabQwen2VL
-    return {"collab_llava": CollabLlava, "collab_qwen2_vl": CollabQwen2VL, "collab_instructblip": CollabInstructBlip}
+    from collab_eval import families
+    from model_adapters.lmms_adapter import adapter_class
+    return {family.model_id: adapter_class(family) for family in families.all_families()}
 
 
 # ----- fast: what the docs write is what the parsers take -------------------------------------

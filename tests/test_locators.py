@@ -16,7 +16,7 @@ from collab_eval.pipeline import Limits, Method
 from collab_eval.policy import Policy
 from collab_eval.roi import find_roi
 from model_adapters.instructblip import run_qformer
-from tests.helpers import check_record, run_one
+from tests.helpers import FAMILIES, check_record, run_one
 
 QUESTION = "what is the number on the sign ?"
 LIMITS = Limits(max_new_tokens=4)
@@ -213,7 +213,7 @@ def test_highres_maps_tiles_sent_by_the_edge_and_counts_them(tiny_server):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("locator", ["rel_att", "grad_att", "pure_grad"])
 def test_highres_tiles_the_original_for_every_family_and_map_locator(family, locator, tiny_server):
     # An original over 1024 px (2 rows of 3 tiles under ViCrop's rule): its tiles are sent and

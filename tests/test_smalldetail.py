@@ -11,6 +11,7 @@ import pytest
 import torch
 from datasets import load_dataset
 
+from collab_eval import families
 from collab_eval.lab import smalldetail as sd
 from collab_eval.shipped import TASK_DATA_DIR as DATA
 from tests.helpers import check_run, evaluate
@@ -74,15 +75,15 @@ def test_shipped_test_splits_match_generator_and_schema():
         assert (asked == sign) == (row["answer"] == "yes"), (row["question"], sign, row["answer"])
 
 
-FAMILIES = {"llava": "collab_llava", "qwen2-vl": "collab_qwen2_vl", "instructblip": "collab_instructblip"}
-SHIPPED = list(FAMILIES)  # the families whose trained checkpoint ships (docs/smalldetail.md)
+# Every registered family with a small-detail recipe, by the recipe's name (train_smalldetail
+# --family): the registered family; SHIPPED: those whose trained checkpoint ships (docs/smalldetail.md).
+FAMILIES = {family.recipe_class().name: family for family in families.all_families() if family.recipe}
+SHIPPED = [name for name, family in FAMILIES.items() if family.trained]
 
 
 def adapter_class(family: str):
-    from model_adapters.instructblip import CollabInstructBlip
-    from model_adapters.llava import CollabLlava
-    from model_adapters.qwen2_vl import CollabQwen2VL
-    return {"llava": CollabLlava, "qwen2-vl": CollabQwen2VL, "instructblip": CollabInstructBlip}[family]
+    from model_adapters.lmms_adapter import adapter_class
+    return adapter_class(FAMILIES[family])
 
 
 @pytest.mark.parametrize("family", SHIPPED)
@@ -91,7 +92,7 @@ def test_committed_checkpoint_matches_training_config(family):
 
     from collab_eval.checkpoints import resolve
     from collab_eval.lab.train_smalldetail import build_family
-    path = resolve(f"smalldetail-{family}")
+    path = resolve(FAMILIES[family].trained)
     built = build_family(family)
     expected, shipped = built.config.to_dict(), AutoConfig.from_pretrained(path).to_dict()
     for part in ("vision_config", "text_config", "qformer_config"):
@@ -157,7 +158,8 @@ def test_training_forward_gives_the_map_the_attention_loss_needs(family):
 
 @pytest.mark.parametrize("family", SHIPPED)
 def test_checkpoint_loads_through_adapter(family, tmp_path):
-    model = adapter_class(family)(pretrained=f"smalldetail-{family}", policy="always", records_dir=str(tmp_path)).server
+    adapter = adapter_class(family)(pretrained=FAMILIES[family].trained, policy="always", records_dir=str(tmp_path))
+    model = adapter.server
     assert model.input_side == 96
     assert model.layer == {"llava": 1, "qwen2-vl": 3, "instructblip": 1}[family]
 
@@ -172,8 +174,8 @@ def test_each_family_meets_the_bars_through_lmms_eval(family, tmp_path):
     holds the digit's box >= 70% of the time. docs/measurements.md lists the measured values."""
     from collab_eval.lab.smalldetail_bars import bars
     tasks = ["smalldetail_read", "smalldetail_exist"]
-    run = evaluate(FAMILIES[family],
-                   f"pretrained=smalldetail-{family},policy=always,records_dir={tmp_path / 'records'}",
+    run = evaluate(FAMILIES[family].model_id,
+                   f"pretrained={FAMILIES[family].trained},policy=always,records_dir={tmp_path / 'records'}",
                    ",".join(tasks), tmp_path)
     check_run(run, tasks, sd.TEST_SIZE)
     assert not any(r["error"] for r in run.records)

@@ -497,4 +497,9 @@ def chat_prompt_ids(family: Family, text, image_tokens, image_token) -> list[int
     return out
 
 
-FAMILIES = {f.name: f for f in (Llava, Qwen2VL, InstructBlip)}
+def recipes() -> dict[str, type[Family]]:
+    """Every registered family's training recipe (collab_eval.families, ``recipe``), by the
+    recipe's name (``--family`` of train_smalldetail: llava, qwen2-vl, instructblip, ...)."""
+    from collab_eval import families
+    found = (family.recipe_class() for family in families.all_families() if family.recipe)
+    return {recipe.name: recipe for recipe in found}

@@ -61,7 +61,7 @@ import torch
 
 from collab_eval.edge import Codec, transmit
 from collab_eval.lab import smalldetail as sd
-from collab_eval.lab.smalldetail_families import FAMILIES, INPUT_SIDE, Family
+from collab_eval.lab.smalldetail_families import INPUT_SIDE, Family, recipes
 from collab_eval.roi import square_box
 from collab_eval.server_contract import GENERIC_PROMPT
 
@@ -77,7 +77,7 @@ CODEC = Codec("png")
 
 
 def build_family(name: str) -> Family:
-    return FAMILIES[name](CORPUS)
+    return recipes()[name](CORPUS)
 
 
 # ----- views, made with the pipeline's own edge functions ---------------------------
@@ -424,7 +424,7 @@ def evaluate(family: Family, model, data, prompts: Prompts, layer: int, device="
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    parser.add_argument("--family", choices=sorted(recipes()), required=True)
     parser.add_argument("--out", required=True, help="e.g. collab_eval/weights/smalldetail-<family>")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="default: the family's own (its shipped checkpoint's)")

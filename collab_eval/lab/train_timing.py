@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from collab_eval.lab.smalldetail_families import FAMILIES
+from collab_eval.lab.smalldetail_families import recipes
 from collab_eval.lab.train_smalldetail import train
 
 REFERENCE = "llava"
@@ -64,12 +64,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.steps < 2 or args.rounds < 1:
         parser.error(f"--steps must be at least 2 and --rounds at least 1, got {args.steps} and {args.rounds}")
-    seconds = {family: [] for family in FAMILIES}
+    families = recipes()
+    seconds = {family: [] for family in families}
     for r in range(args.rounds):
-        for family in FAMILIES:
+        for family in families:
             seconds[family].append(step_seconds(family, args.steps, args.threads))
             print(f"round {r}: {family} {seconds[family][-1]:.3f} s/step", flush=True)
-    for c in step_costs(seconds, {f: FAMILIES[f].steps for f in FAMILIES}):
+    for c in step_costs(seconds, {f: families[f].steps for f in families}):
         print(f"{c.family:<13} {c.seconds:.3f} s/step  {c.ratio:.2f} x {REFERENCE}'s  "
               f"default {c.default_steps} steps = {c.reference_steps:.0f} {REFERENCE} steps")
 
