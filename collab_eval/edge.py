@@ -141,8 +141,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def transmit(original: Image.Image, region: Box, size: tuple[int, int], codec: Codec) -> Transmission:
-    """Resample ``region`` of the original to ``size`` (w, h), encode, count, decode."""
-    view = original.resize(size, Image.Resampling.BICUBIC, box=region)
+    """Resample ``region`` of the original to ``size`` (w, h), encode, count, decode (a local
+    image or tile: any box of the original, to sub-pixel precision)."""
+    return send(original.resize(size, Image.Resampling.BICUBIC, box=region), codec)
+
+
+def send(view: Image.Image, codec: Codec) -> Transmission:
+    """Encode ``view`` as it is, count, decode (the global image: the family's processor made
+    it of the whole original, Server.global_view)."""
     payload = codec.encode(view)
     return Transmission(codec.decode(payload), len(payload))
 

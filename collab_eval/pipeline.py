@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from collab_eval import locators, scores
-from collab_eval.edge import Box, Codec, Transmission, encode_request, sanitize, strict_decoding, transmit
+from collab_eval.edge import Box, Codec, Transmission, encode_request, sanitize, send, strict_decoding, transmit
 from collab_eval.policy import Policy
 from collab_eval.records import STAGE1_PARTS, Outcome, finite
 from collab_eval.roi import find_roi
@@ -147,8 +147,8 @@ def send_globals(server: Server, sample: SampleInput, images: list, laps: "Laps"
     with laps.lap("edge_global"):
         f.originals = [sanitize(image) for image in images]
         for original in f.originals:
-            region, size = server.frame((0.0, 0.0, float(original.width), float(original.height)))
-            f.sent.append(transmit(original, region, size, method.codec))
+            region, _ = server.frame((0.0, 0.0, float(original.width), float(original.height)))
+            f.sent.append(send(server.global_view(original), method.codec))
             f.regions.append(region)
         f.out.image_sizes = [list(original.size) for original in f.originals]
         f.out.bytes_global_images = [image.nbytes for image in f.sent]

@@ -56,6 +56,10 @@ class Server(Protocol):
         """The part of ``region`` (original pixels) the encoder will see, and the (w, h)
         the edge should resample it to."""
 
+    def global_view(self, original: Image.Image) -> Image.Image:
+        """The global image the edge sends for ``original``: the processor's own resize and
+        crop of it, in 8 bits (``frame`` of the whole image is the part of the original it shows)."""
+
     def answer_batch(self, requests: list[tuple[list[Image.Image], str]], limits: Limits, with_attention: bool,
                      keep_prefix: bool = False, prefixes: list | None = None) -> list[Answer]:
         """Each (images, question) answered as it would be alone. ``prefixes``: each request's

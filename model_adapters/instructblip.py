@@ -160,11 +160,11 @@ class InstructBlipServer(ServerModel):
 FAMILY = Family(
     name="instructblip", title="InstructBLIP", server="model_adapters.instructblip:InstructBlipServer",
     reference_checkpoints=("Salesforce/instructblip-vicuna-7b",),
-    lmms_eval_model="instructblip", lmms_eval_model_args="",
+    lmms_eval_model="instructblip", lmms_eval_model_args="device=cpu",
     tiny="collab_eval.lab.tiny_checkpoints:build_tiny_instructblip", trained="smalldetail-instructblip",
     recipe="collab_eval.lab.smalldetail_families:InstructBlip",
     lmms_eval_differs="lmms-eval's instructblip returns the prompt in front of the answer under transformers 5 "
-                      "(every sample scored wrong); it accepts no device_map")
+                      "(every sample scored wrong); it accepts no device_map, and wants device=cpu on a CPU")
 CollabInstructBlip = adapter_class(FAMILY)  # the lmms-eval class (--model collab_instructblip)
 
 

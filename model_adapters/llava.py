@@ -66,7 +66,7 @@ class LlavaServer(ServerModel):
 FAMILY = Family(
     name="llava", title="LLaVA-1.5", server="model_adapters.llava:LlavaServer",
     reference_checkpoints=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
-    lmms_eval_model="llava_hf", lmms_eval_model_args="device_map=cpu",
+    lmms_eval_model="llava_hf", lmms_eval_model_args="device=cpu,device_map=cpu",
     tiny="collab_eval.lab.tiny_checkpoints:build_tiny_llava", trained="smalldetail-llava",
     recipe="collab_eval.lab.smalldetail_families:Llava",
     lmms_eval_differs="prompt: llava_hf writes LLaVA-1.5's template itself (the same text); generation: the same "

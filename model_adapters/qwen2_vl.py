@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from transformers import Qwen2VLForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
@@ -19,7 +20,7 @@ from collab_eval.edge import Box
 from collab_eval.families import Family
 from collab_eval.model_args import optional_integer
 from model_adapters.lmms_adapter import adapter_class
-from model_adapters.server import ServerModel
+from model_adapters.server import ServerModel, eight_bit
 
 # LLaVA-1.5's 336 x 336 input area: 12 x 12 = 144 language tokens for a square image.
 DEFAULT_MAX_PIXELS = 336 * 336
@@ -95,6 +96,14 @@ class Qwen2VLServer(ServerModel):
         self.model.model.rope_deltas = None  # this forward's positions must not leak into the next call
         return logits
 
+    def view_pixels(self, out) -> np.ndarray:
+        """The processor's output is one row per patch (``pixel_layout``'s order), each image
+        repeated over the temporal patch: the first copy, back into the image."""
+        _, h, w = out["image_grid_thw"][0].tolist()
+        p, m = self.factor // self.merge, self.merge
+        rows = out["pixel_values"][:h * w].reshape(h // m, w // m, m, m, 3, -1, p, p)[:, :, :, :, :, 0]
+        return eight_bit(rows.permute(0, 2, 5, 1, 3, 6, 4).reshape(h * p, w * p, 3))
+
     def frame(self, region: Box):
         return qwen2_vl_frame(region, self.factor, self.min_pixels, self.max_pixels)
 
@@ -144,7 +153,7 @@ class Qwen2VLServer(ServerModel):
 FAMILY = Family(
     name="qwen2_vl", title="Qwen2-VL", server="model_adapters.qwen2_vl:Qwen2VLServer",
     reference_checkpoints=("Qwen/Qwen2-VL-7B-Instruct", "Qwen/Qwen2-VL-2B-Instruct"),
-    lmms_eval_model="qwen2_vl", lmms_eval_model_args="device_map=cpu",
+    lmms_eval_model="qwen2_vl", lmms_eval_model_args="device=cpu,device_map=cpu",
     tiny="collab_eval.lab.tiny_checkpoints:build_tiny_qwen2_vl", trained="smalldetail-qwen2-vl",
     recipe="collab_eval.lab.smalldetail_families:Qwen2VL",
     lmms_eval_differs="")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
 from collab_eval import flops as flop_counts
 from collab_eval.edge import Box
@@ -359,6 +360,21 @@ class ServerModel:
     def frame(self, region: Box):
         raise NotImplementedError
 
+    def global_view(self, original: Image.Image) -> Image.Image:
+        """The global image the edge sends: the whole original resized and cropped by the
+        processor's own code (its resize, its crop, its resampling filter), in 8 bits. Given
+        it, the processor changes nothing, so with a lossless codec the model sees exactly
+        what its processor makes of the original (policy=never answers as the model's own
+        pipeline does); ``frame`` of the whole image names the same part of the original."""
+        out = self.processor.image_processor(images=[original], do_rescale=False, do_normalize=False,
+                                             return_tensors="pt")
+        return Image.fromarray(self.view_pixels(out))
+
+    def view_pixels(self, out) -> np.ndarray:
+        """The (height, width, 3) uint8 image in the image processor's un-normalised output
+        ``out`` (one image): ``pixel_values`` (1, channels, height, width) for most families."""
+        return eight_bit(out["pixel_values"][0].permute(1, 2, 0))
+
     def encoder_flops(self, inputs, first: int = 0) -> dict[str, int]:
         """FLOPs of the vision encoder and of the connector into the LM (``vision``,
         ``projector``) on the images from index ``first`` on."""
@@ -394,6 +410,10 @@ def cut_at_stop(text: str, until: tuple[str, ...]) -> str:
         if stop:
             text = text.split(stop)[0]
     return text.strip()
+
+
+def eight_bit(pixels: torch.Tensor) -> np.ndarray:
+    return pixels.float().round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def pick_device(device: str | None, local_rank: int, world_size: int, who: str) -> torch.device:

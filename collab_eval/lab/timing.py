@@ -1,19 +1,22 @@
-"""What a collab run costs against lmms-eval's built-in ``llava_hf`` on the same checkpoint.
+"""What a collab run costs against lmms-eval's own adapter for the same family, on the same checkpoint.
 
-    python -m collab_eval.lab.timing [--pretrained geometry-llava] [--tasks smalldetail_read]
-        [--limit 8] [--max-new-tokens 8] [--rounds 3] [--threads 1] [--device cpu]
-        [--systems llava_hf,never,always,never:8,always:8]
+    python -m collab_eval.lab.timing [--families llava,qwen2_vl,...] [--pretrained geometry-llava]
+        [--tasks smalldetail_read] [--limit 8] [--max-new-tokens 8] [--rounds 3] [--threads 1]
+        [--device cpu] [--systems lmms,never,always,never:8,always:8]
 
-Runs ``llava_hf``, ``collab_llava policy=never`` (one image, one answer: what llava_hf
-does) and ``collab_llava policy=always`` (stage 1, the generic-prompt map, stage 2 on
-every sample), ``never:8`` / ``always:8`` with ``batch_size=8``, through lmms-eval's
+For every registered family (collab_eval.families; ``--families`` picks some), runs its
+lmms-eval adapter (``lmms``, or its own name: ``llava_hf`` for LLaVA), ``collab_<family>
+policy=never`` (one image, one answer: what that adapter does) and ``policy=always`` (stage 1,
+the generic-prompt map, stage 2 on every sample), ``never:8`` / ``always:8`` with
+``batch_size=8``, through lmms-eval's
 ``simple_evaluate`` in this one process, interleaved round by round, each round on a
 freshly loaded model (so the generic-prompt pass is paid, as in a user's run). Time is
 the CPU time of ``generate_until`` (CUDA: its wall time, synchronised); loading and
-scoring are excluded. Prints each round's ratio to llava_hf, then the peak memory rise of
+scoring are excluded. Prints each round's ratio to the lmms-eval adapter, then the peak memory rise of
 each collab stage (CPU: resident set size; CUDA: allocated) from one more, untimed,
-``always`` run. The default checkpoint has LLaVA-1.5's image geometry (576 image tokens)
-at CPU-sized widths. Machines here are shared and noisy: read the ratios, not the seconds.
+``always`` run. The default checkpoint is the family's tiny one; LLaVA's is ``geometry-llava``,
+LLaVA-1.5's image geometry (576 image tokens) at CPU-sized widths. Machines here are shared and
+noisy: read the ratios, not the seconds.
 """
 from __future__ import annotations
 
@@ -29,11 +32,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # llava_hf passes plain-string messages: give it LLaVA-1.5's prompt in that form.
 LLAVA_HF_TEMPLATE = "{% for m in messages %}USER: {{ m['content'] }} {% endfor %}ASSISTANT:"
+# What an lmms-eval adapter needs beyond the family's lmms_eval_model_args to run what collab runs.
+REFERENCE_ARGS = {"llava_hf": {"chat_template": LLAVA_HF_TEMPLATE},
+                  "qwen2_vl": {"max_pixels": 336 * 336}}  # collab_qwen2_vl's default budget
+TIMING_CHECKPOINTS = {"llava": "geometry-llava"}  # else the family's tiny checkpoint
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrained", default="geometry-llava")
+    parser.add_argument("--families", help="registered families, comma-separated (default: every one)")
+    parser.add_argument("--pretrained", help="the checkpoint (one family only; default: geometry-llava for "
+                                             "llava, the family's tiny checkpoint for the others)")
     parser.add_argument("--tasks", default="smalldetail_read")
     parser.add_argument("--limit", type=int, default=8, help="documents per task")
     parser.add_argument("--max-new-tokens", type=int, default=8)
@@ -44,12 +53,22 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--clock", choices=("cpu", "wall"), default=None,
                         help="cpu: process CPU time (default on CPU); wall: elapsed time (default on CUDA)")
-    parser.add_argument("--systems", default="llava_hf,never,always",
-                        help="llava_hf (batch 1: it refuses more), never, always; a collab policy with :N "
-                             "runs with batch_size=N (never:8, always:8)")
+    parser.add_argument("--systems", default="lmms,never,always",
+                        help="lmms (the family's lmms-eval adapter, also by its name, e.g. llava_hf; batch 1), "
+                             "never, always; a collab policy with :N runs with batch_size=N (never:8, always:8)")
     parser.add_argument("--records-dir", default="collab_records/timing")
     args = parser.parse_args(argv)
 
+    from collab_eval import families
+    chosen = [families.get(name) for name in args.families.split(",")] if args.families else families.all_families()
+    if args.pretrained and len(chosen) > 1:
+        parser.error("--pretrained names one family's checkpoint: give --families too")
+    for family in chosen:
+        time_family(family, args, parser)
+
+
+def time_family(family, args, parser) -> None:
+    """The timing rounds, ratios and memory of one family against its lmms-eval adapter."""
     import torch
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
@@ -62,22 +81,26 @@ def main(argv=None) -> None:
     from collab_eval.checkpoints import resolve
     from collab_eval.shipped import TASKS_DIR
 
-    path = resolve(args.pretrained)
+    checkpoint = args.pretrained or TIMING_CHECKPOINTS.get(family.name, family.tiny_name)
+    path = resolve(checkpoint)
+    reference = family.lmms_eval_model
 
     def collab(policy, batch_size=1):
-        return lambda: get_model("collab_llava")(
+        return lambda: get_model(family.model_id)(
             pretrained=path, policy=policy, device=args.device, dtype=args.dtype, threads=args.threads,
             max_new_tokens=args.max_new_tokens, records_dir=args.records_dir, batch_size=batch_size)
 
-    systems = args.systems.split(",")
-    factories = {"llava_hf": lambda: get_model("llava_hf", force_simple=True)(
-        pretrained=path, device=args.device, device_map=args.device, dtype=args.dtype,
-        chat_template=LLAVA_HF_TEMPLATE)}
+    systems = [reference if name == "lmms" else name for name in args.systems.split(",")]
+    reference_args = {**dict(kv.split("=", 1) for kv in family.lmms_eval_model_args.split(",") if kv),
+                      **REFERENCE_ARGS.get(reference, {}), "device": args.device}
+    if "device_map" in reference_args:
+        reference_args.update(device_map=args.device, dtype=args.dtype)
+    factories = {reference: lambda: get_model(reference, force_simple=True)(pretrained=path, **reference_args)}
     for name in systems:
-        if name != "llava_hf":
+        if name != reference:
             policy, _, batch = name.partition(":")
             if policy not in ("never", "always"):
-                parser.error(f"--systems: {name!r} is not llava_hf, never[:N] or always[:N]")
+                parser.error(f"--systems: {name!r} is not lmms ({reference}), never[:N] or always[:N]")
             factories[name] = collab(policy, int(batch or 1))
     tasks = TaskManager(include_path=str(TASKS_DIR))
 
@@ -110,17 +133,18 @@ def main(argv=None) -> None:
             if round_:
                 times[name].append(sum(spent))
 
-    print(f"checkpoint {args.pretrained}, tasks {args.tasks} (limit {args.limit}), max_new_tokens "
+    print(f"{family.model_id} against {reference}: checkpoint {checkpoint}, tasks {args.tasks} "
+          f"(limit {args.limit}), max_new_tokens "
           f"{args.max_new_tokens}, device {args.device} ({args.dtype}), {args.threads} torch thread(s), "
           f"{args.rounds} interleaved rounds, fresh model each, {clock} time of generate_until")
     for name in systems:
         print(f"  {name:10s} median {statistics.median(times[name]):8.2f} s  "
               f"({', '.join(f'{t:.2f}' for t in times[name])})")
-    if "llava_hf" in systems:
+    if reference in systems:
         for name in systems:
-            if name != "llava_hf":
-                ratios = [t / base for t, base in zip(times[name], times["llava_hf"])]
-                print(f"ratio {name} / llava_hf: median {statistics.median(ratios):.2f} "
+            if name != reference:
+                ratios = [t / base for t, base in zip(times[name], times[reference])]
+                print(f"ratio {name} / {reference}: median {statistics.median(ratios):.2f} "
                       f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
 
     if "always" in systems:

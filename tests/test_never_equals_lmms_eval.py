@@ -1,0 +1,138 @@
+"""policy=never,codec=png answers as lmms-eval's own adapter does (docs/families.md, "policy=never
+against lmms-eval's own adapters").
+
+The edge makes the global image with the processor's own resize and crop (Server.global_view),
+so the processor, given the PNG, changes nothing: the model sees what its processor makes of the
+original, for any size and mode. Fast: that equality of pixel values, per family. Slow: both
+lmms-eval command lines on a small task of square and non-square images in several modes, the
+generated answers compared sample by sample, per family whose lmms-eval adapter sees the same
+pixels (lmms-eval's qwen2_vl re-encodes every image as JPEG at quality 85 first: compared in
+docs/families.md, not here).
+"""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from collab_eval import families
+from collab_eval.edge import Codec, sanitize, send
+from tests.helpers import FAMILIES, evaluate, samples
+
+SIZES = [(64, 64), (300, 300), (400, 200), (123, 457), (97, 96)]  # (w, h)
+MODES = ["RGB", "RGBA", "L", "P", "CMYK", "LA"]
+
+
+def image(size, mode, seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    w, h = size
+    rgb = np.zeros((h, w, 3), dtype=np.uint8)
+    rgb[:] = rng.integers(0, 255, 3)
+    rgb[h // 4: h // 2, w // 3: 2 * w // 3] = rng.integers(0, 255, 3)  # a block off centre
+    rgb += rng.integers(0, 40, (h, w, 3), dtype=np.uint8)
+    picture = Image.fromarray(rgb)
+    if mode in ("RGBA", "LA"):
+        alpha = Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8))
+        picture = picture.convert(mode[:-1])
+        picture.putalpha(alpha)
+        return picture
+    return picture.convert(mode)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_processor_changes_nothing_the_edge_sent(family, tiny_server):
+    """The pixel values the model gets from the PNG the edge sent equal those its processor
+    makes of the original itself, for square and non-square originals in every mode."""
+    server = tiny_server(family)
+    for size in SIZES:
+        for mode in MODES:
+            original = image(size, mode, seed=len(mode) + size[0])
+            view = server.global_view(sanitize(original))
+            whole = (0.0, 0.0, float(size[0]), float(size[1]))
+            assert view.size == server.frame(whole)[1], (size, mode)
+            sent = send(view, Codec("png")).image
+            own = server.inputs([original], "what is it")["pixel_values"]
+            got = server.inputs([sent], "what is it")["pixel_values"]
+            assert torch.equal(own, got), (family, size, mode, float((own - got).abs().max()))
+
+
+# ----- through both command lines ----------------------------------------------------------------
+TASK = "never_vs_lmms_eval"
+# Pixel noise, square and not, in several modes: answers of the tiny LLaVA that move with a grey
+# level (the edge's former crop-then-resize changed 3 of these 12 on it; InstructBLIP's tiny
+# checkpoint answers the same either way, so its run checks what the adapter returns).
+SHAPES = [(640, 160), (130, 700), (333, 517), (400, 200), (250, 250), (97, 96)]
+MODES_SENT = ["RGB", "RGBA", "L", "P", "CMYK", "LA"]
+DOCS = [(SHAPES[i % len(SHAPES)], MODES_SENT[i % 4 if i < 8 else 4 + i % 2]) for i in range(12)]
+TASK_MODULE = '''
+def doc_to_visual(doc):
+    return [doc["image"]]  # as stored: the mode too (no convert), as a user's task may give it
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"]
+'''
+TASK_YAML = """task: {task}
+dataset_path: parquet
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function {task}.doc_to_visual
+doc_to_text: !function {task}.doc_to_text
+doc_to_target: "answer"
+generation_kwargs:
+  max_new_tokens: 6
+  temperature: 0
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def write_task(directory):
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    rows = [{"image": Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).convert(mode),
+             "question": "What is in the image?", "answer": "block"} for (w, h), mode in DOCS]
+    data = directory / f"{TASK}.parquet"
+    Dataset.from_list(rows, features=Features({"image": ImageFeature(), "question": Value("string"),
+                                               "answer": Value("string")})).to_parquet(str(data))
+    (directory / f"{TASK}.py").write_text(TASK_MODULE)
+    (directory / f"{TASK}.yaml").write_text(TASK_YAML.format(task=TASK, data=data))
+    return directory
+
+
+def generated(out) -> dict[int, str]:
+    """Each document's answer as lmms-eval logged it (its task has no filter: the response)."""
+    return {s["doc_id"]: s["filtered_resps"] for s in samples(out, TASK)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava", "instructblip"])
+def test_never_generates_what_lmms_eval_s_own_adapter_generates(family, tmp_path):
+    """collab_<family> policy=never,codec=png and lmms-eval's own adapter for the family, on its
+    tiny checkpoint, through both command lines: the same generated text for every document.
+    lmms-eval's instructblip returns the prompt in front of the answer under transformers 5:
+    what it generated is the end of its response."""
+    declared = families.get(family)
+    include = write_task(tmp_path / "task")
+    ours = evaluate(declared.model_id, f"pretrained={declared.tiny_name},policy=never,codec=png,max_new_tokens=6,"
+                    f"records_dir={tmp_path / 'collab' / 'records'}", TASK, tmp_path / "collab", include_path=include)
+    from collab_eval.checkpoints import resolve
+    path = resolve(declared.tiny_name)  # built by the run above, in this session's cache
+    theirs_args = ",".join(a for a in (f"pretrained={path}", declared.lmms_eval_model_args) if a)
+    evaluate(declared.lmms_eval_model, theirs_args, TASK, tmp_path / "lmms", include_path=include)
+    mine, theirs = generated(tmp_path / "collab"), generated(tmp_path / "lmms")
+    assert sorted(mine) == sorted(theirs) == list(range(len(DOCS)))
+    assert {r["doc_id"]: r["answer"] for r in ours.records} == mine
+    assert len(set(mine.values())) > 1, mine  # answers that depend on the image: the comparison can fail
+    for doc_id, text in mine.items():
+        if family == "instructblip":
+            assert theirs[doc_id].endswith(text.strip()), (doc_id, DOCS[doc_id], text, theirs[doc_id])
+        else:
+            assert theirs[doc_id].strip() == text.strip(), (doc_id, DOCS[doc_id], text, theirs[doc_id])
