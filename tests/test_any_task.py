@@ -14,7 +14,7 @@ from PIL import Image
 
 from collab_eval.cost_handoff import COST_METRICS, cost_means
 from collab_eval.costed_tasks import CostedTask, write_costed
-from collab_eval.edge import Codec, sanitize, transmit
+from collab_eval.edge import Codec, sanitize, send
 from tests.helpers import records, results_json, run_lmms_eval
 
 LIMIT = 4
@@ -132,10 +132,8 @@ def test_every_task_has_its_cost_means_in_results_json(run):
 def test_every_image_of_a_document_is_sent_and_counted(run, tiny_llava_path):
     from transformers import AutoProcessor
 
-    from model_adapters.llava import llava_frame
     _, recs, docs, _, _ = run
     ip = AutoProcessor.from_pretrained(tiny_llava_path).image_processor
-    crop, short = (ip.crop_size["width"], ip.crop_size["height"]), ip.size["shortest_edge"]
     from lmms_eval.tasks.muirbench.utils import muir_doc_to_visual
     from lmms_eval.tasks.seedbench.utils import seed_doc_to_visual
     visuals = {"replica_muirbench": lambda ims: muir_doc_to_visual({"image_list": ims}),
@@ -144,8 +142,10 @@ def test_every_image_of_a_document_is_sent_and_counted(run, tiny_llava_path):
         for r in (r for r in recs if r["task"] == task and not r["error"]):
             # what the task's own function gives
             images = [sanitize(im) for im in visuals[task](docs[task][r["doc_id"]])]
-            payloads = [transmit(im, *llava_frame((0.0, 0.0, float(im.width), float(im.height)), crop, short),
-                                 Codec.parse("png")).nbytes for im in images]
+            # the processor's own resize and crop of each, in 8 bits (Server.global_view), as PNG
+            views = [ip(images=[im], do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"][0]
+                     for im in images]
+            payloads = [send(Image.fromarray(v.permute(1, 2, 0).numpy()), Codec.parse("png")).nbytes for v in views]
             assert r["bytes_global_images"] == payloads, (task, r["doc_id"])
             assert r["bytes_global"] == sum(payloads)
             assert r["image_sizes"] == [list(im.size) for im in images]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from collab_eval.edge import Codec, transmit
+from collab_eval.edge import Codec, send, transmit
 from collab_eval.pipeline import Limits, Method, RunCaches
 from collab_eval.policy import Policy
 from tests.helpers import FAMILIES, run_one, small_budget
@@ -24,7 +24,7 @@ def adapter(request, tiny_server):
 
 
 def sent(adapter, image):
-    return transmit(image, *adapter.frame((0.0, 0.0, float(image.width), float(image.height))), Codec.parse("png"))
+    return send(adapter.global_view(image), Codec.parse("png"))  # what the edge sends of a global image
 
 
 def expected_grid(adapter, image) -> tuple[int, int]:
