@@ -21,6 +21,7 @@ noisy: read the ratios, not the seconds.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import statistics
 import threading
@@ -94,8 +95,11 @@ def time_family(family, args, parser) -> None:
     reference_args = {**dict(kv.split("=", 1) for kv in family.lmms_eval_model_args.split(",") if kv),
                       **REFERENCE_ARGS.get(reference, {}), "device": args.device}
     if "device_map" in reference_args:
-        reference_args.update(device_map=args.device, dtype=args.dtype)
-    factories = {reference: lambda: get_model(reference, force_simple=True)(pretrained=path, **reference_args)}
+        reference_args["device_map"] = args.device
+    reference_class = get_model(reference, force_simple=True)
+    if "dtype" in inspect.signature(reference_class.__init__).parameters:  # qwen2_vl takes none
+        reference_args["dtype"] = args.dtype
+    factories = {reference: lambda: reference_class(pretrained=path, **reference_args)}
     for name in systems:
         if name != reference:
             policy, _, batch = name.partition(":")
