@@ -30,6 +30,7 @@ GROUP = "collab_eval.families"
 # order the project grew, then plug-ins by name.
 BUILTIN_ORDER = ("llava", "qwen2_vl", "instructblip")
 NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+COMPARISONS = ("answer", "after_prompt", "none")
 
 
 class FamilyError(ValueError):
@@ -53,6 +54,11 @@ class Family:
     # Where lmms-eval's own adapter differs from collab's policy=never by design or by fault, in
     # one line (docs/families.md's table; the equivalence tests compare what was generated).
     lmms_eval_differs: str = ""
+    # How tests/test_never_equals_lmms_eval.py compares policy=never,codec=png with that adapter,
+    # answer by answer: "answer" (the same text), "after_prompt" (its response is the prompt, then
+    # the same text: lmms-eval's instructblip under transformers 5), "none" (it sees other pixels,
+    # e.g. re-encoded as JPEG: not compared sample by sample; say so in lmms_eval_differs).
+    lmms_eval_compare: str = "answer"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME.match(self.name):
@@ -66,6 +72,9 @@ class Family:
             raise FamilyError(f"family {self.name}: reference_checkpoints must be a non-empty tuple of hub ids, "
                               f"got {self.reference_checkpoints!r}")
         object.__setattr__(self, "reference_checkpoints", tuple(self.reference_checkpoints))
+        if self.lmms_eval_compare not in COMPARISONS:
+            raise FamilyError(f"family {self.name}: lmms_eval_compare must be one of {COMPARISONS}, "
+                              f"got {self.lmms_eval_compare!r}")
         if not isinstance(self.lmms_eval_model, str) or not self.lmms_eval_model:
             raise FamilyError(f"family {self.name}: lmms_eval_model must name lmms-eval's own adapter, "
                               f"got {self.lmms_eval_model!r}")

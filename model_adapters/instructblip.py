@@ -164,7 +164,8 @@ FAMILY = Family(
     tiny="collab_eval.lab.tiny_checkpoints:build_tiny_instructblip", trained="smalldetail-instructblip",
     recipe="collab_eval.lab.smalldetail_families:InstructBlip",
     lmms_eval_differs="lmms-eval's instructblip returns the prompt in front of the answer under transformers 5 "
-                      "(every sample scored wrong); it accepts no device_map, and wants device=cpu on a CPU")
+                      "(every sample scored wrong); it accepts no device_map, and wants device=cpu on a CPU",
+    lmms_eval_compare="after_prompt")
 CollabInstructBlip = adapter_class(FAMILY)  # the lmms-eval class (--model collab_instructblip)
 
 

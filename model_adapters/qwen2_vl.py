@@ -156,7 +156,9 @@ FAMILY = Family(
     lmms_eval_model="qwen2_vl", lmms_eval_model_args="device=cpu,device_map=cpu",
     tiny="collab_eval.lab.tiny_checkpoints:build_tiny_qwen2_vl", trained="smalldetail-qwen2-vl",
     recipe="collab_eval.lab.smalldetail_families:Qwen2VL",
-    lmms_eval_differs="")
+    lmms_eval_differs="it re-encodes every image as JPEG at quality 85 and resizes it with PIL to multiples of "
+                      "28 px before the processor: other pixels",
+    lmms_eval_compare="none")
 CollabQwen2VL = adapter_class(FAMILY)  # the lmms-eval class (--model collab_qwen2_vl)
 
 

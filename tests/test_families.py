@@ -46,6 +46,7 @@ def test_an_unknown_family_is_refused_listing_the_installed():
     (dict(reference_checkpoints=()), "reference_checkpoints must be a non-empty tuple"),
     (dict(server="model_adapters.llava.LlavaServer"), "server must be 'module:attribute'"),
     (dict(lmms_eval_model=""), "lmms_eval_model must name lmms-eval's own adapter"),
+    (dict(lmms_eval_compare="roughly"), "lmms_eval_compare must be one of ('answer', 'after_prompt', 'none')"),
 ])
 def test_a_wrong_declaration_names_the_field(fields, message):
     base = dict(name="mine", server="model_adapters.llava:LlavaServer", reference_checkpoints=("a/b",),
