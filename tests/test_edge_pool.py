@@ -164,3 +164,27 @@ def test_the_server_starts_before_the_originals_size_is_encoded(llava, monkeypat
     took = time.perf_counter() - started
     assert seen and not any(seen[0]), "stage 1 waited for the original's size"
     assert result.outcome.bytes_original == len(Codec.parse("png").encode(sanitize(big))), took
+
+
+@pytest.mark.slow
+def test_lmms_eval_records_are_the_same_with_four_edge_threads_as_with_one(tiny_llava_path, tmp_path):
+    """Through lmms-eval's command line, batched (--batch_size 3 over 8 POPE documents, so a
+    short last batch), policy=always: edge_workers=4 writes the records edge_workers=1 writes,
+    in the same order, but for seconds; the journal's finish event holds the wall time."""
+    from collab_eval.run_session import RunFinished, read_journal
+    from tests.helpers import evaluate
+    runs = {}
+    for workers in (1, 4):
+        out = tmp_path / f"workers{workers}"
+        runs[workers] = evaluate("collab_llava", f"pretrained={tiny_llava_path},policy=always,edge_workers={workers},"
+                                 f"records_dir={out / 'records'}", "collab_pope_mini", out,
+                                 extra=("--limit", "8", "--batch_size", "3"))
+        (journal,) = (out / "records").glob("*.run.ndjson")
+        (finished,) = [e for e in read_journal(journal) if isinstance(e, RunFinished)]
+        assert finished.seconds > 0 and finished.run_now == 8
+    one, four = ([{k: v for k, v in r.items() if k not in ("seconds", "run_id")} for r in runs[w].records]
+                 for w in (1, 4))
+    assert len(one) == 8 and [r["doc_id"] for r in one] == [r["doc_id"] for r in four]
+    for a, b in zip(one, four):
+        assert_same(a, b, f"doc {a['doc_id']}")
+    assert all(r["bytes_original"] > 0 for r in four)
