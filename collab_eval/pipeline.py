@@ -189,8 +189,9 @@ class InFlight:
 def run_batch(server: Server, samples: list[SampleInput], *, method: Method, caches: RunCaches,
               edge: EdgePool | None = None) -> Iterator[SampleResult]:
     """Every sample of the batch through the method; each result yielded as soon as it is
-    final (the caller writes it: a crash loses no finished record). Each outcome equals the
-    one the sample gets alone. ``edge``: the edge's threads (none: its work runs in line)."""
+    final, its original's size included (the caller writes it: a crash loses no finished
+    record). Each outcome equals the one the sample gets alone. ``edge``: the edge's threads
+    (none: its work runs in line on the caller's thread)."""
     yield from run_batches(server, [samples], method=method, caches=caches, edge=edge)
 
 

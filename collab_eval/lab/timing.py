@@ -68,9 +68,12 @@ def main(argv=None) -> None:
                         help="time the README's main job against llava_hf, whole processes, wall time")
     parser.add_argument("--main-job-limit", type=int, default=None,
                         help="with --main-job: documents per task (default: the whole test splits, as the README)")
+    parser.add_argument("--edge-workers", type=int, default=None,
+                        help="with --main-job: the main job's edge_workers (default: the adapter's; 0: the edge's "
+                             "work in line on the model's thread, as before issue 33)")
     args = parser.parse_args(argv)
     if args.main_job:
-        return main_job(args.rounds, args.main_job_limit, args.threads)
+        return main_job(args.rounds, args.main_job_limit, args.threads, args.edge_workers)
 
     import torch
     torch.set_num_threads(args.threads)
@@ -215,7 +218,7 @@ def records_model_seconds(paths: list[Path]) -> float:
                for step in SERVER_STEPS)
 
 
-def main_job(rounds: int, limit: int | None, threads: int) -> None:
+def main_job(rounds: int, limit: int | None, threads: int, edge_workers: int | None = None) -> None:
     """The README's main job and lmms-eval's llava_hf on the same checkpoint and documents, each a
     whole ``lmms-eval`` process (start, load, evaluate, score, write), interleaved; wall time."""
     from collab_eval.checkpoints import resolve
@@ -229,7 +232,9 @@ def main_job(rounds: int, limit: int | None, threads: int) -> None:
         for round_ in range(rounds):
             for system in walls:
                 out = Path(tmp) / f"{system}-{round_}"
-                model_args = (f"pretrained={path},policy=always,threads={threads},records_dir={out / 'records'}"
+                workers = "" if edge_workers is None else f"edge_workers={edge_workers},"
+                model_args = (f"pretrained={path},policy=always,threads={threads},{workers}"
+                              f"records_dir={out / 'records'}"
                               if system == "collab" else
                               f"pretrained={path},device=cpu,device_map=cpu,dtype=float32,"
                               f"chat_template={LLAVA_HF_TEMPLATE}")
@@ -251,7 +256,8 @@ def main_job(rounds: int, limit: int | None, threads: int) -> None:
     ratios = [c / b for c, b in zip(walls["collab"], walls["llava_hf"])]
     print(f"the README's main job (smalldetail-llava, policy=always, smalldetail_read + smalldetail_exist"
           f"{f', --limit {limit}' if limit else ''}) against llava_hf on the same checkpoint and documents: "
-          f"whole lmms-eval processes, {rounds} interleaved round(s), wall time, {threads} torch thread(s)")
+          f"whole lmms-eval processes, {rounds} interleaved round(s), wall time, {threads} torch thread(s), "
+          f"edge_workers {'default' if edge_workers is None else edge_workers}")
     for system, values in walls.items():
         print(f"  {system:9s} median {statistics.median(values):8.2f} s  ({', '.join(f'{v:.2f}' for v in values)})")
     print(f"ratio main job / llava_hf: median {statistics.median(ratios):.2f} "
