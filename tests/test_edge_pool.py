@@ -53,6 +53,38 @@ def test_a_tasks_exception_reaches_whoever_waits_for_it():
         assert edge.submit(GLOBAL, sum, [1, 2]).result() == 3  # the thread lives on
 
 
+def test_strict_decoding_and_quiet_pil_hold_until_the_last_thread_leaves(monkeypatch):
+    """Two threads' sections ending out of order (as decodes on the edge's threads do): the first
+    to leave must not turn lenient decoding or PIL's warnings back on under the other, and a
+    filter set meanwhile by someone else survives."""
+    import warnings
+
+    from PIL import ImageFile
+
+    from collab_eval.edge import quiet_pil, strict_decoding
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as after lmms-eval's import
+    first, second = strict_decoding(), strict_decoding()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # the second thread still decodes strictly
+    second.__exit__(None, None, None)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+    with warnings.catch_warnings():
+        before = list(warnings.filters)
+        first, second = quiet_pil(), quiet_pil()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        warnings.filterwarnings("error", message="set meanwhile")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.warn_explicit("palette", UserWarning, "Image.py", 1, module="PIL.Image")
+        assert not caught  # still quiet for the second thread
+        second.__exit__(None, None, None)
+        assert warnings.filters[1:] == before and warnings.filters[0][1].pattern == "set meanwhile"
+
+
 # ----- the pipeline with the pool ----------------------------------------------------------------
 def documents():
     """Real images of different sizes; one original shared by two documents (its size and
