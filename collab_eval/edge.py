@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,16 +67,64 @@ class Transmission:
     nbytes: int
 
 
-@contextmanager
-def strict_decoding():
-    """lmms-eval turns on PIL's LOAD_TRUNCATED_IMAGES at import, which silently fills a
-    truncated image with grey; within this block a truncated image is an error again."""
+class _Section:
+    """A process-wide setting held while any thread is inside: the first thread in applies it,
+    the last one out undoes it (the edge's threads decode concurrently; a plain save-and-restore
+    per thread would let one thread's exit undo the setting under another's decode)."""
+
+    def __init__(self, apply, undo):
+        self._apply, self._undo = apply, undo
+        self._lock, self._inside, self._saved = threading.Lock(), 0, None
+
+    @contextmanager
+    def __call__(self):
+        with self._lock:
+            if self._inside == 0:
+                self._saved = self._apply()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0:
+                    self._undo(self._saved)
+
+
+def _strict():
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    return previous
+
+
+def _lenient_again(previous) -> None:
+    ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+# lmms-eval turns on PIL's LOAD_TRUNCATED_IMAGES at import, which silently fills a truncated
+# image with grey; within this block (on any thread) a truncated image is an error again.
+strict_decoding = _Section(_strict, _lenient_again)
+
+
+def _quiet():
+    """PIL's own warnings (EXIF, palette transparency: all raised from PIL's modules) off; only
+    this one filter is added and later removed, so filters others set meanwhile stay."""
+    warnings.filterwarnings("ignore", module=r"PIL\.")
+    return warnings.filters[0]
+
+
+def _loud_again(entry) -> None:
+    if entry in warnings.filters:
+        warnings.filters.remove(entry)
+        mutated = getattr(warnings, "_filters_mutated", None)  # as filterwarnings does: warnings
+        if mutated is not None:  # ignored meanwhile are not marked "already shown" for later
+            mutated()
+
+
+quiet_pil = _Section(_quiet, _loud_again)
+# Loading a lazily opened image is not thread-safe; the same image object may reach two samples
+# (a task that hands out one cached image), so its loading is serialised (striped by identity).
+_LOAD_LOCKS = [threading.Lock() for _ in range(16)]
 
 
 def sanitize(image) -> Image.Image:
@@ -91,8 +140,9 @@ def sanitize(image) -> Image.Image:
     try:
         # Decoding happens here, strictly whoever calls: lmms-eval's import turns on PIL's
         # LOAD_TRUNCATED_IMAGES for the whole process.
-        with warnings.catch_warnings(), strict_decoding():
-            warnings.simplefilter("ignore")
+        with quiet_pil(), strict_decoding():
+            with _LOAD_LOCKS[id(image) % len(_LOAD_LOCKS)]:
+                image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # truncated, corrupt, too large

@@ -14,11 +14,18 @@
 
 Family-agnostic: a model family is a ``Server`` (model_adapters). A sample that fails fails
 only itself; a batched pass that fails is retried sample by sample to find which.
+
+The edge's steps (1 and 5, and the original's size for ``bytes_original``) run on the edge's
+threads (collab_eval.edge_pool) beside the server's passes: ``run_batches`` reads and frames
+the next batch while the server answers this one, a sample's crop is encoded while the server
+locates the next sample's region, and the original's size is awaited only before the record is
+handed on, never by a server step. Every record is the same whatever the number of threads.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -26,6 +33,7 @@ from PIL import Image
 
 from collab_eval import locators, scores
 from collab_eval.edge import Box, Codec, Transmission, encode_request, sanitize, send, strict_decoding, transmit
+from collab_eval.edge_pool import CROP, GLOBAL, EdgePool, Task
 from collab_eval.policy import Policy
 from collab_eval.records import STAGE1_PARTS, Outcome, finite
 from collab_eval.roi import find_roi
@@ -77,6 +85,8 @@ class InFlight:
     regions: list[Box] = field(default_factory=list)  # each global image's framing, original pixels
     stage1: Answer | None = None
     local: list[Transmission] = field(default_factory=list)  # the crop(s) sent in step 5
+    original_bytes: list[Task] = field(default_factory=list)  # each original's size, for bytes_original
+    cropping: Task | None = None  # step 5 on the edge's threads
 
     @property
     def images(self) -> list[Image.Image]:
@@ -84,28 +94,95 @@ class InFlight:
         return [image.image for image in self.sent]
 
 
-def run_batch(server: Server, samples: list[SampleInput], *, method: Method,
-              caches: RunCaches) -> Iterator[SampleResult]:
+def run_batch(server: Server, samples: list[SampleInput], *, method: Method, caches: RunCaches,
+              edge: EdgePool | None = None) -> Iterator[SampleResult]:
     """Every sample of the batch through the method; each result yielded as soon as it is
-    final (the caller writes it: a crash loses no finished record). Each outcome equals the
-    one the sample gets alone."""
-    flying = []
-    for sample in samples:  # 1. edge: the global images
-        laps = Laps()
+    final, its original's size included (the caller writes it: a crash loses no finished
+    record). Each outcome equals the one the sample gets alone. ``edge``: the edge's threads
+    (none: its work runs in line on the caller's thread)."""
+    yield from run_batches(server, [samples], method=method, caches=caches, edge=edge)
+
+
+def run_batches(server: Server, batches: Iterable[list[SampleInput]], *, method: Method, caches: RunCaches,
+                edge: EdgePool | None = None, ahead: int = 1) -> Iterator[SampleResult]:
+    """``run_batch`` over each batch in turn, the edge ``ahead`` batches in front: while the
+    server runs a batch's passes, the edge's threads read, decode, frame and encode the next
+    batches' documents. Results come in the order ``run_batch`` gives them, each once its
+    original's size (``bytes_original``, off the server's path) is known; at most
+    ``HELD_RESULTS`` wait for it before the server waits for the edge."""
+    edge = edge if edge is not None else EdgePool(0)
+    batches, upcoming, held = iter(batches), deque(), deque()
+
+    def read_ahead(batches_ready: int) -> None:
+        while len(upcoming) < batches_ready:
+            samples = next(batches, None)
+            if samples is None:
+                return
+            upcoming.append([(sample, laps, edge.submit(GLOBAL, read_and_send_globals, server, sample, laps,
+                                                        method=method, caches=caches, edge=edge))
+                             for sample in samples for laps in [Laps()]])
+
+    read_ahead(1)
+    while upcoming:
+        batch = upcoming.popleft()
+        read_ahead(ahead)  # the next batches' edge work, beside this batch's passes
+        flying = {}
+        for result in run_prepared(server, batch, method=method, caches=caches, edge=edge, flying=flying):
+            held.append((result, flying.get(id(result.sample))))
+            yield from release(held, keep=0 if edge.inline else HELD_RESULTS)
+    yield from release(held)
+
+
+HELD_RESULTS = 32  # finished results waiting for their original's size, at most
+
+
+def run_prepared(server: Server, batch: list[tuple[SampleInput, "Laps", Task]], *, method: Method,
+                 caches: RunCaches, edge: EdgePool, flying: dict) -> Iterator[SampleResult]:
+    """Steps 2 to 7 for a batch whose step 1 was submitted to the edge (``flying``: each
+    sample's InFlight by the sample's id, filled here)."""
+    ready = []
+    for sample, laps, sent in batch:  # 1. edge: the global images, done ahead on the edge's threads
         try:
-            with strict_decoding():  # a broken (even truncated) image is this sample's failure
-                with laps.reading():
-                    visuals = images_in(sample.visuals())
-                flying.append(send_globals(server, sample, visuals, laps, method=method, caches=caches))
+            ready.append(sent.result())
+            flying[id(sample)] = ready[-1]
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
             yield failure(sample, laps, err)
-    for limits in dict.fromkeys(f.sample.limits for f in flying):  # one generate per generation limit
-        yield from run_group(server, [f for f in flying if f.sample.limits == limits], limits, method=method,
-                             caches=caches)
+    for limits in dict.fromkeys(f.sample.limits for f in ready):  # one generate per generation limit
+        yield from run_group(server, [f for f in ready if f.sample.limits == limits], limits, method=method,
+                             caches=caches, edge=edge)
+
+
+def read_and_send_globals(server: Server, sample: SampleInput, laps: "Laps", *, method: Method, caches: RunCaches,
+                          edge: EdgePool) -> InFlight:
+    """Step 1 on an edge thread: the document's images read, decoded strictly, then sent."""
+    with strict_decoding():  # a broken (even truncated) image is this sample's failure
+        with laps.reading():
+            visuals = images_in(sample.visuals())
+        return send_globals(server, sample, visuals, laps, method=method, caches=caches, edge=edge)
+
+
+def release(held: deque, keep: int = 0) -> Iterator[SampleResult]:
+    """The held (result, InFlight) pairs, in order, while the first one's originals' sizes
+    are known, and beyond the last ``keep`` pairs waiting for them; a size that could not be
+    computed fails its sample."""
+    while held and (len(held) > keep or held[0][1] is None
+                    or all(task.done() for task in held[0][1].original_bytes)):
+        result, f = held.popleft()
+        if f is None or not f.original_bytes:
+            yield result
+            continue
+        try:
+            size = sum(task.result() for task in f.original_bytes)
+        except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
+            yield failure(f.sample, f.laps, err)
+            continue
+        if result.outcome is not None:
+            result.outcome.bytes_original = size
+        yield result
 
 
 def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: Method,
-              caches: RunCaches) -> Iterator[SampleResult]:
+              caches: RunCaches, edge: EdgePool) -> Iterator[SampleResult]:
     """Steps 2 to 7 for samples sharing generation limits."""
     with Laps.shared("stage1", [f.laps for f in group]):  # 2. server: stage 1, one batched pass
         stage1 = answer_each(server, [(f.images, f.sample.question) for f in group], limits,
@@ -121,10 +198,19 @@ def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: 
                 yield finish(f)
                 continue
             crops = locate_crops(server, f, method, caches)  # 4. server: the RoI, asked of the edge
-            send_crops(server, f, crops, method)  # 5. edge: the crop(s)
+            # 5. edge: the crop(s), on the edge's threads while the server locates the next sample's
+            f.cropping = edge.submit(CROP, send_crops, server, f, crops, method)
             again.append(f)
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
             yield failure(f.sample, f.laps, err)
+    cropped = []
+    for f in again:
+        try:
+            f.cropping.result()
+            cropped.append(f)
+        except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
+            yield failure(f.sample, f.laps, err)
+    again = cropped
     if not again:
         return
     with Laps.shared("stage2", [f.laps for f in again]):  # 6. server: stage 2, one batched pass
@@ -141,8 +227,9 @@ def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: 
 
 
 def send_globals(server: Server, sample: SampleInput, images: list, laps: "Laps", *, method: Method,
-                 caches: RunCaches) -> InFlight:
-    """Step 1, edge -> server: every global image the task gives, each framed as the encoder sees it."""
+                 caches: RunCaches, edge: EdgePool | None = None) -> InFlight:
+    """Step 1, edge -> server: every global image the task gives, each framed as the encoder sees it.
+    Each original's size (``bytes_original``) is left to ``edge`` as a task (``original_bytes``)."""
     f = InFlight(sample, laps)
     with laps.lap("edge_global"):
         f.originals = [sanitize(image) for image in images]
@@ -153,8 +240,12 @@ def send_globals(server: Server, sample: SampleInput, images: list, laps: "Laps"
         f.out.image_sizes = [list(original.size) for original in f.originals]
         f.out.bytes_global_images = [image.nbytes for image in f.sent]
         f.out.bytes_global = sum(f.out.bytes_global_images)
+    if edge is None:  # called alone: the sizes now
         f.out.bytes_original = sum(caches.original_size(original, method.codec, sample.scope)
                                    for original in f.originals)
+    else:
+        f.original_bytes = [caches.original_size_later(original, method.codec, sample.scope, edge)
+                            for original in f.originals]
     return f
 
 

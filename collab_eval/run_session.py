@@ -64,6 +64,7 @@ class RunFinished(BaseModel):
     rank: int = 0
     requests: int = 0
     run_now: int = 0  # samples answered in this session (the others were recorded before)
+    seconds: float | None = None  # wall time of this rank's generate_until in the session (None: not kept)
 
 
 def journal_path(directory: Path, run_id: str) -> Path:
@@ -376,6 +377,7 @@ class RunSession:
         self.answered[record.task, int(record.doc_id)] = done = RecordedAnswer.of(record)
         return done
 
-    def finish(self, requests: int, run_now: int) -> None:
+    def finish(self, requests: int, run_now: int, seconds: float | None = None) -> None:
         append_event(self.directory, RunFinished(run_id=self.run_id, session=self.plan.session, rank=self.rank,
-                                                 requests=requests, run_now=run_now))
+                                                 requests=requests, run_now=run_now,
+                                                 seconds=None if seconds is None else round(seconds, 6)))

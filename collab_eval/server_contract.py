@@ -9,6 +9,7 @@ model_adapters.server.ServerModel implements ``Server`` for every registered fam
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from collab_eval.edge import Box, Codec, encoded_size
+from collab_eval.edge_pool import ORIGINAL, EdgePool, Task
 
 GENERIC_PROMPT = "Write a general description of the image."
 
@@ -92,21 +94,34 @@ def image_key(image: Image.Image) -> str:
 class RunCaches:
     """What depends only on an image, computed once per scope (the task), so that each
     task's costs stand alone whatever else ran in the process: the generic prompt's map of a
-    received image, and ``bytes_original`` of an original under the codec."""
+    received image, and ``bytes_original`` of an original under the codec. Shared by the
+    server's thread and the edge's threads: every look-up and insertion holds ``lock``."""
     generic_maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
-    original_sizes: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    original_sizes: dict[tuple[str, str, str], Task] = field(default_factory=dict)  # each encode, once
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def generic_map(self, server: Server, image: Image.Image, scope: str, key: str,
                     prefix: object | None) -> tuple[np.ndarray, dict[str, int], bool]:
-        """(map, FLOPs spent on it now, whether it was cached)."""
-        if (scope, key) in self.generic_maps:
-            return self.generic_maps[scope, key], {}, True
+        """(map, FLOPs spent on it now, whether it was cached). Server passes run on one
+        thread, so which sample pays for a map does not depend on the edge's threads."""
+        with self.lock:
+            cached = self.generic_maps.get((scope, key))
+        if cached is not None:
+            return cached, {}, True
         grid, flops = server.attention(image, GENERIC_PROMPT, prefix=prefix)
-        self.generic_maps[scope, key] = grid
+        with self.lock:
+            self.generic_maps[scope, key] = grid
         return grid, flops, False
 
     def original_size(self, original: Image.Image, codec: Codec, scope: str) -> int:
+        """The original's encoded length under ``codec``, encoded once per scope and pixels."""
         key = (scope, image_key(original), str(codec))  # hashing the pixels: ~1% of a PNG encode
-        if key not in self.original_sizes:
-            self.original_sizes[key] = encoded_size(original, codec)
-        return self.original_sizes[key]
+        with self.lock:
+            encode = self.original_sizes.get(key)
+            if encode is None:
+                self.original_sizes[key] = encode = Task(encoded_size, (original, codec), {})
+        return encode.result()  # run here, or wait for the thread already encoding the same pixels
+
+    def original_size_later(self, original: Image.Image, codec: Codec, scope: str, edge: EdgePool) -> Task:
+        """``original_size`` as a task of the edge's least urgent kind (hashing included)."""
+        return edge.submit(ORIGINAL, self.original_size, original, codec, scope)

@@ -22,11 +22,13 @@ from tqdm import tqdm
 from collab_eval import cost_handoff, locators, model_args, scores
 from collab_eval.checkpoints import checkpoint_identity, resolve
 from collab_eval.edge import Codec
+from collab_eval.edge_pool import EdgePool, default_workers
 from collab_eval.families import Family
-from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, SampleResult, run_batch
+from collab_eval.pipeline import Limits, Method, SampleInput, SampleResult, run_batches
 from collab_eval.policy import POLICIES, Policy
 from collab_eval.records import RecordWriteError, SampleRecord, failure_reason, strip_media
 from collab_eval.run_session import RunLock, RunPlan, RunSession, open_run
+from collab_eval.server_contract import RunCaches
 from model_adapters.server import DTYPES, ServerModel, pick_device
 from model_adapters.task_documents import media_problem, without_media
 
@@ -57,7 +59,7 @@ class CollabAdapter(lmms):
                  run_id: str | None = None, device: str | None = None, device_map: str | None = None,
                  dtype: str = "auto", threads: int = 1, reuse_prefix: bool | str = True, batch_size: int | str = 1,
                  max_batch_size: int | None = None, locator: str = "rel_att", highres: bool | str = False,
-                 **family_args):
+                 edge_workers: int | str | None = None, **family_args):
         super().__init__()
         pretrained = self.default_pretrained if pretrained is None else pretrained
         # Every argument is checked before anything loads; a message names the arg, its value
@@ -88,6 +90,8 @@ class CollabAdapter(lmms):
             records_dir = model_args.writable_directory("records_dir", records_dir)
             self.batch_size = model_args.integer("batch_size", 1 if str(batch_size).strip() == "auto" else batch_size,
                                                  minimum=1)
+            self.edge_workers = (default_workers() if edge_workers is None
+                                 else model_args.integer("edge_workers", edge_workers, minimum=0))
         except ValueError as err:
             raise model_args.ModelArgError(f"{self.model_id}: {err}") from None
         policy_ = self.method.policy
@@ -133,7 +137,8 @@ class CollabAdapter(lmms):
         """Every model arg that changes answers or costs, as the run was started: what tells
         this run's system apart in report and check (collab_eval.systems). Left out: device,
         threads, batch sizes (the same answers and FLOPs), the records' place and run identity;
-        the policy's own τ, rate and seed are the record's ``policy_args``."""
+        the policy's own τ, rate and seed are the record's ``policy_args``; edge_workers (the
+        same records)."""
         out = {"codec": str(self.method.codec)}
         if self.method.policy.name == "threshold":  # only a threshold run's answers depend on the score
             out["score"] = self.method.score
@@ -181,13 +186,22 @@ class CollabAdapter(lmms):
             if (task, int(doc_id)) not in self.session.answered:
                 pending.setdefault((task, int(doc_id)), request)
         pending = list(pending.values())
-        for first in range(0, len(pending), self.batch_size):
-            batch = pending[first:first + self.batch_size]
-            samples = [self.sample_input(*request.args) for request in batch]
-            args_of = {id(sample): request.args for sample, request in zip(samples, batch)}
-            for result in run_batch(self.server, samples, method=self.method, caches=self.caches):
+        args_of = {}
+
+        def batches():
+            for first in range(0, len(pending), self.batch_size):
+                batch = pending[first:first + self.batch_size]
+                samples = [self.sample_input(*request.args) for request in batch]
+                args_of.update({id(sample): request.args for sample, request in zip(samples, batch)})
+                yield samples
+
+        # The edge's threads read and encode the next batches while the server runs this one's passes.
+        with EdgePool(self.edge_workers) as edge:
+            ahead = max(1, -(-self.edge_workers // self.batch_size))  # batches enough to keep the threads busy
+            for result in run_batches(self.server, batches(), method=self.method, caches=self.caches, edge=edge,
+                                      ahead=ahead):
                 try:
-                    self.session.write(self.record(args_of[id(result.sample)], result))
+                    self.session.write(self.record(args_of.pop(id(result.sample)), result))
                 except RecordWriteError as err:
                     logger.error(f"{self.model_id}: {err}")
                     raise
@@ -207,7 +221,7 @@ class CollabAdapter(lmms):
             progress.set_postfix(retx=f"{sum(r.token_counts.retransmitted for r in results) / len(results):.2f}",
                                  bytes=f"{sum(r.token_counts.bytes_total for r in results) / len(results):.0f}")
         progress.close()
-        self.session.finish(requests=len(requests), run_now=run_now)
+        self.session.finish(requests=len(requests), run_now=run_now, seconds=time.perf_counter() - started)
         cost_handoff.publish(handed, self.world_size, self.rank, time.perf_counter() - started,
                              sum(r.token_counts.output_tokens or 0 for r in results))
         return results

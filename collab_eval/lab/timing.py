@@ -12,11 +12,21 @@ the generic-prompt map, stage 2 on every sample), ``never:8`` / ``always:8`` wit
 ``simple_evaluate`` in this one process, interleaved round by round, each round on a
 freshly loaded model (so the generic-prompt pass is paid, as in a user's run). Time is
 the CPU time of ``generate_until`` (CUDA: its wall time, synchronised); loading and
-scoring are excluded. Prints each round's ratio to the lmms-eval adapter, then the peak memory rise of
-each collab stage (CPU: resident set size; CUDA: allocated) from one more, untimed,
-``always`` run. The default checkpoint is the family's tiny one; LLaVA's is ``geometry-llava``,
-LLaVA-1.5's image geometry (576 image tokens) at CPU-sized widths. Machines here are shared and
-noisy: read the ratios, not the seconds.
+scoring are excluded. Prints each round's ratio to the lmms-eval adapter, each system's split
+of the wall time of ``generate_until`` into model time (the server's passes: the lmms-eval
+adapter's ``model.generate`` calls; a collab run's stage 1, RoI and stage 2 steps as its records
+time them on the model's thread) and harness time (everything else on that critical path), then
+the peak memory rise of each collab stage (CPU: resident set size; CUDA: allocated) from one
+more, untimed, ``always`` run. The default checkpoint is the family's tiny one; LLaVA's is
+``geometry-llava``, LLaVA-1.5's image geometry (576 image tokens) at CPU-sized widths. Machines
+here are shared and noisy: read the ratios, not the seconds.
+
+    python -m collab_eval.lab.timing --main-job [--main-job-limit N] [--rounds 3]
+
+instead times the README's main job (``smalldetail-llava``, ``policy=always``, both
+smalldetail tasks, ``--log_samples``) against lmms-eval's ``llava_hf`` on the same checkpoint
+and documents: each a whole ``lmms-eval`` process, interleaved round by round, wall time; and
+the collab process's model and harness time (its records and its journal).
 """
 from __future__ import annotations
 
@@ -24,9 +34,14 @@ import argparse
 import inspect
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -58,7 +73,16 @@ def main(argv=None) -> None:
                         help="lmms (the family's lmms-eval adapter, also by its name, e.g. llava_hf; batch 1), "
                              "never, always; a collab policy with :N runs with batch_size=N (never:8, always:8)")
     parser.add_argument("--records-dir", default="collab_records/timing")
+    parser.add_argument("--main-job", action="store_true",
+                        help="time the README's main job against llava_hf, whole processes, wall time")
+    parser.add_argument("--main-job-limit", type=int, default=None,
+                        help="with --main-job: documents per task (default: the whole test splits, as the README)")
+    parser.add_argument("--edge-workers", type=int, default=None,
+                        help="with --main-job: the main job's edge_workers (default: the adapter's; 0: the edge's "
+                             "work in line on the model's thread, as before issue 33)")
     args = parser.parse_args(argv)
+    if args.main_job:
+        return main_job(args.rounds, args.main_job_limit, args.threads, args.edge_workers)
 
     from collab_eval import families
     chosen = [families.get(name) for name in args.families.split(",")] if args.families else families.all_families()
@@ -118,24 +142,28 @@ def time_family(family, args, parser) -> None:
         return time.process_time() if clock == "cpu" else time.perf_counter()
 
     times = {name: [] for name in systems}
+    splits = {name: [] for name in systems}
     for round_ in range(args.rounds + 1):  # round 0 warms caches and is not counted
         for name in systems:
             lm = factories[name]()
-            spent = []
+            spent, walls = [], []
             generate = lm.generate_until
 
-            def timed(requests, generate=generate, spent=spent):
-                started = now()
+            def timed(requests, generate=generate, spent=spent, walls=walls):
+                started, wall = now(), time.perf_counter()
                 try:
                     return generate(requests)
                 finally:
                     spent.append(now() - started)
+                    walls.append(time.perf_counter() - wall)
 
             lm.generate_until = timed
+            model_time = model_seconds(lm, cuda)
             evaluate(lm)
-            del lm
             if round_:
                 times[name].append(sum(spent))
+                splits[name].append(Split(sum(walls), model_time()))
+            del lm
 
     print(f"{family.model_id} against {reference}: checkpoint {checkpoint}, tasks {args.tasks} "
           f"(limit {args.limit}), max_new_tokens "
@@ -151,10 +179,117 @@ def time_family(family, args, parser) -> None:
                 print(f"ratio {name} / {reference}: median {statistics.median(ratios):.2f} "
                       f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
 
+    print("critical path, wall time of generate_until (median over rounds): model = the server's passes, "
+          "harness = the rest")
+    for name in systems:
+        print(f"  {name:10s} " + Split.median(splits[name]).line())
+
     if "always" in systems:
         rises = stage_memory(factories["always"], evaluate, cuda)
         print("peak memory rise per call of each stage (median over the samples), MiB: "
               + ", ".join(f"{stage} {mib:.1f}" for stage, mib in rises.items()))
+
+
+@dataclass(frozen=True)
+class Split:
+    """A run's wall time of generate_until and the part of it in the model's passes."""
+    wall: float
+    model: float
+
+    @property
+    def harness(self) -> float:
+        return self.wall - self.model
+
+    @staticmethod
+    def median(splits: list["Split"]) -> "Split":
+        return Split(statistics.median(s.wall for s in splits), statistics.median(s.model for s in splits))
+
+    def line(self) -> str:
+        share = self.harness / self.wall if self.wall else float("nan")
+        return (f"wall {self.wall:8.2f} s  model {self.model:8.2f} s  harness {self.harness:7.2f} s "
+                f"({share:.0%} of the wall time)")
+
+
+# The record steps that are the server's passes (the rest of a record's seconds is the edge's).
+SERVER_STEPS = ("stage1", "roi", "stage2")
+
+
+def model_seconds(lm, cuda: bool):
+    """A function giving, after the run, the seconds ``lm`` spent in its model's passes: a collab
+    adapter's records' server steps (stage 1, RoI, stage 2, timed on the model's thread), else
+    the wall time of its model's ``generate`` calls (lmms-eval's HF adapters, llava_hf)."""
+    if hasattr(lm, "session"):  # a collab adapter: what its records say
+        return lambda: records_model_seconds([lm.session.path])
+    import torch
+    model = lm.model
+    spent = []
+    generate = model.generate
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            if cuda:
+                torch.cuda.synchronize()
+            spent.append(time.perf_counter() - started)
+
+    model.generate = timed
+    return lambda: sum(spent)
+
+
+def records_model_seconds(paths: list[Path]) -> float:
+    """Sum over the records of the server's steps' seconds (a batched step: each sample's share)."""
+    from collab_eval.records import read_records
+    return sum(record.seconds.get(step, 0.0) for record in read_records([p for p in paths if Path(p).exists()])
+               for step in SERVER_STEPS)
+
+
+def main_job(rounds: int, limit: int | None, threads: int, edge_workers: int | None = None) -> None:
+    """The README's main job and lmms-eval's llava_hf on the same checkpoint and documents, each a
+    whole ``lmms-eval`` process (start, load, evaluate, score, write), interleaved; wall time."""
+    from collab_eval.checkpoints import resolve
+    from collab_eval.run_session import RunFinished, read_journal
+    from collab_eval.shipped import TASKS_DIR
+    path = resolve("smalldetail-llava")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    walls = {"llava_hf": [], "collab": []}
+    collab_splits = []
+    with tempfile.TemporaryDirectory(prefix="main-job-") as tmp:
+        for round_ in range(rounds):
+            for system in walls:
+                out = Path(tmp) / f"{system}-{round_}"
+                workers = "" if edge_workers is None else f"edge_workers={edge_workers},"
+                model_args = (f"pretrained={path},policy=always,threads={threads},{workers}"
+                              f"records_dir={out / 'records'}"
+                              if system == "collab" else
+                              f"pretrained={path},device=cpu,device_map=cpu,dtype=float32,"
+                              f"chat_template={LLAVA_HF_TEMPLATE}")
+                model = "collab_llava" if system == "collab" else "llava_hf"
+                cmd = [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args,
+                       "--tasks", "smalldetail_read,smalldetail_exist",
+                       "--include_path", str(TASKS_DIR), "--output_path", str(out), "--log_samples",
+                       "--verbosity", "DEBUG", *(["--limit", str(limit)] if limit else [])]
+                started = time.perf_counter()
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                walls[system].append(time.perf_counter() - started)
+                if done.returncode != 0 or not list(out.glob("**/*_results.json")):
+                    raise SystemExit(f"{system} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+                if system == "collab":
+                    (journal,) = (out / "records").glob("*.run.ndjson")
+                    finished = [e for e in read_journal(journal) if isinstance(e, RunFinished)]
+                    collab_splits.append(Split(sum(e.seconds or 0.0 for e in finished),
+                                               records_model_seconds(list((out / "records").glob("*.jsonl")))))
+    ratios = [c / b for c, b in zip(walls["collab"], walls["llava_hf"])]
+    print(f"the README's main job (smalldetail-llava, policy=always, smalldetail_read + smalldetail_exist"
+          f"{f', --limit {limit}' if limit else ''}) against llava_hf on the same checkpoint and documents: "
+          f"whole lmms-eval processes, {rounds} interleaved round(s), wall time, {threads} torch thread(s), "
+          f"edge_workers {'default' if edge_workers is None else edge_workers}")
+    for system, values in walls.items():
+        print(f"  {system:9s} median {statistics.median(values):8.2f} s  ({', '.join(f'{v:.2f}' for v in values)})")
+    print(f"ratio main job / llava_hf: median {statistics.median(ratios):.2f} "
+          f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
+    print("  the main job's generate_until (its journal), median: " + Split.median(collab_splits).line())
 
 
 def stage_memory(make, evaluate, cuda: bool) -> dict[str, float]:
