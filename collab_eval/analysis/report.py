@@ -407,7 +407,8 @@ def write(summary: Summary, out_dir) -> dict[str, Path]:
         if isinstance(b, Figure):
             (out_dir / b.filename).write_bytes(b.png)
     paths["markdown"].write_text(to_markdown(blocks), encoding="utf-8")
-    paths["html"].write_text(to_html(blocks), encoding="utf-8")
+    from collab_eval.analysis import page  # report.html: the template, interactive curves, the sample browser
+    paths["html"].write_text(page.render(summary, blocks), encoding="utf-8")
     summary.write(paths["summary"])
     return paths
 
