@@ -26,7 +26,7 @@ from PIL import Image
 from collab_eval.edge import Codec, sanitize, transmit
 from collab_eval.records import SampleRecord
 
-ORIGINAL_SIDE = 640  # the original is shown downscaled to at most this side (JPEG); the box in original pixels
+ORIGINAL_SIDE = 480  # the original is shown downscaled to at most this side (JPEG); the box in original pixels
 
 
 @dataclass
@@ -80,7 +80,7 @@ def remake(record: SampleRecord, originals: list[Image.Image]) -> SampleImages:
     out = SampleImages()
     small = original.copy()
     small.thumbnail((ORIGINAL_SIDE, ORIGINAL_SIDE))
-    out.original = Picture(data_uri(small, "JPEG", quality=85), *original.size)
+    out.original = Picture(data_uri(small, "JPEG", quality=80), *original.size)
     codec = Codec.parse(record.codec)
     if record.global_sizes and record.global_region:
         received = transmit(original, tuple(record.global_region), tuple(record.global_sizes[shown]), codec).image
