@@ -104,8 +104,11 @@ def system_traces(go, panel: Panel, name: str, colour: str, e) -> list:
         lat = [latency_of(profiles, "gated", i) for i in range(len(gated))]
         xs = [panel.x(p, lat[i]) for i, p in enumerate(gated)]
         if all(x is not None for x in xs):
+            # Markers up to plots.MARKERS_UP_TO points, as the PNGs (thousands of SVG markers load slowly);
+            # every point still hovers.
             traces.append(line(go, name, "gated", xs, gated, [hover("gate", p, lat[i]) for i, p in enumerate(gated)],
-                               mode="lines+markers", marker=dict(size=5), line=dict(color=colour)))
+                               mode="lines+markers" if len(gated) <= plots.MARKERS_UP_TO else "lines",
+                               marker=dict(size=5), line=dict(color=colour)))
         if f.curves.random_band and panel.link is None:
             band = f.curves.random_band
             xs = [getattr(b, panel.cost) * panel.scale for b in band]
