@@ -56,13 +56,16 @@ def data_uri(image: Image.Image, fmt: str = "PNG", **options) -> str:
 
 
 def heat(grid: list[list[float]]) -> Image.Image:
-    """The map, min to max, as an RGBA image of its own grid size (transparent blue to opaque red)."""
-    a = np.asarray(grid, dtype=float)
-    a = np.nan_to_num(a)
+    """The map, min to max, as an RGBA image of its own grid size: matplotlib's ``jet`` (as ViCrop's
+    figures), low cells more transparent than high ones."""
+    from matplotlib import colormaps
+
+    a = np.nan_to_num(np.asarray(grid, dtype=float))
     lo, hi = float(a.min()), float(a.max())
     t = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    rgba = np.stack([255 * t, 64 * (1 - t), 255 * (1 - t), 40 + 170 * t], axis=-1)
-    return Image.fromarray(rgba.round().astype(np.uint8), mode="RGBA")
+    rgba = colormaps["jet"](t)
+    rgba[..., 3] = 0.35 + 0.5 * t
+    return Image.fromarray((255 * rgba).round().astype(np.uint8), mode="RGBA")
 
 
 def remake(record: SampleRecord, originals: list[Image.Image]) -> SampleImages:
