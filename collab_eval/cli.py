@@ -47,6 +47,9 @@ def main(argv=None) -> int:
     report.add_argument("--calibrate", metavar="TARGET",
                         help="add the calibrated threshold and its held-out outcome, e.g. max-loss=0.02 "
                              "(also max-bytes=B, max-flops=F; optional ,delta=0.1,calib-fraction=0.5,seed=0)")
+    report.add_argument("--browser-images", type=int, default=12, metavar="N",
+                        help="report.html's sample browser: pictures for the first N samples of each category of "
+                             "each run and task, re-made from the task's documents (0: none)")
     add_link_options(report, several=True)
     study = sub.add_parser("study", help="run every cell of a study file (model x task set x policy x codec) "
                            "through lmms-eval, skipping complete cells and resuming interrupted ones, then the report")
@@ -176,7 +179,7 @@ def run_report(args) -> int:
         if args.link:
             from collab_eval.analysis import latency
             latency.annotate(summary, args.link, latency_costs(args))
-        paths = report.write(summary, args.out)
+        paths = report.write(summary, args.out, browser_images=args.browser_images)
         for path in paths.values():
             print(path)
         print("\n" + report.headline(summary))

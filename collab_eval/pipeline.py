@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 from collab_eval import locators, scores
@@ -52,6 +53,7 @@ class Method:
     score: str = "max"  # the gate's score: an installed score's name (collab_eval.scores)
     locator: str = "rel_att"  # the registered locator that finds the region (collab_eval.locators)
     highres: bool = False  # a map locator maps tiles of originals over 1024 px (ViCrop's "_high")
+    record_map: bool = False  # keep the locator's map in the record (roi_map), at its grid resolution
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ def send_globals(server: Server, sample: SampleInput, images: list, laps: "Laps"
             f.sent.append(send(server.global_view(original), method.codec))
             f.regions.append(region)
         f.out.image_sizes = [list(original.size) for original in f.originals]
+        f.out.global_sizes = [list(image.image.size) for image in f.sent]
         f.out.bytes_global_images = [image.nbytes for image in f.sent]
         f.out.bytes_global = sum(f.out.bytes_global_images)
     if edge is None:  # called alone: the sizes now
@@ -281,6 +284,9 @@ def locate_crops(server: Server, f: InFlight, method: Method, caches: RunCaches)
         roi = found.box if found.box is not None else find_roi(
             found.map, found.region or f.regions[look], f.originals[look].size, server.input_side)
         f.out.roi, f.out.roi_image = list(roi), look
+        if method.record_map and found.map is not None:
+            f.out.roi_map = [[float(f"{v:.4g}") for v in row] for row in np.nan_to_num(np.asarray(found.map, float))]
+            f.out.roi_map_region = [round(v, 3) for v in (found.region or f.regions[look])]
         f.out.bytes_request = len(encode_request(roi))
     return [(look, roi)]
 
@@ -288,7 +294,10 @@ def locate_crops(server: Server, f: InFlight, method: Method, caches: RunCaches)
 def send_crops(server: Server, f: InFlight, crops: list[tuple[int, Box]], method: Method) -> None:
     """Step 5, edge -> server: the crop(s), each from its own ORIGINAL image, at the encoder's input size."""
     with f.laps.lap("edge_local"):
-        f.local = [transmit(f.originals[i], *server.frame(crop), method.codec) for i, crop in crops]
+        framed = [server.frame(crop) for _, crop in crops]
+        f.local = [transmit(f.originals[i], *frame, method.codec) for (i, _), frame in zip(crops, framed)]
+        f.out.local_regions = [[float(v) for v in region] for region, _ in framed]
+        f.out.local_sizes = [list(size) for _, size in framed]
         f.out.bytes_local = sum(crop.nbytes for crop in f.local)
 
 

@@ -48,6 +48,15 @@ class Outcome(BaseModel):
     image_key: str | None = None  # of the RoI's image (the first image without a RoI)
     generic_cached: bool = False
     seconds: dict[str, float] = Field(default_factory=dict)
+    # How each image crossed the link, so a report can re-apply the edge to the task's own document
+    # and show exactly what the server received (checked against ``image_key``); absent in older records.
+    global_sizes: list[list[int]] | None = None  # each global image's (w, h) as resampled by the edge
+    local_regions: list[list[float]] | None = None  # each crop's framing: the part of its original it shows
+    local_sizes: list[list[int]] | None = None  # each crop's (w, h) as sent
+    # The locator's map (rows x cols, its own grid resolution) over ``roi_map_region`` of image
+    # ``roi_image``: recorded only with record_map=true.
+    roi_map: list[list[float]] | None = None
+    roi_map_region: list[float] | None = None
 
 
 class SampleRecord(Outcome):

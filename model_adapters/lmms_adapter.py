@@ -59,7 +59,7 @@ class CollabAdapter(lmms):
                  run_id: str | None = None, device: str | None = None, device_map: str | None = None,
                  dtype: str = "auto", threads: int = 1, reuse_prefix: bool | str = True, batch_size: int | str = 1,
                  max_batch_size: int | None = None, locator: str = "rel_att", highres: bool | str = False,
-                 edge_workers: int | str | None = None, **family_args):
+                 edge_workers: int | str | None = None, record_map: bool | str = False, **family_args):
         super().__init__()
         pretrained = self.default_pretrained if pretrained is None else pretrained
         # Every argument is checked before anything loads; a message names the arg, its value
@@ -78,7 +78,8 @@ class CollabAdapter(lmms):
                                         model_args.number("rate", rate, what="a number in [0, 1]"),
                                         model_args.integer("seed", seed)),
                                  Codec.parse(str(codec)), scores.check_name(score),
-                                 *checked_locator(locator, highres))
+                                 *checked_locator(locator, highres),
+                                 record_map=model_args.boolean("record_map", record_map))
             server_args = dict(dtype=model_args.one_of("dtype", dtype, tuple(DTYPES)), device_map=device_map,
                                threads=model_args.integer("threads", threads, minimum=0),
                                layer=model_args.optional_integer("layer", layer, minimum=0),

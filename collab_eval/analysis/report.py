@@ -343,8 +343,9 @@ def to_html(blocks: list) -> str:
     return "\n".join(out) + "\n"
 
 
-def write(summary: Summary, out_dir) -> dict[str, Path]:
-    """Write report.md, report.html, summary.json and the figures into ``out_dir``."""
+def write(summary: Summary, out_dir, browser_images: int = 12) -> dict[str, Path]:
+    """Write report.md, report.html, summary.json and the figures into ``out_dir`` (``browser_images``:
+    pictures for that many samples per category in report.html's sample browser)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     blocks = document(summary)
@@ -353,7 +354,8 @@ def write(summary: Summary, out_dir) -> dict[str, Path]:
         if isinstance(b, Figure):
             (out_dir / b.filename).write_bytes(b.png)
     paths["markdown"].write_text(to_markdown(blocks), encoding="utf-8")
-    paths["html"].write_text(to_html(blocks), encoding="utf-8")
+    from collab_eval.analysis import page  # report.html: the template, interactive curves, the sample browser
+    paths["html"].write_text(page.render(summary, blocks, images_per_category=browser_images), encoding="utf-8")
     summary.write(paths["summary"])
     return paths
 

@@ -199,6 +199,9 @@ class Summary(BaseModel):
     systems: dict[str, SystemSummary]
     # TaskViews: per-sample data for the report
     views: list[Any] = Field(default_factory=list, exclude=True, repr=False)
+    # The runs read and the scorer that scored them: for the report's sample browser (not in summary.json)
+    read_runs: list[Any] = Field(default_factory=list, exclude=True, repr=False)
+    scorer: Any = Field(default=None, exclude=True, repr=False)
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -305,7 +308,7 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20, wa
             entry.derived_from_always = derive(view, entry)
     settings = SummarySettings(correct_at=CORRECT, target_fraction=TARGET, random_seeds=seeds,
                                random_rates=list(curves.RATES))
-    return Summary(settings=settings, runs=run_rows, systems=systems, views=views)
+    return Summary(settings=settings, runs=run_rows, systems=systems, views=views, read_runs=runs, scorer=scorer)
 
 
 def unscored(task: str, err: Exception, warn) -> TaskSummary:
