@@ -144,7 +144,7 @@ def run_cell_job(job: CellJob, say=None) -> CellOutcome:
         write_manifest(cell, list(job.manifest))
         claims_status = status_path(cell.folder)
         claims.write_json(claims_status, {"state": "running", "holder": me.__dict__, "started": claims.now(),
-                                          "log": str(log), "resumed": state == "interrupted"})
+                                          "log": str(log), "resumed": state == "interrupted", "token": job.token})
         say(f"{cell.label}: {'resumed' if state == 'interrupted' else 'running'}"
             f"{f' (job {me.job})' if me.job else ''} (log: {log})")
         with open(log, "a", encoding="utf-8") as f:
@@ -155,7 +155,7 @@ def run_cell_job(job: CellJob, say=None) -> CellOutcome:
         complete = cell_state(cell) == "complete"
         claims.write_json(claims_status, {"state": "complete" if complete else "failed", "exit": code,
                                           "log": str(log), "last_error": "" if complete else last_error_line(log),
-                                          "holder": me.__dict__, "ended": claims.now()})
+                                          "holder": me.__dict__, "ended": claims.now(), "token": job.token})
     finally:
         os.close(fd)
     if not complete:
@@ -227,6 +227,8 @@ def describe(cell: Cell) -> tuple[str, str]:
             return "running", f"running ({holder.describe()})"
         if live is None:
             return "unknown", f"claimed by {holder.describe()}, which this machine cannot check"
+    elif claim and claim.token and status.get("token") != claim.token and claims.alive(claim.holder):
+        return "queued", f"queued (in the study of {claim.holder.describe()})"  # handed out, not started yet
     if status.get("state") == "failed":
         return "failed", (f"failed (exit status {status.get('exit')}; log: {status.get('log')}; last error: "
                           f"{status.get('last_error') or '(none found)'})")

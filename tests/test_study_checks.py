@@ -203,10 +203,11 @@ def test_status_names_each_cells_state_and_says_whether_all_are_complete(tmp_pat
     grid[2].records_dir.mkdir(parents=True)
     (grid[2].records_dir / "r.rank0.jsonl").write_text('{"task": "a", "doc_id": 0}\n')
     # One held by a live process (this one): running.
-    claim = study_claims.new_claim()
-    study_claims.write_claim(grid[3].folder, claim)
-    study_claims.write_json(study_exec.status_path(grid[3].folder),
-                            {"state": "running", "holder": study_claims.Holder.me().__dict__})
+    study_claims.write_claim(grid[3].folder, study_claims.new_claim())
+    runner = study_claims.Holder.me()
+    study_claims.write_json(study_exec.status_path(grid[3].folder), {"state": "running", "holder": runner.__dict__})
+    # One handed out by a live study but not started yet: queued.
+    study_claims.write_claim(grid[4].folder, claim := study_claims.new_claim())
     assert main(["study", "smalldetail", "--out", str(out), "--status"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(grid)
@@ -215,7 +216,8 @@ def test_status_names_each_cells_state_and_says_whether_all_are_complete(tmp_pat
                         "ValueError: max_new_tokens must be an integer, got 'x')")
     assert lines[2].startswith(f"{study.cell_name(grid[2])}: interrupted")
     assert lines[3] == f"{study.cell_name(grid[3])}: running (process {os.getpid()} on {study_claims.host()}, " \
-                       f"since {claim.holder.since})"
+                       f"since {runner.since})"
+    assert lines[4] == f"{study.cell_name(grid[4])}: queued (in the study of {claim.holder.describe()})"
     assert main(["study", "smalldetail", "--out", str(out), "--status", "--cell", study.cell_name(grid[1])]) == 1
     assert capsys.readouterr().out.splitlines() == lines[1:2]
 
