@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     study.add_argument("--time-min", type=int, help="slurm: the time limit of each cell's job in minutes "
                                                      "(default the file's, else 1440)")
     study.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
-                       help="slurm: a further sbatch option (qos=high, constraint=a100); repeatable")
+                       help="slurm: a further sbatch option (qos=high, constraint=a100), or a flag (exclusive); "
+                            "repeatable")
     study.add_argument("--no-wait", action="store_true",
                        help="slurm: return once submitted (the last cell to complete writes the report)")
     check = sub.add_parser("check", help="fail (exit 1) when accuracy against bytes/FLOPs regressed from a baseline; "
@@ -265,9 +266,9 @@ def study_executor(args, spec):
     sbatch = dict(spec.slurm.sbatch)
     for item in args.sbatch:
         key, sep, value = item.partition("=")
-        if not (sep and key.strip()):
-            raise study.StudyError(f"--sbatch {item!r}: expected KEY=VALUE (e.g. qos=high)")
-        sbatch[key.strip().lstrip("-")] = value
+        if not key.strip().lstrip("-"):
+            raise study.StudyError(f"--sbatch {item!r}: expected KEY=VALUE (e.g. qos=high) or a flag's KEY (exclusive)")
+        sbatch[key.strip().lstrip("-")] = value if sep else True
     given = {"partition": args.partition, "account": args.account, "cpus_per_cell": args.cpus_per_cell,
              "mem_gb": args.mem_gb, "time_min": args.time_min, "gpus_per_cell": args.gpus_per_cell}
     slurm = study.SlurmSpec.model_validate(spec.slurm.model_dump() | {k: v for k, v in given.items() if v is not None}

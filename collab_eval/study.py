@@ -179,7 +179,7 @@ class SlurmSpec(Strict):
     time_min: int | None = Field(None, ge=1)  # the job's time limit
     account: str | None = None
     max_running: int | None = Field(None, ge=1)  # cells running at once (the job array's %N)
-    sbatch: dict[str, Scalar] = Field(default_factory=dict)  # further sbatch options: {qos: high, constraint: a100}
+    sbatch: dict[str, Scalar] = Field(default_factory=dict)  # further sbatch options: {qos: high, exclusive: true}
 
 
 class Study(Strict):

@@ -326,7 +326,8 @@ def slurm_executor(spec: SlurmSpec, out: Path, name: str, cells_at_once: int | N
         raise StudyError("--executor slurm needs submitit (pip install submitit)") from None
     ex = submitit.AutoExecutor(folder=out / SUBMITIT_FOLDER / "%j", cluster="slurm")
     params = {"name": f"collab-eval-{name}", "timeout_min": spec.time_min or 24 * 60, "nodes": 1,
-              "tasks_per_node": 1, "slurm_additional_parameters": {k: _sbatch_value(v) for k, v in spec.sbatch.items()}}
+              "tasks_per_node": 1,  # True: a flag (--exclusive); False: left out
+              "slurm_additional_parameters": {k: v for k, v in spec.sbatch.items() if v is not False}}
     if spec.partition:
         params["slurm_partition"] = spec.partition
     if spec.gpus_per_cell:
@@ -341,10 +342,6 @@ def slurm_executor(spec: SlurmSpec, out: Path, name: str, cells_at_once: int | N
         params["slurm_array_parallelism"] = cells_at_once or spec.max_running
     ex.update_parameters(**params)
     return ex
-
-
-def _sbatch_value(value):
-    return str(value).lower() if isinstance(value, bool) else value
 
 
 def submit_slurm(jobs: list[CellJob], executor: Executor, out: Path, name: str, say) -> dict[Path, str]:

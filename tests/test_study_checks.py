@@ -253,14 +253,17 @@ def test_slurm_resources_come_from_the_file_and_the_command_line_overrides_them(
     spec = study.load_study(write_study(tmp_path, slurm={"partition": "gpu", "gpus_per_cell": 1, "time_min": 120,
                                                          "sbatch": {"qos": "high"}}))
     args = _study_args(["--executor", "slurm", "--gpus-per-cell", "4", "--account", "proj", "--sbatch",
-                        "constraint=a100", "--jobs", "8", "--out", str(tmp_path)])
+                        "constraint=a100", "--sbatch", "exclusive", "--jobs", "8", "--out", str(tmp_path)])
     from collab_eval.cli import study_executor
     ex = study_executor(args, spec)
     assert (ex.slurm.partition, ex.slurm.gpus_per_cell, ex.slurm.time_min, ex.slurm.account) == ("gpu", 4, 120, "proj")
     params = study_exec.slurm_executor(ex.slurm, tmp_path, "s", ex.jobs)._executor.parameters
     assert params["partition"] == "gpu" and params["gpus_per_node"] == 4 and params["time"] == 120
     assert params["account"] == "proj" and params["array_parallelism"] == 8
-    assert params["additional_parameters"] == {"qos": "high", "constraint": "a100"}
+    assert params["additional_parameters"] == {"qos": "high", "constraint": "a100", "exclusive": True}
+    from submitit.slurm.slurm import _make_sbatch_string
+    script = _make_sbatch_string(command="x", folder=tmp_path, **params)
+    assert "#SBATCH --exclusive\n" in script and "#SBATCH --qos=high\n" in script
 
 
 def _study_args(extra: list[str]):

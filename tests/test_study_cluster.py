@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collab_eval import study
+from collab_eval import study, study_exec
 from collab_eval.cli import main
 from collab_eval.records import read_records
 from tests.slurm_cluster import slurm  # noqa: F401  (the session's Slurm cluster fixture)
@@ -108,22 +108,30 @@ def test_slurm_runs_the_study_and_a_cancelled_cell_resubmitted_resumes_with_ever
     png, jpeg = study.cells(study.load_study(spec), tmp_path.resolve())
     submit = [COLLAB_EVAL, "study", str(spec), "--out", str(tmp_path), *LIMIT, "--executor", "slurm",
               "--partition", slurm.partition, "--cpus-per-cell", "1", "--time-min", "30"]
-    done = subprocess.run([*submit, "--no-wait"], capture_output=True, text=True, env=env, timeout=300)
+    # Submitted held (--sbatch hold: a further sbatch option), so that the cells wait for the test.
+    done = subprocess.run([*submit, "--no-wait", "--sbatch", "hold"], capture_output=True, text=True, env=env,
+                          timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     jobs = {c.folder: json.loads((c.folder / "claim.json").read_text())["holder"]["job"] for c in (png, jpeg)}
-    assert all(jobs.values()) and len({j.split("_")[0] for j in jobs.values()}) == 1  # one job array
+    array = {j.split("_")[0] for j in jobs.values()}
+    assert all(jobs.values()) and len(array) == 1  # one job array
     assert f"submitted (job {jobs[png.folder]}" in done.stdout
-
-    # --status as it goes: queued or running (with the job id), until the png cell's first record.
     code, lines = status(tmp_path)
-    assert code == 1 and all(f"(job {jobs[c.folder]}" in line for c, line in zip((png, jpeg), lines)), lines
-    assert all((" queued " in line or " running " in line) for line in lines), lines
-    first_record(png)
-    code, lines = status(tmp_path)
-    assert lines[0] == f"{study.cell_name(png)}: running (job {jobs[png.folder]}, node {slurm.node})"
-    # A second study on the same folder while the jobs run: the cells are held by live jobs.
+    assert code == 1 and lines == [f"{study.cell_name(c)}: queued (job {jobs[c.folder]})" for c in (png, jpeg)]
+    # A second study on the same folder while the jobs wait: the cells are held by live jobs, left alone.
     again = subprocess.run([*submit, "--no-wait"], capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and again.stdout.count("left alone") == 2, again.stdout
+    assert "submitted" not in again.stdout
+
+    # Released: --status says running, with job and node; the png cell cut at its first record.
+    slurm.run("scontrol", "release", array.pop())
+    spec_now = study.load_study(spec)
+    deadline = time.monotonic() + 300
+    while (line := study_exec.status_lines(spec_now, tmp_path)[0][0]) != \
+            f"{study.cell_name(png)}: running (job {jobs[png.folder]}, node {slurm.node})":
+        assert time.monotonic() < deadline and "complete" not in line, line
+        time.sleep(0.1)
+    first_record(png)
     subprocess.run(["scancel", jobs[png.folder]], env=slurm.env, check=True)
     job_gone(slurm, jobs[png.folder])
     job_gone(slurm, jobs[jpeg.folder], timeout=600)
