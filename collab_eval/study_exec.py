@@ -436,6 +436,9 @@ def run(study: Study, out: Path, executor: Executor | None = None, launcher: Lau
                 ids = submit_slurm(jobs, executor, out, study.name, say)
                 watched.update({j.cell.folder: (j.cell, ids[j.cell.folder]) for j in jobs})
             if not executor.wait:
+                if not jobs:
+                    say("nothing submitted")
+                    return 0
                 say(f"submitted; `collab-eval study FILE --out {out} --status` follows them; the last cell to "
                     "complete writes the report")
                 return 0
