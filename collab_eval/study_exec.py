@@ -229,11 +229,13 @@ def describe(cell: Cell) -> tuple[str, str]:
             return "unknown", f"claimed by {holder.describe()}, which this machine cannot check"
     elif claim and claim.token and status.get("token") != claim.token and claims.alive(claim.holder):
         return "queued", f"queued (in the study of {claim.holder.describe()})"  # handed out, not started yet
-    if status.get("state") == "failed":
+    killed = isinstance(status.get("exit"), int) and status["exit"] < 0  # scancel, time limit, preemption, kill
+    if status.get("state") == "failed" and not killed:
         return "failed", (f"failed (exit status {status.get('exit')}; log: {status.get('log')}; last error: "
                           f"{status.get('last_error') or '(none found)'})")
-    if state == "interrupted":
-        return "interrupted", "interrupted (records of a run; the next study command resumes it)"
+    if state == "interrupted" or killed:
+        how = f"killed by signal {-status['exit']}; " if killed else ""
+        return "interrupted", f"interrupted ({how}records of a run; the next study command resumes it)"
     return "new", "not started"
 
 

@@ -138,8 +138,8 @@ def test_slurm_runs_the_study_and_a_cancelled_cell_resubmitted_resumes_with_ever
     cut = read_records(sorted(png.records_dir.glob("*.jsonl")))
     assert 0 < len(cut) < 6, f"{len(cut)} records: the cell was not cut mid-run"
     code, lines = status(tmp_path)
-    assert code == 1 and lines == [f"{study.cell_name(png)}: interrupted (records of a run; the next study command "
-                                   "resumes it)", f"{study.cell_name(jpeg)}: complete"]
+    assert code == 1 and lines == [f"{study.cell_name(png)}: interrupted (killed by signal 15; records of a run; the "
+                                   "next study command resumes it)", f"{study.cell_name(jpeg)}: complete"]
 
     # Submitted again: the png cell resumed by a new job, the complete one skipped; the report.
     done = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=600)
