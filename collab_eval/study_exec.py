@@ -235,7 +235,9 @@ def describe(cell: Cell) -> tuple[str, str]:
                           f"{status.get('last_error') or '(none found)'})")
     if state == "interrupted" or killed:
         how = f"killed by signal {-status['exit']}; " if killed else ""
-        return "interrupted", f"interrupted ({how}records of a run; the next study command resumes it)"
+        what = "records of a run; the next study command resumes it" if state == "interrupted" else \
+            "nothing recorded; the next study command starts it"
+        return "interrupted", f"interrupted ({how}{what})"
     return "new", "not started"
 
 
