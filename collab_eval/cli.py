@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,33 @@ def main(argv=None) -> int:
     study.add_argument("--num-processes", type=int, default=1, help="processes for --launcher accelerate")
     study.add_argument("--limit", type=int, help="lmms-eval's --limit for every cell (documents per task)")
     study.add_argument("--seeds", type=int, default=20, help="the report's random draws per rate (as report)")
+    study.add_argument("--status", action="store_true",
+                       help="print each cell's state (complete, running, queued, failed, interrupted, not started) "
+                            "and run nothing; exit 0 when every cell is complete, 1 otherwise")
+    study.add_argument("--cell", action="append", default=[], metavar="NAME",
+                       help="only this cell (MODEL/TASK_SET/CODEC/POLICY, as --status names it); repeatable")
+    study.add_argument("--report", action="store_true", dest="report_only",
+                       help="write the report now from the complete cells, run nothing")
+    study.add_argument("--executor", choices=["sequential", "local", "slurm"], default="sequential",
+                       help="sequential: one cell after another here; local: --jobs cells at once here (each on its "
+                            "own GPUs where there are GPUs); slurm: one Slurm job per cell (one job array, submitit)")
+    study.add_argument("--jobs", type=int, default=None,
+                       help="local: cells at once (default 2); slurm: cells running at once (the array's %%N)")
+    study.add_argument("--gpus-per-cell", type=int, default=None,
+                       help="GPUs per cell (local: pinned with CUDA_VISIBLE_DEVICES, default 1; "
+                            "slurm: --gpus-per-node, default the file's); above 1 the cell runs under accelerate, "
+                            "one process per GPU")
+    study.add_argument("--partition", help="slurm: the partition (default the file's slurm.partition)")
+    study.add_argument("--account", help="slurm: the account to charge")
+    study.add_argument("--cpus-per-cell", type=int, help="slurm: CPUs per cell")
+    study.add_argument("--mem-gb", type=float, help="slurm: memory per cell in GB")
+    study.add_argument("--time-min", type=int, help="slurm: the time limit of each cell's job in minutes "
+                                                     "(default the file's, else 1440)")
+    study.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                       help="slurm: a further sbatch option (qos=high, constraint=a100), or a flag (exclusive); "
+                            "repeatable")
+    study.add_argument("--no-wait", action="store_true",
+                       help="slurm: return once submitted (the last cell to complete writes the report)")
     check = sub.add_parser("check", help="fail (exit 1) when accuracy against bytes/FLOPs regressed from a baseline; "
                                          "exit 2 when the run cannot be compared with it or an input is malformed")
     check.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or one summary.json")
@@ -190,23 +218,72 @@ def run_report(args) -> int:
 
 
 def run_study(args) -> int:
-    from collab_eval import study
+    from collab_eval import study, study_exec
+    from collab_eval.study_claims import StudyBusy
     try:
-        if args.num_processes < 1 or (args.limit is not None and args.limit < 1):
-            raise study.StudyError("--num-processes and --limit must be at least 1")
-        launcher = study.Launcher(args.launcher, args.num_processes)
+        for name in ("num_processes", "limit", "jobs", "gpus_per_cell", "cpus_per_cell", "time_min"):
+            value = getattr(args, name)
+            if value is not None and value < (0 if name == "gpus_per_cell" else 1):
+                raise study.StudyError(f"--{name.replace('_', '-')} must be at least "
+                                       f"{0 if name == 'gpus_per_cell' else 1}, got {value}")
         spec = study.load_study(args.study_file)
+        out = Path(args.out)
+        if args.status:
+            lines, done = study_exec.status_lines(spec, out, args.cell)
+            print("\n".join(lines))
+            return 0 if done else 1
+        if args.report_only:
+            grid = study.cells(spec, out.resolve())
+            complete = [c.folder for c in grid if study.cell_state(c) == "complete"]
+            study_exec.write_report(complete, out.resolve() / "report", args.seeds, print)
+            return 0 if complete else 1
+        executor = study_executor(args, spec)
+        launcher = study.Launcher(args.launcher, args.num_processes)
+        gpus = executor.slurm.gpus_per_cell if executor.kind == "slurm" else \
+            executor.gpus_per_cell if executor.kind == "local" and study_exec.visible_gpus() else 0
+        if gpus > 1 and args.launcher == "lmms-eval":
+            launcher = study.Launcher("accelerate", gpus)  # one process per GPU of the cell
         if args.dry_run:
-            study.print_plan(study.plan(spec, Path(args.out), launcher, args.limit))
+            study.check_names(spec)
+            p = study.plan(spec, out, launcher, args.limit)
+            if args.cell:
+                chosen = {c.folder for c in study.select([row[0] for row in p.cells], args.cell)}
+                p.cells = [row for row in p.cells if row[0].folder in chosen]
+            study.print_plan(p)
             return 0
-        return study.run_study(spec, Path(args.out), launcher, args.limit, seeds=args.seeds)
+        return study.run_study(spec, out, launcher, args.limit, seeds=args.seeds, executor=executor,
+                               names=args.cell or None, command_line=" ".join(["collab-eval", *sys.argv[1:]]))
     except KeyboardInterrupt:
         print("collab-eval study: interrupted; the same command continues it (complete cells are skipped, the "
               "interrupted one resumed)", file=sys.stderr)
         return 130
-    except ValueError as err:  # StudyError, and what report or costed-tasks refuse
+    except (ValueError, StudyBusy) as err:  # StudyError, and what report or costed-tasks refuse
         print(f"collab-eval study: error: {err}", file=sys.stderr)
         return 2
+
+
+def study_executor(args, spec):
+    """The executor and its Slurm resources: the command line over the study file's ``slurm:``."""
+    from collab_eval import study, study_exec
+    if args.executor != "slurm" and (args.partition or args.account or args.cpus_per_cell or args.mem_gb
+                                     or args.time_min or args.sbatch or args.no_wait):
+        raise study.StudyError("--partition, --account, --cpus-per-cell, --mem-gb, --time-min, --sbatch and "
+                               "--no-wait are for --executor slurm")
+    if args.executor == "sequential" and (args.jobs or args.gpus_per_cell is not None):
+        raise study.StudyError("--jobs and --gpus-per-cell are for --executor local or slurm")
+    sbatch = dict(spec.slurm.sbatch)
+    for item in args.sbatch:
+        key, sep, value = item.partition("=")
+        if not key.strip().lstrip("-"):
+            raise study.StudyError(f"--sbatch {item!r}: expected KEY=VALUE (e.g. qos=high) or a flag's KEY (exclusive)")
+        sbatch[key.strip().lstrip("-")] = value if sep else True
+    given = {"partition": args.partition, "account": args.account, "cpus_per_cell": args.cpus_per_cell,
+             "mem_gb": args.mem_gb, "time_min": args.time_min, "gpus_per_cell": args.gpus_per_cell}
+    slurm = study.SlurmSpec.model_validate(spec.slurm.model_dump() | {k: v for k, v in given.items() if v is not None}
+                                           | {"sbatch": sbatch})
+    jobs = args.jobs or (2 if args.executor == "local" else 1)
+    return study_exec.Executor(args.executor, jobs, args.gpus_per_cell or 1, slurm, wait=not args.no_wait,
+                               poll_s=float(os.environ.get("COLLAB_EVAL_STUDY_POLL_S", "5")))
 
 
 def run_check(args) -> int:

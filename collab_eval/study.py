@@ -18,11 +18,12 @@ Costed variants the study names (a task with ``costed: true`` or ``set:``) are g
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
+import re
 import shlex
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,11 @@ from collab_eval.shipped import TASKS_DIR
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"  # the shipped study files, by short name
 Scalar = str | bool | int | float
 NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # a name that is also a folder name
+ARG_NAME = r"[A-Za-z_][A-Za-z0-9_]*"  # a model arg's name
+OWNED = frozenset({"pretrained", "policy", "codec", "records_dir", "resume", "run_id"})  # set per cell
+# What lmms-eval's --model_args parser reads as structure (its _smart_comma_split): a comma starts
+# another arg, quotes and brackets change where commas count, a backslash escapes a quote.
+NOT_IN_VALUES = set(',"\'{}[]\\')
 
 
 class StudyError(ValueError):
@@ -49,6 +55,29 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def arg_text(value: Scalar) -> str:
+    """A model arg's value as the cell's --model_args writes it."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_args(args: dict[str, Scalar], what: str) -> dict[str, Scalar]:
+    """Model args (a model's, or a policy's) that lmms-eval will read back exactly as given: not
+    a setting the study owns, a plain name, and a value that cannot start another model arg."""
+    owned = sorted(set(args) & OWNED)
+    if owned:
+        raise ValueError(f"{what} may not set {', '.join(owned)}: the study sets them per cell")
+    for key, value in args.items():
+        if not re.fullmatch(ARG_NAME, key):
+            raise ValueError(f"{what}: {key!r} is not a model arg name (letters, digits and _, not first a digit)")
+        text = arg_text(value)
+        bad = sorted({c for c in text if c in NOT_IN_VALUES or not c.isprintable()})
+        if bad or not text.strip() or text != text.strip():
+            raise ValueError(f"{what}: {key}={text!r}: lmms-eval's --model_args cannot carry this value exactly "
+                             + (f"(it holds {' '.join(map(repr, bad))}: a comma would start another model arg, quotes "
+                                "and brackets change where commas count)" if bad else "(empty, or blanks at an end)"))
+    return args
+
+
 class ModelSpec(Strict):
     """One model: the lmms-eval model (a collab adapter), its checkpoint and further model args."""
     name: str = Field(pattern=f"^{NAME}$")  # the cells' folder
@@ -56,13 +85,16 @@ class ModelSpec(Strict):
     checkpoint: str  # pretrained=
     model_args: dict[str, Scalar] = Field(default_factory=dict)
 
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, checkpoint: str) -> str:
+        check_args({"checkpoint": checkpoint}, "checkpoint")
+        return checkpoint
+
     @field_validator("model_args")
     @classmethod
     def _not_owned(cls, args: dict) -> dict:
-        owned = sorted(set(args) & {"pretrained", "policy", "codec", "records_dir", "resume", "run_id"})
-        if owned:
-            raise ValueError(f"model_args may not set {', '.join(owned)}: the study sets them per cell")
-        return args
+        return check_args(args, "model_args")
 
 
 class TaskSpec(Strict):
@@ -120,10 +152,34 @@ class PolicySpec(Strict):
     def _from_name(cls, data):
         return {"policy": data} if isinstance(data, str) else data
 
+    @field_validator("args")
+    @classmethod
+    def _args(cls, args: dict) -> dict:
+        return check_args(args, "policy args")
+
+    @model_validator(mode="after")
+    def _folder(self):
+        if not re.fullmatch(NAME, self.name) or len(self.name) > 200:
+            raise ValueError(f"policy {self.policy}: its args make the cell folder {self.name!r}, which is not a "
+                             "folder name (letters, digits, _ . - ; at most 200): use plainer values")
+        return self
+
     @property
     def name(self) -> str:
         """The cells' folder: ``random-rate0.5-seed0``."""
-        return "-".join([self.policy] + [f"{k}{v}" for k, v in self.args.items()])
+        return "-".join([self.policy] + [f"{k}{arg_text(v)}" for k, v in self.args.items()])
+
+
+class SlurmSpec(Strict):
+    """The Slurm executor's resources per cell (each overridable on the command line)."""
+    partition: str | None = None
+    gpus_per_cell: int = Field(0, ge=0)  # >1: the cell's lmms-eval runs under accelerate, one process per GPU
+    cpus_per_cell: int | None = Field(None, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    time_min: int | None = Field(None, ge=1)  # the job's time limit
+    account: str | None = None
+    max_running: int | None = Field(None, ge=1)  # cells running at once (the job array's %N)
+    sbatch: dict[str, Scalar] = Field(default_factory=dict)  # further sbatch options: {qos: high, exclusive: true}
 
 
 class Study(Strict):
@@ -135,6 +191,7 @@ class Study(Strict):
     policies: list[PolicySpec] = Field(min_length=1)
     codecs: list[str] = Field(min_length=1)
     lmms_eval_args: list[str] = Field(default_factory=list)  # e.g. ["--batch_size", "8"]
+    slurm: SlurmSpec = Field(default_factory=lambda: SlurmSpec())  # the Slurm executor's resources
 
     @field_validator("codecs")
     @classmethod
@@ -158,6 +215,14 @@ class Study(Strict):
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
                 raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
+        for m in self.models:
+            for p in self.policies:
+                twice = sorted(k for k in set(m.model_args) & set(p.args)
+                               if arg_text(m.model_args[k]) != arg_text(p.args[k]))
+                if twice:
+                    raise ValueError("a setting given twice with different values: " + "; ".join(
+                        f"{k}={arg_text(m.model_args[k])} in model {m.name}'s model_args, {k}={arg_text(p.args[k])} "
+                        f"in policy {p.name}'s args" for k in twice))
         return self
 
 
@@ -212,8 +277,29 @@ def codec_folder(codec: str) -> str:
 
 def cells(study: Study, out: Path) -> list[Cell]:
     """Every cell, models outermost and policies innermost (a model's cells run together)."""
-    return [Cell(m, t, c, p, out / "cells" / m.name / t.name / codec_folder(c) / p.name)
+    grid = [Cell(m, t, c, p, out / "cells" / m.name / t.name / codec_folder(c) / p.name)
             for m in study.models for t in study.task_sets for c in study.codecs for p in study.policies]
+    root = (Path(out) / "cells").resolve()
+    for cell in grid:  # the names are checked by the schema; this holds whatever a later change lets through
+        if root not in cell.folder.resolve().parents:
+            raise StudyError(f"cell {cell.label}: its folder {cell.folder} is not inside {root}")
+    return grid
+
+
+def cell_name(cell: Cell) -> str:
+    """How --cell names a cell: ``<model>/<task set>/<codec folder>/<policy>``."""
+    return "/".join(cell.folder.parts[-4:])
+
+
+def select(grid: list[Cell], names: list[str]) -> list[Cell]:
+    """The cells ``--cell`` names (by ``cell_name`` or by label), in the grid's order."""
+    known = {cell_name(c): c for c in grid} | {c.label: c for c in grid}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise StudyError(f"--cell {', '.join(unknown)}: no such cell; the cells are: "
+                         + ", ".join(cell_name(c) for c in grid))
+    chosen = {id(known[n]) for n in names}
+    return [c for c in grid if id(c) in chosen]
 
 
 def generated_dir(out: Path) -> Path:
@@ -317,6 +403,74 @@ def generate_costed(study: Study, out: Path, say) -> None:
     stamp.write_text(content, encoding="utf-8")
 
 
+# ----- what the file names exists ---------------------------------------------------------------
+YAML_NAME = re.compile(r"^(?:task|group|tag):[ \t]*[\"']?([^\s\"'#\[]+)|^[ \t]+-[ \t]+([^\s\"'#:]+)[ \t]*$", re.M)
+
+
+@functools.lru_cache(maxsize=None)
+def yaml_names(folder: str) -> frozenset[str]:
+    """Task, group and tag names (and list items, which over-approximate tag lists) in the YAMLs
+    under ``folder``, read as text: a quick look that finds every ordinary name."""
+    names: set[str] = set()
+    for path in Path(folder).rglob("*.yaml"):
+        try:
+            names.update(a or b for a, b in YAML_NAME.findall(path.read_text(encoding="utf-8", errors="replace")))
+        except OSError:
+            continue
+    return frozenset(names)
+
+
+def lmms_eval_tasks_dir() -> Path:
+    import lmms_eval
+    return Path(lmms_eval.__file__).parent / "tasks"
+
+
+def unknown_tasks(names: list[str], lookup: Path) -> list[str]:
+    """The names lmms-eval would not find with ``--include_path lookup``: a quick look at the
+    YAMLs, then lmms-eval's own TaskManager for what that look misses."""
+    quick = yaml_names(str(lmms_eval_tasks_dir())) | yaml_names(str(lookup))
+    missing = [n for n in names if n not in quick]
+    return [n for n in missing if n not in lmms_eval_names(str(lookup))] if missing else []
+
+
+@functools.lru_cache(maxsize=None)
+def lmms_eval_names(lookup: str) -> frozenset[str]:
+    """Every task, group and tag lmms-eval's TaskManager knows with ``--include_path lookup``
+    (about 10 s: only asked for names the quick look missed)."""
+    from lmms_eval.tasks import TaskManager
+    return frozenset(TaskManager(include_path=lookup, verbosity="ERROR").all_tasks)
+
+
+def check_names(study: Study) -> None:
+    """Every adapter, policy and task the study names exists here, or StudyError naming it (so
+    that a typo stops --dry-run and the start, not one cell's lmms-eval after another)."""
+    import difflib
+
+    from lmms_eval.models import MODEL_REGISTRY_V2
+
+    from collab_eval.policy import POLICIES
+    problems = []
+    adapters = MODEL_REGISTRY_V2.list_model_names()
+    for m in study.models:
+        if m.adapter not in adapters:
+            near = difflib.get_close_matches(m.adapter, adapters, n=3)
+            problems.append(f"model {m.name}: adapter {m.adapter!r} is not an lmms-eval model here"
+                            + (f" (did you mean {', '.join(near)}?)" if near else ""))
+    for p in study.policies:
+        if p.policy not in POLICIES:
+            problems.append(f"policy {p.policy!r} is not one of {', '.join(POLICIES)}")
+    for t in study.task_sets:
+        if t.include_path and not Path(t.include_path).is_dir():
+            problems.append(f"task set {t.name}: include_path {t.include_path} is not a folder")
+            continue
+        missing = unknown_tasks(list(dict.fromkeys(x.task for x in t.tasks)), t.lookup_path)
+        if missing:
+            problems.append(f"task set {t.name}: no lmms-eval task, group or tag {', '.join(missing)} (looked in "
+                            f"lmms-eval's tasks and {t.lookup_path})")
+    if problems:
+        raise StudyError("the study names what does not exist here: " + "; ".join(problems))
+
+
 # ----- a cell's state -------------------------------------------------------------------------
 State = Literal["complete", "interrupted", "new"]
 
@@ -338,10 +492,12 @@ def manifest_path(cell: Cell) -> Path:
     return cell.folder / "cell.json"
 
 
-def check_manifest(cell: Cell, args: list[str]) -> None:
-    """Refuse to continue a cell that was started with other lmms-eval arguments."""
+def check_manifest(cell: Cell, args: list[str], state: State) -> None:
+    """Refuse to continue a cell that was started with other lmms-eval arguments and recorded
+    something. A cell that recorded nothing (it failed before its first sample, say for a typo
+    since fixed in the file) simply runs with the new ones."""
     path = manifest_path(cell)
-    if not path.exists():
+    if not path.exists() or state == "new":
         return
     try:
         before = json.loads(path.read_text(encoding="utf-8"))["lmms_eval_args"]
@@ -349,7 +505,8 @@ def check_manifest(cell: Cell, args: list[str]) -> None:
         raise StudyError(f"{path}: not a cell manifest written by collab-eval study") from None
     if before != portable(args):
         raise StudyError(f"{cell.folder}: started with other lmms-eval arguments ({shlex.join(before)}), not "
-                         f"({shlex.join(portable(args))}); choose another --out, or delete that folder to run it again")
+                         f"({shlex.join(portable(args))}), and it holds records of them; choose another --out, or "
+                         "delete that folder to run the cell again from nothing")
 
 
 def write_manifest(cell: Cell, args: list[str]) -> None:
@@ -380,7 +537,7 @@ def plan(study: Study, out: Path, launcher: Launcher = Launcher(), limit: int | 
     rows = []
     for cell in cells(study, out):
         state = cell_state(cell)
-        check_manifest(cell, lmms_eval_args(cell, out, limit, resume=False) + list(study.lmms_eval_args))
+        check_manifest(cell, lmms_eval_args(cell, out, limit, resume=False) + list(study.lmms_eval_args), state)
         rows.append((cell, state, command(cell, study, out, launcher, limit, resume=state == "interrupted")))
     return Plan([g.argv(out) for g in generations(study)], rows)
 
@@ -423,52 +580,9 @@ def ends_with_parent(parent: int):
     return arrange
 
 
-def run_cell(cell: Cell, argv: list[str], study: Study, out: Path, limit: int | None, say) -> bool:
-    """Run one cell; True when it ended complete. lmms-eval's output goes to the cell's log."""
-    write_manifest(cell, lmms_eval_args(cell, out, limit, resume=False) + list(study.lmms_eval_args))
-    log = cell.folder / "lmms-eval.log"
-    say(f"{cell.label}: running (log: {log})")
-    with open(log, "a", encoding="utf-8") as f:
-        f.write(f"$ {shlex.join(argv)}\n")
-        f.flush()
-        code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=environment(),
-                              preexec_fn=ends_with_parent(os.getpid())).returncode
-    if cell_state(cell) == "complete":
-        return True
-    say(f"{cell.label}: FAILED (exit status {code}, not complete); see {log}")
-    return False
-
-
 def run_study(study: Study, out: Path, launcher: Launcher = Launcher(), limit: int | None = None,
-              seeds: int = 20, say=None) -> int:
-    """Generate the variants, run every cell that is not complete, then the report over all
-    complete cells into ``out/report``. Returns 0, or 1 when a cell failed."""
-    say = say or (lambda message: print(message, flush=True))
-    out = Path(out).resolve()
-    p = plan(study, out, launcher, limit)  # refuses a changed cell before anything runs
-    generate_costed(study, out, say)
-    failed = []
-    for cell, state, argv in p.cells:
-        if state == "complete":
-            say(f"{cell.label}: complete, skipped")
-            continue
-        if state == "interrupted":
-            say(f"{cell.label}: interrupted before, resumed with resume=true")
-        if not run_cell(cell, argv, study, out, limit, say):
-            failed.append(cell)
-    done = [cell.folder for cell, _, _ in p.cells if cell not in failed]
-    write_report(done, out / "report", seeds, say)
-    if failed:
-        say(f"{len(failed)} cell(s) failed: " + "; ".join(c.label for c in failed))
-        return 1
-    return 0
-
-
-def write_report(folders: list[Path], report_dir: Path, seeds: int, say) -> None:
-    from collab_eval.analysis import report
-    from collab_eval.analysis.summarised import summary_of
-    with summary_of([str(f) for f in folders], seeds, "study") as summary:
-        paths = report.write(summary, report_dir)
-        for path in paths.values():
-            say(str(path))
-        say("\n" + report.headline(summary))
+              seeds: int = 20, say=None, executor=None, names: list[str] | None = None, command_line: str = "") -> int:
+    """Run the study (``collab_eval.study_exec.run``): every cell not complete, then the report."""
+    from collab_eval import study_exec
+    return study_exec.run(study, out, executor or study_exec.Executor(), launcher, limit, seeds, names, say,
+                          command_line)

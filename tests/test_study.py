@@ -100,7 +100,9 @@ def test_a_partial_cell_is_resumed_and_accelerate_launches_the_cells(capsys, tmp
 def test_a_relative_include_path_is_relative_to_the_study_file(capsys, tmp_path):
     data = yaml.safe_load((study.STUDIES_DIR / "smalldetail.yaml").read_text())
     data["task_sets"][0]["include_path"] = "my_tasks"
-    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "my_tasks").mkdir(parents=True)  # the study's start checks its tasks are there
+    for task_yaml in TASKS_DIR.glob("*.yaml"):
+        (tmp_path / "studies" / "my_tasks" / task_yaml.name).write_text(task_yaml.read_text())
     (tmp_path / "studies" / "s.yaml").write_text(yaml.safe_dump(data))
     runs = dry_run(capsys, str(tmp_path / "studies" / "s.yaml"), "--out", str(tmp_path / "out"))
     assert {option(c, "--include_path") for c in runs} == {str(tmp_path.resolve() / "studies" / "my_tasks")}
@@ -110,6 +112,13 @@ def test_a_cell_started_with_other_arguments_is_refused(capsys, tmp_path):
     spec = study.load_study("smalldetail")
     cell = study.cells(spec, tmp_path.resolve())[0]
     study.write_manifest(cell, study.lmms_eval_args(cell, tmp_path.resolve(), limit=2, resume=False))
+    # Nothing recorded yet (it failed before its first sample, say for a typo since fixed): it runs
+    # with the arguments of now (issue 34: refusing it made a fixed study unrunnable but by hand).
+    assert main(["study", "smalldetail", "--out", str(tmp_path), "--dry-run"]) == 0
+    assert f"# {cell.label}: new" in capsys.readouterr().out
+    # With records of the other arguments, it would mix two runs: refused.
+    cell.records_dir.mkdir(parents=True)
+    (cell.records_dir / "collab_llava-20261203T000000.000000Z-00000000.rank0.jsonl").write_text('{"task": "x"}\n')
     assert main(["study", "smalldetail", "--out", str(tmp_path), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert str(cell.folder) in err and "--limit 2" in err and "another --out" in err
