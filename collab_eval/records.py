@@ -32,6 +32,9 @@ class Outcome(BaseModel):
     min_entropy: list[float] = Field(default_factory=list)
     shannon_entropy: list[float] = Field(default_factory=list)
     roi: list[int] | None = None
+    # The box a box locator returned when it reached past its image and ``roi`` is it clipped to
+    # the image (null: not clipped). Absent from records written before it existed.
+    roi_clipped_from: list[float] | None = None
     roi_image: int | None = None  # which of the document's images the RoI was cropped from (0-based)
     global_region: list[float] | None = None  # of the RoI's image (the first image without a RoI)
     image_size: list[int] | None = None  # of the RoI's image (the first image without a RoI)
@@ -65,6 +68,10 @@ class SampleRecord(Outcome):
     # Every model arg that changes answers or costs, as the run was started (collab_eval.systems).
     settings: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     error: str | None = None
+    # The step a failed sample failed in (read, edge_global, stage1, gate, locate, edge_local,
+    # stage2, record); null for a sample that did not fail. Its costs are what it sent and
+    # computed up to that step.
+    failed_step: str | None = None
     doc: dict = Field(default_factory=dict)  # the task document without media: ground truth for rescoring
 
     def to_json(self) -> str:
@@ -202,9 +209,12 @@ def unserialisable(record: SampleRecord, err: Exception) -> SampleRecord:
     what = (f"document field(s) {dropped} hold values JSON cannot represent" if dropped
             else _ADDRESS.sub("", str(err)))
     reason = f"record cannot be written as JSON: {what}"
-    header = {name: getattr(record, name) for name in SampleRecord.model_fields if name not in OUTCOME_FIELDS}
-    return SampleRecord(**{**header, "doc": doc, "error": f"{record.error}; {reason}" if record.error else reason},
-                        seconds=record.seconds)
+    # The sample failed at writing its record, after everything it sent and computed: it keeps
+    # those costs (bytes, FLOPs, stage-1 answer and scores), its answer is "" (scored as wrong).
+    fields = {name: getattr(record, name) for name in SampleRecord.model_fields}
+    return SampleRecord(**{**fields, "doc": doc, "answer": "",
+                           "error": f"{record.error}; {reason}" if record.error else reason,
+                           "failed_step": record.failed_step or "record"})
 
 
 # ----- reading (report, check, calibrate) ---------------------------------------------------
