@@ -270,7 +270,45 @@ def parse_record(line: str) -> tuple[SampleRecord | None, str | None]:
     except ValidationError as err:
         return None, record_problem(line, err)
     missing = [key for key in REQUIRED if key not in record.model_fields_set]
-    return (None, f"not a record (no {', '.join(map(repr, missing))})") if missing else (record, None)
+    if missing:
+        return None, f"not a record (no {', '.join(map(repr, missing))})"
+    impossible = impossible_value(record)
+    return (None, impossible) if impossible else (record, None)
+
+
+BYTE_FIELDS = ("bytes_original", "bytes_global", "bytes_request", "bytes_local", "bytes_tiles", "bytes_total")
+BYTE_PARTS = ("bytes_global", "bytes_request", "bytes_local", "bytes_tiles")
+
+
+def impossible_value(record: SampleRecord) -> str | None:
+    """What makes a well-typed record impossible, naming the field: a negative or non-finite
+    number of seconds, bytes or FLOPs, or a total that is not the sum of its parts."""
+    def bad(field: str, value) -> str:
+        return f"field {field!r} is {value!r}; expected a finite number >= 0"
+
+    for field in BYTE_FIELDS:
+        if getattr(record, field) < 0:
+            return bad(field, getattr(record, field))
+    for i, value in enumerate(record.bytes_global_images):
+        if value < 0:
+            return bad(f"bytes_global_images[{i}]", value)
+    for part, value in record.flops.items():
+        if value < 0:
+            return bad(f"flops.{part}", value)
+    if record.flops_total < 0:
+        return bad("flops_total", record.flops_total)
+    for step, value in record.seconds.items():
+        if not (math.isfinite(value) and value >= 0):
+            return bad(f"seconds.{step}", value)
+    if set(BYTE_PARTS) <= record.model_fields_set:  # records written before bytes_tiles existed: no check
+        parts = sum(getattr(record, field) for field in BYTE_PARTS)
+        if record.bytes_total != parts:
+            return (f"field 'bytes_total' is {record.bytes_total}, but its parts (bytes_global + bytes_request + "
+                    f"bytes_local + bytes_tiles) sum to {parts}")
+    if record.flops_total != sum(record.flops.values()):
+        return (f"field 'flops_total' is {record.flops_total}, but its parts (flops) sum to "
+                f"{sum(record.flops.values())}")
+    return None
 
 
 def record_problem(line: str, err: ValidationError) -> str:
