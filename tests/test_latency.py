@@ -308,3 +308,39 @@ def test_latency_counts_the_upload_of_highres_tiles(tiny_server):
     assert latency.sample_latency(r, link, True) - latency.sample_latency(without, link, True) == \
         pytest.approx(0.025 + 0.025 + 8 * out.bytes_tiles / 1e6, rel=1e-9)
     assert latency.sample_latency(r, link, False) == latency.sample_latency(without, link, False)
+
+
+# ----- the small cases: each bad value gets its own message, nothing is ignored -----------------
+def test_a_negative_or_overflowing_rate_says_so(capsys):
+    with pytest.raises(LinkError, match="the rate '-1mbit' must be positive"):
+        parse_link("-1mbit@50ms")
+    with pytest.raises(LinkError, match="the rate '1e309mbit' is not finite"):
+        parse_link("1e309mbit")
+    # On the command line too: argparse would take "-1mbit@50ms" for an option and say it is missing.
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "somewhere", "--out", "r", "--link", "-1mbit@50ms"])
+    assert exit_.value.code == 2
+    assert "--link '-1mbit@50ms': the rate '-1mbit' must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1\n" + "9" * 23 + "\n", "line 2: 99999999999999999999999 ms is too large"),
+    ("1\n\n3\n", "line 2 is empty"), ("1\n   \n3\n", "line 2 is empty"),
+    ("1\n\u0663\n", "line 2: '\u0663' is not a whole")])
+def test_a_trace_line_too_large_blank_or_not_ascii_stops_naming_the_line(tmp_path, text, message):
+    path = tmp_path / "up.trace"
+    path.write_text(text)
+    with pytest.raises(LinkError, match=message):
+        parse_link(f"trace:{path}")
+
+
+def test_timing_options_without_a_link_and_a_negative_max_latency_are_refused(tmp_path, capsys):
+    run = write_run(tmp_path / "run", pope_records())
+    assert main(["report", str(run), "--out", str(tmp_path / "r"), "--seeds", "0", "--edge-scale", "3"]) == 2
+    assert "--edge-scale time a sample's steps for the latency under --link" in capsys.readouterr().err
+    assert main(["report", str(run), "--out", str(tmp_path / "r"), "--seeds", "0",
+                 "--server-flops-per-second", "1e12"]) == 2
+    assert "--server-flops-per-second time" in capsys.readouterr().err
+    assert main(["calibrate", str(run), "--task", "collab_pope_mini", "--max-latency", "-1",
+                 "--link", "1mbit@50ms"]) == 2
+    assert "--max-latency must be a positive number of seconds, got -1" in capsys.readouterr().err
