@@ -125,3 +125,98 @@ def test_tiles_always_retransmits_and_random_draws_below_the_rate():
         Policy("sometimes")
     assert Policy("threshold", 0.7, 0.2, 3).args() == {"threshold": 0.7, "rate": 0.2, "seed": 3}
     assert Policy("never").locates is False and Policy("tiles").locates is False and Policy("always").locates
+
+
+# ----- latency curves: the random baseline's expectation and the oracle's order -------------------
+def hand_samples():
+    """Five samples: accuracies, and keys for the random draws."""
+    from collab_eval.analysis.curves import Samples
+    acc1, acc2 = [1.0, 0.0, 0.0, 0.5, 0.0], [1.0, 1.0, 1.0, 0.0, 0.5]
+    return Samples.build(acc1, acc2, [0.1, 2.0, 1.0, 0.5, 3.0], bytes1=[10] * 5, bytes2=[30] * 5, flops1=[1] * 5,
+                         flops2=[2] * 5, keys=[f"t/{i}" for i in range(5)])
+
+
+def hand_latencies():
+    from collab_eval.analysis.latency import Latencies
+    return Latencies(np.array([1.0, 2.0, 1.0, 3.0, 0.5]), np.array([2.0, 6.0, 1.5, 3.5, 4.5]))
+
+
+def test_random_latency_is_the_expectation_and_the_mean_of_seeded_p95s():
+    from collab_eval.analysis import curves, latency
+    s, lat = hand_samples(), hand_latencies()
+    for point, rate in zip(latency.random_curve(s, lat, seeds=3), curves.RATES):
+        assert point.mean == pytest.approx(float(((1 - rate) * lat.stage1 + rate * lat.whole).mean()), abs=1e-12)
+        p95s = [np.percentile(np.where(curves.draws(s, seed) < rate, lat.whole, lat.stage1), 95) for seed in range(3)]
+        assert point.p95 == pytest.approx(float(np.mean(p95s)), abs=1e-12)
+        assert point.accuracy == pytest.approx(curves.random_expected(s, rate).accuracy, abs=1e-12)
+    assert all(math.isnan(p.p95) for p in latency.random_curve(s, lat, seeds=0))
+
+
+def test_the_latency_oracle_adds_gainers_by_accuracy_per_extra_second():
+    from collab_eval.analysis import latency
+    s, lat = hand_samples(), hand_latencies()
+    # gainers: 1 (gain 1, extra 4 s), 2 (gain 1, extra 0.5 s), 4 (gain 0.5, extra 4 s): order 2, 1, 4
+    curve = latency.oracle_curve(s, lat)
+    order = [2, 1, 4]
+    assert [p.rate for p in curve] == [0.0, 0.2, 0.4, 0.6]
+    mask = np.zeros(5, dtype=bool)
+    for count, p in enumerate(curve):
+        if count:
+            mask[order[count - 1]] = True
+        each = np.where(mask, lat.whole, lat.stage1)
+        assert p.mean == pytest.approx(float(each.mean()), abs=1e-12)
+        assert p.accuracy == pytest.approx(float(np.where(mask, s.acc2, s.acc1).mean()), abs=1e-12)
+
+
+def test_the_oracle_breaks_a_tie_of_gain_per_second_by_the_smaller_extra():
+    from collab_eval.analysis import latency
+    from collab_eval.analysis.curves import Samples
+    from collab_eval.analysis.latency import Latencies
+    s = Samples.build([0.0, 0.0], [1.0, 0.5], [1, 1], [1, 1], [2, 2], [1, 1], [2, 2], keys=["a", "b"])
+    lat = Latencies(np.array([1.0, 1.0]), np.array([3.0, 2.0]))  # both 0.5 accuracy per extra second
+    curve = latency.oracle_curve(s, lat)
+    assert curve[1].mean == pytest.approx((1.0 + 2.0) / 2) and curve[1].accuracy == pytest.approx(0.25)
+
+
+def test_the_gated_latency_curve_is_the_bytes_curves_points_on_the_clock():
+    from collab_eval.analysis import curves, latency
+    s, lat = hand_samples(), hand_latencies()
+    gated = latency.gated_curve(s, lat)
+    points = curves.threshold_curve(s)
+    assert len(gated) == len(points)
+    for g, p in zip(gated, points):
+        each = np.where(s.score > p.tau, lat.whole, lat.stage1)
+        assert g.accuracy == p.accuracy and g.tau == p.tau and g.rate == pytest.approx(float((s.score > p.tau).mean()))
+        assert g.mean == pytest.approx(float(each.mean()), abs=1e-12)
+        assert g.p95 == pytest.approx(float(np.percentile(each, 95)), abs=1e-12)
+
+
+@pytest.mark.parametrize("flops_per_second, edge_scale, ok", [
+    (0.5, 1.0, True), (1e15, 0.0, True), (None, 0.5, True), (0.0, 1.0, False), (-1.0, 1.0, False),
+    (math.inf, 1.0, False), (math.nan, 1.0, False), (None, -0.1, False), (None, math.inf, False),
+    (None, math.nan, False)])
+def test_timing_costs_are_checked(flops_per_second, edge_scale, ok):
+    from collab_eval.analysis.latency import Costs
+    if ok:
+        Costs(flops_per_second, edge_scale)
+        return
+    with pytest.raises(ValueError, match=r"^--(server-flops-per-second must be a positive number|edge-scale must be a "
+                                         r"non-negative number), got "):
+        Costs(flops_per_second, edge_scale)
+
+
+# ----- curves: budgets exactly at a point's cost, mean accuracy over FLOPs ------------------------
+def test_a_point_costing_exactly_the_budget_is_within_it():
+    from collab_eval.analysis.curves import Envelope, Point
+    budget = 2.0
+    points = [Point(accuracy=0.3, bytes=1.0, flops=5.0, rate=0.0),
+              Point(accuracy=0.9, bytes=budget * (1 + 1e-12), flops=1.0, rate=1.0)]
+    assert Envelope(points, "bytes").best_within_each([budget, 0.5]) == [0.9, 0.0]
+
+
+def test_mean_accuracy_over_an_empty_range_is_the_best_within_that_cost():
+    from collab_eval.analysis.curves import Point, mean_accuracy
+    points = [Point(accuracy=0.3, bytes=1.0, flops=50.0, rate=0.0), Point(accuracy=0.9, bytes=100.0, flops=5.0,
+                                                                            rate=1.0)]
+    assert mean_accuracy(points, 10.0, 10.0, cost="flops") == 0.9
+    assert mean_accuracy(points, 10.0, 10.0, cost="bytes") == 0.3
