@@ -220,3 +220,35 @@ def test_mean_accuracy_over_an_empty_range_is_the_best_within_that_cost():
                                                                             rate=1.0)]
     assert mean_accuracy(points, 10.0, 10.0, cost="flops") == 0.9
     assert mean_accuracy(points, 10.0, 10.0, cost="bytes") == 0.3
+
+
+def test_the_window_ratios_are_vicrops():
+    """docs/method.md: window sides 1.0 to 2.0 times the encoder's input side, in steps of 0.2
+    (the naive search above reads RATIOS, so a changed ratio must fail here)."""
+    assert RATIOS == (1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
+
+
+def test_the_derived_always_point_costs_what_the_always_run_spent(tmp_path):
+    """From real-shaped records with the generic-prompt pass paid by the first sample of an image
+    and cached for the second: the derived always end counts every FLOP once, bytes as sent, and
+    the never end stage 1 only (a generic pass counted twice, or dropped, fails here)."""
+    from collab_eval.analysis import curves
+    from collab_eval.analysis.scoring import Scorer
+    from collab_eval.analysis.views import task_view
+    from collab_eval.records import SampleRecord
+    from tests.report_records import pope_records
+    records = [SampleRecord.model_validate(r) for r in pope_records()]
+    for i, r in enumerate(records):
+        r.image_key = "same-image" if i < 2 else f"image-{i}"
+        r.generic_cached = i == 1
+        r.flops["generic"] = 0 if i == 1 else 7 + i
+        r.bytes_tiles = 5 * i
+        r.bytes_total = r.bytes_global + r.bytes_request + r.bytes_local + r.bytes_tiles
+        r.flops_total = sum(r.flops.values())
+    view = task_view("sys", records[0].task, records, Scorer())
+    always, never = curves.always(view.samples), curves.never(view.samples)
+    assert always.flops == sum(r.flops_total for r in records) / 4
+    assert always.bytes == sum(r.bytes_total for r in records) / 4
+    assert never.flops == sum(sum(r.flops[p] for p in ("vision", "projector", "prefill", "decode"))
+                              for r in records) / 4
+    assert never.bytes == sum(r.bytes_global for r in records) / 4
