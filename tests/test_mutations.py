@@ -252,3 +252,135 @@ def test_the_derived_always_point_costs_what_the_always_run_spent(tmp_path):
     assert never.flops == sum(sum(r.flops[p] for p in ("vision", "projector", "prefill", "decode"))
                               for r in records) / 4
     assert never.bytes == sum(r.bytes_global for r in records) / 4
+
+
+# ----- latency: a profile's fields, steps missing from a record, transfers starting when sent ------
+def latency_records():
+    from collab_eval.records import SampleRecord
+    from tests.report_records import pope_records
+    out = []
+    for i, r in enumerate(pope_records()):
+        r["seconds"] = {"edge_global": 0.01 * (i + 1), "stage1": 0.1 + 0.05 * i, "roi": 0.02, "edge_local": 0.01,
+                        "stage2": 0.3 - 0.05 * i, "total": 1.0}
+        out.append(SampleRecord.model_validate(r))
+    return out
+
+
+def test_a_latency_profile_holds_its_ends_oracle_target_and_options():
+    from collab_eval.analysis import curves, latency
+    from collab_eval.analysis.link import parse_link
+    from collab_eval.analysis.scoring import Scorer
+    from collab_eval.analysis.views import task_view
+    records = latency_records()
+    s = task_view("sys", records[0].task, records, Scorer()).samples
+    link = parse_link("1mbit@50ms")
+    costs = latency.Costs(server_flops_per_second=100.0, edge_scale=2.0)
+    p = latency.profile(s, records, link, costs, target_fraction=0.99, seeds=2)
+    lat = latency.Latencies.of(records, link, costs)
+    assert lat.stage1[0] == pytest.approx(0.02 + 0.025 + 0.0008 + 10 / 100 + 0.025)  # edge scaled, stage 1 by FLOPs
+    assert p.server_flops_per_second == 100.0 and p.edge_scale == 2.0 and p.n == 4 and p.link == "1mbit@50ms"
+    assert p.placement == "constant link: the start does not matter"
+    assert p.never == latency.latency_point(s, lat, np.zeros(4, bool), math.inf) and p.never.tau == math.inf
+    assert p.always == latency.latency_point(s, lat, np.ones(4, bool), -math.inf) and p.always.tau == -math.inf
+    assert p.oracle == latency.latency_point(s, lat, curves.oracle_mask(s))
+    assert p.target_accuracy == pytest.approx(0.99 * p.always.accuracy)
+    reaching = [g for g in p.gated if g.accuracy >= p.target_accuracy - 1e-12]
+    assert p.reach_target == min(reaching, key=lambda g: (g.mean, g.p95))
+    assert len(p.random) == len(curves.RATES) and p.random == latency.random_curve(s, lat, 2)
+    assert p.oracle_curve == latency.oracle_curve(s, lat)
+    assert len(p.oracle_curve) == int(curves.oracle_mask(s).sum()) + 1
+    unreachable = latency.profile(s, records, link, costs, target_fraction=2.0, seeds=0)
+    assert unreachable.reach_target is None
+
+
+def test_steps_and_flops_missing_from_a_record_count_zero():
+    from collab_eval.analysis import latency
+    from collab_eval.analysis.link import parse_link
+    r = latency_records()[0].model_copy(update={"seconds": {"stage1": 0.5}, "flops": {"vision": 30}})
+    s = latency.step_seconds(r)
+    assert s == {"edge_global": 0.0, "edge_local": 0.0, "stage1": 0.5, "roi": 0.0, "stage2": 0.0}
+    by_flops = latency.step_seconds(r, latency.Costs(server_flops_per_second=10.0))
+    assert (by_flops["stage1"], by_flops["roi"], by_flops["stage2"]) == (3.0, 0.0, 0.0)
+    link = parse_link("8mbit@0ms")
+    assert latency.sample_latency(r, link, False) == pytest.approx(0.5 + 8 * r.bytes_global / 8e6)
+
+
+def test_on_a_trace_each_transfer_starts_when_it_is_sent(tmp_path):
+    """Tiles, request and crop each wait for the trace's next opportunities from the moment
+    they are sent: computed step by step here with the trace's own transfer function."""
+    from collab_eval.analysis import latency
+    from collab_eval.analysis.link import parse_link
+    up, down = tmp_path / "up.trace", tmp_path / "down.trace"
+    up.write_text("".join(f"{t}\n" for t in (3, 7, 20, 45, 46, 90, 200)))
+    down.write_text("".join(f"{t}\n" for t in (5, 60, 150)))
+    link = parse_link(f"trace:{up},{down}@10ms")
+    r = latency_records()[1].model_copy(update={"bytes_tiles": 4000})
+    s = latency.step_seconds(r)
+    half, start = 0.005, 0.013
+    t = start + s["edge_global"]
+    t += half + link.up.transfer_seconds(r.bytes_global, t)
+    t += s["stage1"] + half
+    t += half + link.up.transfer_seconds(r.bytes_tiles, t)
+    t += s["roi"]
+    t += half + link.down.transfer_seconds(r.bytes_request, t)
+    t += s["edge_local"]
+    t += half + link.up.transfer_seconds(r.bytes_local, t)
+    t += s["stage2"] + half
+    assert latency.sample_latency(r, link, True, start) == pytest.approx(t - start, abs=1e-12)
+    assert latency.sample_latency(r, link, True, 0.0) != latency.sample_latency(r, link, True, 0.1)
+
+
+def test_samples_start_spread_over_the_trace_in_doc_id_order(tmp_path):
+    from collab_eval.analysis import latency
+    from collab_eval.analysis.link import parse_link
+    trace = tmp_path / "up.trace"
+    trace.write_text("10\n20\n40\n")
+    records = latency_records()
+    shuffled = [records[2], records[0], records[3], records[1]]  # doc_ids 2, 0, 3, 1
+    starts = latency.start_times(shuffled, parse_link(f"trace:{trace}"))
+    assert starts.tolist() == [0.02, 0.0, 0.03, 0.01]  # doc i starts at i * 0.04 / 4
+    assert latency.start_times(shuffled, parse_link("1mbit")).tolist() == [0.0] * 4
+    assert "evenly spread over the trace's 0.04 s" in latency.placement_text(parse_link(f"trace:{trace}"))
+
+
+# ----- curves: the ends of a small or empty task, the bytes oracle, the target's edge ------------
+def test_one_sample_and_no_sample_have_their_own_points():
+    from collab_eval.analysis import curves
+    from collab_eval.analysis.curves import Samples
+    one = Samples.build([0.0], [1.0], [0.5], [10], [30], [2], [5], keys=["t/0"])
+    assert curves.always(one) == curves.Point(accuracy=1.0, bytes=30.0, flops=5.0, rate=1.0)
+    assert curves.never(one) == curves.Point(accuracy=0.0, bytes=10.0, flops=2.0, rate=0.0)
+    assert [(p.rate, p.accuracy) for p in curves.threshold_curve(one)] == [(0.0, 0.0), (1.0, 1.0)]
+    empty = Samples.build([], [], [], [], [], [], [])
+    p = curves.point(empty, np.zeros(0, bool), tau=3.0)
+    assert all(math.isnan(v) for v in (p.accuracy, p.bytes, p.flops, p.rate)) and p.tau == 3.0
+    assert curves.threshold_curve(empty) == [] or all(math.isnan(q.accuracy) for q in curves.threshold_curve(empty))
+    assert curves.exact_prefix_sums(np.array([]), np.array([]), np.array([], dtype=int), [0]) == [0.0]
+
+
+def test_the_bytes_oracle_adds_gainers_by_accuracy_per_extra_byte():
+    from collab_eval.analysis import curves
+    from collab_eval.analysis.curves import Samples
+    # gainers 0 (gain 1, 100 extra bytes), 1 (gain 0.5, 10 extra), 3 (gain 1, 1000 extra): order 1, 0, 3
+    s = Samples.build([0.0, 0.5, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0], [1, 1, 1, 1], [10, 10, 10, 10],
+                      [110, 20, 50, 1010], [1, 1, 1, 1], [2, 2, 2, 2], keys=list("abcd"))
+    got = curves.oracle_curve(s)
+    assert [p.bytes for p in got] == [10.0, (10 + 20 + 10 + 10) / 4, (110 + 20 + 10 + 10) / 4,
+                                      (110 + 20 + 10 + 1010) / 4]
+    assert [p.accuracy for p in got] == [0.375, 0.5, 0.75, 1.0]
+
+
+def test_a_point_exactly_at_the_target_reaches_it():
+    from collab_eval.analysis.curves import Point, cheapest_reaching
+    at = Point(accuracy=0.5, bytes=5.0, flops=1.0, rate=0.5)
+    assert cheapest_reaching([at], 0.5) == at
+    zero = Point(accuracy=0.0, bytes=1.0, flops=1.0, rate=0.0)
+    assert cheapest_reaching([zero], 1e-12) == zero  # within the 1e-12 tolerance
+    assert cheapest_reaching([zero], 1e-6) is None
+
+
+def test_never_means_never_and_tiles_always_for_every_key():
+    keys = [f"t/{i}" for i in range(50)]
+    assert not any(Policy("never").retransmit(math.inf, k) for k in keys)
+    assert all(Policy("tiles").retransmit(-math.inf, k) for k in keys)
+    assert all(Policy("always").retransmit(-math.inf, k) for k in keys)
