@@ -305,18 +305,23 @@ def test_steps_and_flops_missing_from_a_record_count_zero():
     assert latency.sample_latency(r, link, False) == pytest.approx(0.5 + 8 * r.bytes_global / 8e6)
 
 
-def test_on_a_trace_each_transfer_starts_when_it_is_sent(tmp_path):
+@pytest.mark.parametrize("up_ms, down_ms", [((3, 7, 20, 45, 46, 90, 200), tuple(range(1, 301))),
+                                             (tuple(range(1, 301)), (5, 60, 150)),
+                                             ((3, 7, 20, 45, 46, 90, 200), (5, 60, 150))])
+@pytest.mark.parametrize("start", [0.0, 0.013, 0.171])
+def test_on_a_trace_each_transfer_starts_when_it_is_sent(tmp_path, up_ms, down_ms, start):
     """Tiles, request and crop each wait for the trace's next opportunities from the moment
-    they are sent: computed step by step here with the trace's own transfer function."""
+    they are sent: computed step by step here with the trace's own transfer function (a sparse
+    trace one way and a dense one the other, so a transfer timed from the wrong moment shows)."""
     from collab_eval.analysis import latency
     from collab_eval.analysis.link import parse_link
     up, down = tmp_path / "up.trace", tmp_path / "down.trace"
-    up.write_text("".join(f"{t}\n" for t in (3, 7, 20, 45, 46, 90, 200)))
-    down.write_text("".join(f"{t}\n" for t in (5, 60, 150)))
+    up.write_text("".join(f"{t}\n" for t in up_ms))
+    down.write_text("".join(f"{t}\n" for t in down_ms))
     link = parse_link(f"trace:{up},{down}@10ms")
     r = latency_records()[1].model_copy(update={"bytes_tiles": 4000})
     s = latency.step_seconds(r)
-    half, start = 0.005, 0.013
+    half = 0.005
     t = start + s["edge_global"]
     t += half + link.up.transfer_seconds(r.bytes_global, t)
     t += s["stage1"] + half
@@ -327,7 +332,6 @@ def test_on_a_trace_each_transfer_starts_when_it_is_sent(tmp_path):
     t += half + link.up.transfer_seconds(r.bytes_local, t)
     t += s["stage2"] + half
     assert latency.sample_latency(r, link, True, start) == pytest.approx(t - start, abs=1e-12)
-    assert latency.sample_latency(r, link, True, 0.0) != latency.sample_latency(r, link, True, 0.1)
 
 
 def test_samples_start_spread_over_the_trace_in_doc_id_order(tmp_path):
@@ -384,3 +388,43 @@ def test_never_means_never_and_tiles_always_for_every_key():
     assert not any(Policy("never").retransmit(math.inf, k) for k in keys)
     assert all(Policy("tiles").retransmit(-math.inf, k) for k in keys)
     assert all(Policy("always").retransmit(-math.inf, k) for k in keys)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_prefix_points_equal_point_after_number_for_number(seed):
+    """curves.prefix_points' docstring: each of its points equals point_after's (the definition)."""
+    from collab_eval.analysis import curves
+    from collab_eval.analysis.curves import Samples
+    rng = np.random.default_rng(seed)
+    n = 12
+    group = rng.integers(0, 4, n)
+    s = Samples.build(rng.random(n).round(2), rng.random(n).round(2), rng.random(n), rng.integers(5, 50, n),
+                      rng.integers(60, 200, n), rng.integers(1, 9, n), rng.integers(10, 90, n), group=group,
+                      generic=rng.integers(1, 30, 4), keys=[f"t/{i}" for i in range(n)])
+    order = rng.permutation(n)
+    counts = [0, 3, 7, 12]
+    taus = [float(t) for t in rng.random(4)]
+    assert curves.prefix_points(s, order, counts, taus) == [curves.point_after(s, order, c, t)
+                                                             for c, t in zip(counts, taus)]
+    mask = np.zeros(n, bool)
+    mask[order[:7]] = True
+    assert curves.point_after(s, order, 7, 0.5) == curves.point(s, mask, 0.5)
+
+
+def test_the_oracles_rank_by_gain_not_by_accuracy_and_by_seconds_under_one():
+    """Gain is stage 2 minus stage 1 (a gainer already half right gains less), and an extra
+    second under one counts as what it is: sample 0 gains 0.5 for 1 s, sample 1 gains 0.6 for
+    1 s (first); sample 2 gains 1.0 for 0.5 s, sample 3 gains 0.9 for 0.3 s (first)."""
+    from collab_eval.analysis import curves, latency
+    from collab_eval.analysis.curves import Samples
+    from collab_eval.analysis.latency import Latencies
+    s = Samples.build([0.5, 0.0, 0.0, 0.0], [1.0, 0.6, 1.0, 0.9], [1] * 4, [10, 10, 10, 10], [110, 110, 60, 40],
+                      [1] * 4, [2] * 4, keys=list("abcd"))
+    lat = Latencies(np.array([1.0, 1.0, 1.0, 1.0]), np.array([2.0, 2.0, 1.5, 1.3]))
+    by_seconds = latency.oracle_curve(s, lat)
+    # per extra second: 3 (3.0), 2 (2.0), 1 (0.6), 0 (0.5)
+    assert [round(p.mean, 9) for p in by_seconds] == [1.0, 1.075, 1.2, 1.45, 1.7]
+    by_bytes = curves.oracle_curve(s)
+    # per extra byte: 3 (0.9/30), 2 (1.0/50), 1 (0.6/100), 0 (0.5/100; the tie broken by fewer bytes: equal)
+    assert [p.bytes for p in by_bytes] == [10.0, 17.5, 30.0, 55.0, 80.0]
+    assert [round(p.accuracy, 9) for p in by_bytes] == [0.125, 0.35, 0.6, 0.75, 0.875]
