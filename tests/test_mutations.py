@@ -424,7 +424,21 @@ def test_the_oracles_rank_by_gain_not_by_accuracy_and_by_seconds_under_one():
     by_seconds = latency.oracle_curve(s, lat)
     # per extra second: 3 (3.0), 2 (2.0), 1 (0.6), 0 (0.5)
     assert [round(p.mean, 9) for p in by_seconds] == [1.0, 1.075, 1.2, 1.45, 1.7]
+    assert [round(p.accuracy, 9) for p in by_seconds] == [0.125, 0.35, 0.6, 0.75, 0.875]
     by_bytes = curves.oracle_curve(s)
     # per extra byte: 3 (0.9/30), 2 (1.0/50), 1 (0.6/100), 0 (0.5/100; the tie broken by fewer bytes: equal)
     assert [p.bytes for p in by_bytes] == [10.0, 17.5, 30.0, 55.0, 80.0]
     assert [round(p.accuracy, 9) for p in by_bytes] == [0.125, 0.35, 0.6, 0.75, 0.875]
+
+
+def test_the_bytes_oracle_counts_extra_bytes_not_total_bytes_and_a_free_gain_first():
+    """Extra bytes are bytes2 - bytes1 (samples with different global images), and a gainer
+    that costs no extra byte comes first whatever it gains."""
+    from collab_eval.analysis import curves
+    from collab_eval.analysis.curves import Samples
+    # sample 0: gain 1 for 100 extra bytes over a 1000-byte global; sample 1: gain 0.5 for 40 over 10;
+    # sample 2: gain 0.1 for nothing extra. Per extra byte: 2 (free), 1 (0.0125), 0 (0.01).
+    s = Samples.build([0.0, 0.0, 0.0], [1.0, 0.5, 0.1], [1] * 3, [1000, 10, 30], [1100, 50, 30], [1] * 3, [2] * 3,
+                      keys=list("abc"))
+    assert [p.bytes for p in curves.oracle_curve(s)] == [1040 / 3, 1040 / 3, 1080 / 3, 1180 / 3]
+    assert [round(p.accuracy, 9) for p in curves.oracle_curve(s)] == [0.0, round(0.1 / 3, 9), 0.2, round(1.6 / 3, 9)]
