@@ -177,6 +177,10 @@ def run_report(args) -> int:
         for path in paths.values():
             print(path)
         print("\n" + report.headline(summary))
+        from collab_eval.analysis import gaps
+        from collab_eval.analysis.summary import system_labels
+        for note in gaps.notes(summary, system_labels(summary)):  # what is missing, what failed
+            print(note)
         if args.link:
             from collab_eval.analysis import latency_report
             print("\n" + latency_report.headline(summary))

@@ -106,7 +106,7 @@ def test_an_unfinished_run_without_results_is_stated_from_its_journal(tmp_path):
             f"samples present: {POPE} 2.") in md
 
 
-def test_failed_samples_are_stated_per_system_and_task_with_their_costs(tmp_path):
+def test_failed_samples_are_stated_per_system_and_task_with_their_costs(tmp_path, capsys):
     """Two failed samples that sent their global image (failed in the locator): the headline says
     how many of how many and how they were scored; the curves count them wrong and costed."""
     records = pope_records()
@@ -120,6 +120,7 @@ def test_failed_samples_are_stated_per_system_and_task_with_their_costs(tmp_path
     md = (tmp_path / "report" / "report.md").read_text().replace("\\_", "_")
     headline = md[md.index("## Headline"):md.index("## Runs")]
     assert f"Failed samples: {POPE}, hand-llava (always): 2 of 4 failed. They are scored as wrong" in headline
+    assert f"Failed samples: {POPE}, hand-llava (always): 2 of 4 failed." in capsys.readouterr().out  # terminal
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     entry = summary["systems"]["hand-llava:png"]["tasks"][POPE]
     # never: samples 1 and 2 answer "yes" (doc 1 is "no": wrong, doc 2 ""), the failed ones 0: accuracy 0
