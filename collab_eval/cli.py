@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     calibrate.add_argument("--deterministic", action="store_true",
                            help="the conservative non-randomised test (needs more calibration images)")
     calibrate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(glued_link_values(sys.argv[1:] if argv is None else list(argv)))
 
     if args.command == "tasks-dir":
         print(TASKS_DIR)
@@ -200,6 +201,7 @@ def list_families(args) -> int:
 
 def run_report(args) -> int:
     from collab_eval.analysis import report
+    check_timing_options(args)
     with summary_of(args.run_dirs, args.seeds, "report") as summary:
         if args.calibrate:
             from collab_eval.analysis.calibrate import annotate
@@ -211,6 +213,10 @@ def run_report(args) -> int:
         for path in paths.values():
             print(path)
         print("\n" + report.headline(summary))
+        from collab_eval.analysis import gaps
+        from collab_eval.analysis.summary import system_labels
+        for note in gaps.notes(summary, system_labels(summary)):  # what is missing, what failed
+            print(note)
         if args.link:
             from collab_eval.analysis import latency_report
             print("\n" + latency_report.headline(summary))
@@ -332,6 +338,9 @@ def run_calibrate(args) -> int:
     from collab_eval.analysis.summary import include_paths
     kind, limit = next((k, v) for k, v in (("loss", args.max_loss), ("bytes", args.max_bytes),
                                            ("flops", args.max_flops), ("latency", args.max_latency)) if v is not None)
+    if kind == "latency" and not (math.isfinite(limit) and limit > 0):
+        raise ValueError(f"--max-latency must be a positive number of seconds, got {limit:g}")
+    check_timing_options(args)
     if (kind == "latency") != bool(args.link):
         raise ValueError("--max-latency needs --link SPEC (the link the latency is on)" if kind == "latency"
                          else "--link is only used with --max-latency")
@@ -374,6 +383,30 @@ def add_link_options(parser, several: bool) -> None:
     if not several:
         parser.add_argument("--latency-stat", choices=["mean", "p95"], default="mean",
                             help="the latency statistic --max-latency bounds (default %(default)s)")
+
+
+def glued_link_values(argv: list[str]) -> list[str]:
+    """``--link -1mbit@50ms`` as ``--link=-1mbit@50ms``: argparse takes a value starting with "-"
+    for an option and says the argument is missing; glued, the spec reaches its own check."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--link" and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] != "--":
+            out.append(f"--link={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def check_timing_options(args) -> None:
+    """The timing options apply to latency only: without --link they are refused, not ignored."""
+    given = [name for name, value, default in (("--edge-scale", args.edge_scale, 1.0),
+                                                ("--server-flops-per-second", args.server_flops_per_second, None))
+             if value != default]
+    if given and not args.link:
+        raise ValueError(f"{' and '.join(given)} time a sample's steps for the latency under --link; "
+                         "without --link nothing uses them (add --link SPEC, or leave them out)")
 
 
 def link_spec(text: str):

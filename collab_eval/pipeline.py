@@ -68,11 +68,16 @@ class SampleInput:
 
 @dataclass
 class SampleResult:
-    """A sample's end: its outcome, or the error that failed it (``seconds`` then holds its total)."""
+    """A sample's end: its outcome and, for a failed sample, the error that failed it and the
+    step it failed in (``failed_step``). A failed sample's outcome is partial but truthful:
+    everything sent and computed up to the failure (bytes and FLOPs by part, stage 1's answer
+    and scores where it had them), totals computed as for a finished one, ``answer`` "" (scored
+    wrong)."""
     sample: SampleInput
     outcome: Outcome | None = None
     error: Exception | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    failed_step: str | None = None  # read, edge_global, stage1, gate, locate, edge_local, stage2
 
 
 # ----- the method ----------------------------------------------------------------------------
@@ -89,6 +94,7 @@ class InFlight:
     local: list[Transmission] = field(default_factory=list)  # the crop(s) sent in step 5
     original_bytes: list[Task] = field(default_factory=list)  # each original's size, for bytes_original
     cropping: Task | None = None  # step 5 on the edge's threads
+    step: str = "read"  # the step running now: the failed one, if the sample fails
 
     @property
     def images(self) -> list[Image.Image]:
@@ -120,17 +126,17 @@ def run_batches(server: Server, batches: Iterable[list[SampleInput]], *, method:
             samples = next(batches, None)
             if samples is None:
                 return
-            upcoming.append([(sample, laps, edge.submit(GLOBAL, read_and_send_globals, server, sample, laps,
-                                                        method=method, caches=caches, edge=edge))
-                             for sample in samples for laps in [Laps()]])
+            upcoming.append([(f, edge.submit(GLOBAL, read_and_send_globals, server, f, method=method, caches=caches,
+                                             edge=edge))
+                             for f in (InFlight(sample, Laps()) for sample in samples)])
 
     read_ahead(1)
     while upcoming:
         batch = upcoming.popleft()
         read_ahead(ahead)  # the next batches' edge work, beside this batch's passes
-        flying = {}
-        for result in run_prepared(server, batch, method=method, caches=caches, edge=edge, flying=flying):
-            held.append((result, flying.get(id(result.sample))))
+        flying = {id(f.sample): f for f, _ in batch}
+        for result in run_prepared(server, batch, method=method, caches=caches, edge=edge):
+            held.append((result, flying[id(result.sample)]))
             yield from release(held, keep=0 if edge.inline else HELD_RESULTS)
     yield from release(held)
 
@@ -138,54 +144,55 @@ def run_batches(server: Server, batches: Iterable[list[SampleInput]], *, method:
 HELD_RESULTS = 32  # finished results waiting for their original's size, at most
 
 
-def run_prepared(server: Server, batch: list[tuple[SampleInput, "Laps", Task]], *, method: Method,
-                 caches: RunCaches, edge: EdgePool, flying: dict) -> Iterator[SampleResult]:
-    """Steps 2 to 7 for a batch whose step 1 was submitted to the edge (``flying``: each
-    sample's InFlight by the sample's id, filled here)."""
+def run_prepared(server: Server, batch: list[tuple[InFlight, Task]], *, method: Method, caches: RunCaches,
+                 edge: EdgePool) -> Iterator[SampleResult]:
+    """Steps 2 to 7 for a batch whose step 1 was submitted to the edge."""
     ready = []
-    for sample, laps, sent in batch:  # 1. edge: the global images, done ahead on the edge's threads
+    for f, sent in batch:  # 1. edge: the global images, done ahead on the edge's threads
         try:
             ready.append(sent.result())
-            flying[id(sample)] = ready[-1]
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
-            yield failure(sample, laps, err)
+            yield failure(f, err)
     for limits in dict.fromkeys(f.sample.limits for f in ready):  # one generate per generation limit
         yield from run_group(server, [f for f in ready if f.sample.limits == limits], limits, method=method,
                              caches=caches, edge=edge)
 
 
-def read_and_send_globals(server: Server, sample: SampleInput, laps: "Laps", *, method: Method, caches: RunCaches,
+def read_and_send_globals(server: Server, f: InFlight, *, method: Method, caches: RunCaches,
                           edge: EdgePool) -> InFlight:
-    """Step 1 on an edge thread: the document's images read, decoded strictly, then sent."""
+    """Step 1 on an edge thread: the document's images read, decoded strictly, then sent (into
+    ``f``, so that a failure keeps what was sent before it)."""
     with strict_decoding():  # a broken (even truncated) image is this sample's failure
-        with laps.reading():
-            visuals = images_in(sample.visuals())
-        return send_globals(server, sample, visuals, laps, method=method, caches=caches, edge=edge)
+        with f.laps.reading():
+            visuals = images_in(f.sample.visuals())
+        f.step = "edge_global"
+        return send_globals(server, f.sample, visuals, f.laps, method=method, caches=caches, edge=edge, into=f)
 
 
 def release(held: deque, keep: int = 0) -> Iterator[SampleResult]:
     """The held (result, InFlight) pairs, in order, while the first one's originals' sizes
     are known, and beyond the last ``keep`` pairs waiting for them; a size that could not be
-    computed fails its sample."""
-    while held and (len(held) > keep or held[0][1] is None
-                    or all(task.done() for task in held[0][1].original_bytes)):
+    computed fails its sample (at ``edge_global``, where the original is encoded)."""
+    while held and (len(held) > keep or all(task.done() for task in held[0][1].original_bytes)):
         result, f = held.popleft()
-        if f is None or not f.original_bytes:
+        if not f.original_bytes:
             yield result
             continue
         try:
             size = sum(task.result() for task in f.original_bytes)
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
-            yield failure(f.sample, f.laps, err)
+            f.step = "edge_global"
+            yield failure(f, err)
             continue
-        if result.outcome is not None:
-            result.outcome.bytes_original = size
+        result.outcome.bytes_original = size
         yield result
 
 
 def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: Method,
               caches: RunCaches, edge: EdgePool) -> Iterator[SampleResult]:
     """Steps 2 to 7 for samples sharing generation limits."""
+    for f in group:
+        f.step = "stage1"
     with Laps.shared("stage1", [f.laps for f in group]):  # 2. server: stage 1, one batched pass
         stage1 = answer_each(server, [(f.images, f.sample.question) for f in group], limits,
                              with_attention=method.policy.locates, keep_prefix=method.policy.name != "never")
@@ -194,24 +201,27 @@ def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: 
         try:
             if isinstance(answer, Exception):
                 raise answer
-            f.stage1 = answer
+            f.stage1, f.step = answer, "gate"
             gate(f, method)  # 3. gate
             if not f.out.retransmitted:
                 yield finish(f)
                 continue
+            f.step = "locate"
             crops = locate_crops(server, f, method, caches)  # 4. server: the RoI, asked of the edge
+            f.step = "edge_local"
             # 5. edge: the crop(s), on the edge's threads while the server locates the next sample's
             f.cropping = edge.submit(CROP, send_crops, server, f, crops, method)
             again.append(f)
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
-            yield failure(f.sample, f.laps, err)
+            yield failure(f, err)
     cropped = []
     for f in again:
         try:
             f.cropping.result()
+            f.step = "stage2"
             cropped.append(f)
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
-            yield failure(f.sample, f.laps, err)
+            yield failure(f, err)
     again = cropped
     if not again:
         return
@@ -221,7 +231,7 @@ def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: 
                              limits, with_attention=False, prefixes=[f.stage1.prefix for f in again])
     for f, answer in zip(again, stage2):
         if isinstance(answer, Exception):
-            yield failure(f.sample, f.laps, answer)
+            yield failure(f, answer)
             continue
         f.out.answer_stage2 = f.out.answer = answer.text
         f.out.flops["stage2"] = sum(answer.flops.values())
@@ -229,20 +239,23 @@ def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: 
 
 
 def send_globals(server: Server, sample: SampleInput, images: list, laps: "Laps", *, method: Method,
-                 caches: RunCaches, edge: EdgePool | None = None) -> InFlight:
+                 caches: RunCaches, edge: EdgePool | None = None, into: InFlight | None = None) -> InFlight:
     """Step 1, edge -> server: every global image the task gives, each framed as the encoder sees it.
-    Each original's size (``bytes_original``) is left to ``edge`` as a task (``original_bytes``)."""
-    f = InFlight(sample, laps)
+    Each image's bytes are counted as it is sent (``into``: the sample's InFlight, so that a
+    failure at a later image keeps what the earlier ones cost). Each original's size
+    (``bytes_original``) is left to ``edge`` as a task (``original_bytes``), or computed now
+    without one."""
+    f = into if into is not None else InFlight(sample, laps)
     with laps.lap("edge_global"):
         f.originals = [sanitize(image) for image in images]
+        f.out.image_sizes = [list(original.size) for original in f.originals]
         for original in f.originals:
             region, _ = server.frame((0.0, 0.0, float(original.width), float(original.height)))
             f.sent.append(send(server.global_view(original), method.codec))
             f.regions.append(region)
-        f.out.image_sizes = [list(original.size) for original in f.originals]
-        f.out.global_sizes = [list(image.image.size) for image in f.sent]
-        f.out.bytes_global_images = [image.nbytes for image in f.sent]
-        f.out.bytes_global = sum(f.out.bytes_global_images)
+            f.out.global_sizes = [list(image.image.size) for image in f.sent]
+            f.out.bytes_global_images = [image.nbytes for image in f.sent]
+            f.out.bytes_global = sum(f.out.bytes_global_images)
     if edge is None:  # called alone: the sizes now
         f.out.bytes_original = sum(caches.original_size(original, method.codec, sample.scope)
                                    for original in f.originals)
@@ -254,41 +267,148 @@ def send_globals(server: Server, sample: SampleInput, images: list, laps: "Laps"
 
 def gate(f: InFlight, method: Method) -> None:
     """Step 3: stage 1's answer, its uncertainty, and whether the sample is retransmitted."""
-    uncertainty = token_uncertainties(f.stage1.logits)
-    # Every installed score (collab_eval.scores), so one always run gives each score's curve.
-    values = scores.evaluate(scores.StageOneAnswer(f.stage1.logits, f.stage1.tokens, f.stage1.text))
-    score = values[method.score]
+    # What stage 1 produced and cost, kept if a score then fails the sample.
     f.out.answer_stage1 = f.out.answer = f.stage1.text
+    f.out.flops.update({part: f.stage1.flops[part] for part in STAGE1_PARTS})
+    uncertainty = token_uncertainties(f.stage1.logits)
     f.out.min_entropy = uncertainty.min_entropy
     f.out.shannon_entropy = uncertainty.shannon_entropy
+    # Every installed score (collab_eval.scores), so one always run gives each score's curve; a
+    # score not chosen that gives no number is left out of ``scores`` (missing), the chosen one fails the sample.
+    values = scores.evaluate(scores.StageOneAnswer(f.stage1.logits, f.stage1.tokens, f.stage1.text),
+                             chosen=method.score)
+    score = values[method.score]
     f.out.scores = {k: finite(v) for k, v in values.items()}
     f.out.score = finite(score)
-    f.out.flops.update({part: f.stage1.flops[part] for part in STAGE1_PARTS})
     f.out.retransmitted = method.policy.retransmit(score, f.sample.key)
 
 
 def locate_crops(server: Server, f: InFlight, method: Method, caches: RunCaches) -> list[tuple[int, Box]]:
-    """Step 4, server: the region(s) to ask for, as (image index, box in original pixels)."""
+    """Step 4, server: the region(s) to ask for, as (image index, box in original pixels).
+    What the locator returns is checked here, and every failure names the locator: an error
+    it raises, FLOPs that are not counts, a map with NaN or infinity, an image index out of
+    range, a box that is empty, not finite or wholly outside its image. A box partly outside is
+    clipped to the image (``roi_clipped_from`` keeps the box as the locator gave it). Tiles the
+    edge sends for the locator are counted as they are sent, so a failure keeps their bytes."""
     if method.policy.name == "tiles":  # no request: the edge always sends each image's 2x2 tiles
         return [(i, tile) for i, original in enumerate(f.originals) for tile in quadrants(*original.size)]
+    name = method.locator
+
+    def send_tiles(i: int, boxes: list[Box]) -> list[Transmission]:
+        tiles = [transmit(f.originals[i], *server.frame(box), method.codec) for box in boxes]
+        f.out.bytes_tiles += sum(tile.nbytes for tile in tiles)
+        return tiles
+
     with f.laps.lap("roi"):
-        found = locators.load(method.locator).locate(locators.LocateRequest(
-            server, f.sample.question, f.stage1, f.images, f.regions, [original.size for original in f.originals],
-            f.sample.scope, caches, highres=method.highres,
-            send_tiles=lambda i, boxes: [transmit(f.originals[i], *server.frame(box), method.codec) for box in boxes]))
-        if set(found.flops) - LOCATOR_PARTS:
-            raise ValueError(f"locator {method.locator!r} reported FLOPs parts {sorted(found.flops)}; "
-                             f"a locator's parts are {sorted(LOCATOR_PARTS)}")
-        f.out.flops.update(found.flops)
-        f.out.generic_cached, f.out.bytes_tiles, look = found.generic_cached, found.bytes_tiles, found.image
-        roi = found.box if found.box is not None else find_roi(
-            found.map, found.region or f.regions[look], f.originals[look].size, server.input_side)
+        try:
+            found = locators.load(name).locate(locators.LocateRequest(
+                server, f.sample.question, f.stage1, f.images, f.regions,
+                [original.size for original in f.originals], f.sample.scope, caches, highres=method.highres,
+                send_tiles=send_tiles))
+        except Exception as err:  # noqa: BLE001  -- the sample's failure, naming the locator
+            raise LocatorError(f"locator {name!r} failed: {type(err).__name__}: {err}") from err
+        if not isinstance(found, locators.Located):
+            raise LocatorError(f"locator {name!r} returned {type(found).__name__}, expected a Located")
+        f.out.flops.update(checked_flops(name, found.flops))
+        if found.bytes_tiles not in (0, f.out.bytes_tiles):
+            raise LocatorError(f"locator {name!r} reported bytes_tiles={found.bytes_tiles!r} but the edge sent "
+                               f"{f.out.bytes_tiles} bytes of tiles")
+        f.out.generic_cached = bool(found.generic_cached)
+        look = found.image
+        if isinstance(look, bool) or not isinstance(look, (int, np.integer)) or not 0 <= look < len(f.originals):
+            raise LocatorError(f"locator {name!r} returned image {look!r}; the sample has "
+                               f"{len(f.originals)} image(s) (0-based)")
+        look = int(look)
+        size = f.originals[look].size
+        if found.box is not None:
+            roi, clipped = checked_box(name, found.box, size)
+            if clipped:
+                f.out.roi_clipped_from = [float(v) for v in found.box]
+        else:
+            grid = checked_map(name, found.map)
+            region = f.regions[look] if found.region is None else checked_region(name, found.region)
+            roi = find_roi(grid, region, size, server.input_side)
         f.out.roi, f.out.roi_image = list(roi), look
         if method.record_map and found.map is not None:
             f.out.roi_map = [[float(f"{v:.4g}") for v in row] for row in np.nan_to_num(np.asarray(found.map, float))]
             f.out.roi_map_region = [round(v, 3) for v in (found.region or f.regions[look])]
         f.out.bytes_request = len(encode_request(roi))
     return [(look, roi)]
+
+
+class LocatorError(ValueError):
+    """A locator failed or returned something unusable: its sample's failure, naming the locator."""
+
+
+def checked_flops(name: str, flops) -> dict[str, int]:
+    """A locator's FLOPs by part: parts ``locate``/``generic``, each a whole, finite count >= 0."""
+    if not isinstance(flops, dict):
+        raise LocatorError(f"locator {name!r} reported FLOPs {flops!r:.80}, expected a dict of parts")
+    if set(flops) - LOCATOR_PARTS:
+        raise LocatorError(f"locator {name!r} reported FLOPs parts {sorted(flops)}; "
+                           f"a locator's parts are {sorted(LOCATOR_PARTS)}")
+    out = {}
+    for part, value in flops.items():
+        ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+              and np.isfinite(value) and value >= 0 and float(value) == int(value))
+        if not ok:
+            raise LocatorError(f"locator {name!r} reported FLOPs {part}={value!r}, expected a whole number >= 0")
+        out[part] = int(value)
+    return out
+
+
+def four_numbers(value) -> list[float] | None:
+    try:
+        numbers = [float(v) for v in value if not isinstance(v, (bool, str, bytes))]
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == 4 == len(value) else None
+
+
+def checked_box(name: str, box, size: tuple[int, int]) -> tuple[Box, bool]:
+    """A locator's box in whole pixels inside the image (rounded outwards), and whether it had to
+    be clipped. Empty, not finite, not four numbers or wholly outside: the sample fails."""
+    numbers = four_numbers(box)
+    if numbers is None or not all(np.isfinite(numbers)):
+        raise LocatorError(f"locator {name!r} returned box {box!r:.120}, expected four finite numbers "
+                           "(x0, y0, x1, y1) in original pixels")
+    x0, y0, x1, y1 = numbers
+    width, height = size
+    if not (x1 > x0 and y1 > y0):
+        raise LocatorError(f"locator {name!r} returned an empty box {tuple(numbers)} (needs x1 > x0 and y1 > y0)")
+    inside = (max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
+    if not (inside[2] > inside[0] and inside[3] > inside[1]):
+        raise LocatorError(f"locator {name!r} returned box {tuple(numbers)} wholly outside the "
+                           f"{width}x{height} image")
+    clipped = inside != (x0, y0, x1, y1)
+    left, top = int(np.floor(inside[0])), int(np.floor(inside[1]))
+    right, bottom = int(np.ceil(inside[2])), int(np.ceil(inside[3]))
+    return (left, top, max(right, left + 1), max(bottom, top + 1)), clipped
+
+
+def checked_region(name: str, region) -> Box:
+    numbers = four_numbers(region)
+    if numbers is None or not all(np.isfinite(numbers)) or not (numbers[2] > numbers[0] and numbers[3] > numbers[1]):
+        raise LocatorError(f"locator {name!r} returned map region {region!r:.120}, expected four finite numbers "
+                           "(x0, y0, x1, y1) with x1 > x0 and y1 > y0")
+    return tuple(numbers)
+
+
+def checked_map(name: str, grid) -> np.ndarray:
+    """A locator's map: a non-empty 2-D grid of finite numbers (NaN or infinity: the sample fails,
+    it is never turned silently into a centre crop)."""
+    try:
+        values = np.asarray(grid, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise LocatorError(f"locator {name!r} returned a map that is not numbers: {grid!r:.80}") from None
+    if grid is None or values.ndim != 2 or values.size == 0:
+        raise LocatorError(f"locator {name!r} returned a map of shape {values.shape}, expected a non-empty "
+                           "2-D patch grid (or a box)")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise LocatorError(f"locator {name!r} returned a map with {int(np.isnan(values).sum())} NaN and "
+                           f"{int(np.isinf(values).sum())} infinite value(s) of {values.size}")
+    return values
 
 
 def send_crops(server: Server, f: InFlight, crops: list[tuple[int, Box]], method: Method) -> None:
@@ -303,19 +423,32 @@ def send_crops(server: Server, f: InFlight, crops: list[tuple[int, Box]], method
 
 def finish(f: InFlight) -> SampleResult:
     """Step 7: totals, and the one-image fields of the image the RoI came from (else the first)."""
+    return SampleResult(f.sample, totals(f), seconds=f.out.seconds)
+
+
+def totals(f: InFlight) -> Outcome:
+    """The outcome's totals and one-image fields from what the sample sent and computed so far
+    (a finished sample, or a failed one up to its failure)."""
     f.stage1 = None  # the prefix it holds is freed once the sample is done
     out, shown = f.out, f.out.roi_image or 0
-    out.image_size = out.image_sizes[shown]
-    out.global_region = [round(v, 3) for v in f.regions[shown]]
-    out.image_key = image_key(f.sent[shown].image)
+    if shown < len(out.image_sizes):
+        out.image_size = out.image_sizes[shown]
+    if shown < len(f.regions):
+        out.global_region = [round(v, 3) for v in f.regions[shown]]
+    if shown < len(f.sent):
+        out.image_key = image_key(f.sent[shown].image)
     out.bytes_total = out.bytes_global + out.bytes_request + out.bytes_local + out.bytes_tiles
     out.flops_total = sum(out.flops.values())
     out.seconds = f.laps.with_total()
-    return SampleResult(f.sample, out, seconds=out.seconds)
+    return out
 
 
-def failure(sample: SampleInput, laps: "Laps", err: Exception) -> SampleResult:
-    return SampleResult(sample, error=err, seconds={"total": laps.total()})
+def failure(f: InFlight, err: Exception) -> SampleResult:
+    """A failed sample: what it sent and computed up to the failure, its error and the step
+    (``f.step``); its answer is "" (scored as wrong)."""
+    out = totals(f)
+    out.answer = ""
+    return SampleResult(f.sample, out, error=err, seconds=out.seconds, failed_step=f.step)
 
 
 def answer_each(server: Server, requests: list, limits: Limits, *, with_attention: bool, keep_prefix: bool = False,
@@ -377,8 +510,10 @@ class Laps:
     @contextmanager
     def lap(self, name: str):
         started = time.perf_counter()
-        yield
-        self.laps[name] = round(time.perf_counter() - started, 6)
+        try:
+            yield
+        finally:  # a step that fails still took its time
+            self.laps[name] = round(time.perf_counter() - started, 6)
 
     @contextmanager
     def reading(self):

@@ -32,6 +32,9 @@ class Outcome(BaseModel):
     min_entropy: list[float] = Field(default_factory=list)
     shannon_entropy: list[float] = Field(default_factory=list)
     roi: list[int] | None = None
+    # The box a box locator returned when it reached past its image and ``roi`` is it clipped to
+    # the image (null: not clipped). Absent from records written before it existed.
+    roi_clipped_from: list[float] | None = None
     roi_image: int | None = None  # which of the document's images the RoI was cropped from (0-based)
     global_region: list[float] | None = None  # of the RoI's image (the first image without a RoI)
     image_size: list[int] | None = None  # of the RoI's image (the first image without a RoI)
@@ -74,6 +77,10 @@ class SampleRecord(Outcome):
     # Every model arg that changes answers or costs, as the run was started (collab_eval.systems).
     settings: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     error: str | None = None
+    # The step a failed sample failed in (read, edge_global, stage1, gate, locate, edge_local,
+    # stage2, record); null for a sample that did not fail. Its costs are what it sent and
+    # computed up to that step.
+    failed_step: str | None = None
     doc: dict = Field(default_factory=dict)  # the task document without media: ground truth for rescoring
 
     def to_json(self) -> str:
@@ -211,9 +218,12 @@ def unserialisable(record: SampleRecord, err: Exception) -> SampleRecord:
     what = (f"document field(s) {dropped} hold values JSON cannot represent" if dropped
             else _ADDRESS.sub("", str(err)))
     reason = f"record cannot be written as JSON: {what}"
-    header = {name: getattr(record, name) for name in SampleRecord.model_fields if name not in OUTCOME_FIELDS}
-    return SampleRecord(**{**header, "doc": doc, "error": f"{record.error}; {reason}" if record.error else reason},
-                        seconds=record.seconds)
+    # The sample failed at writing its record, after everything it sent and computed: it keeps
+    # those costs (bytes, FLOPs, stage-1 answer and scores), its answer is "" (scored as wrong).
+    fields = {name: getattr(record, name) for name in SampleRecord.model_fields}
+    return SampleRecord(**{**fields, "doc": doc, "answer": "",
+                           "error": f"{record.error}; {reason}" if record.error else reason,
+                           "failed_step": record.failed_step or "record"})
 
 
 # ----- reading (report, check, calibrate) ---------------------------------------------------
@@ -269,7 +279,45 @@ def parse_record(line: str) -> tuple[SampleRecord | None, str | None]:
     except ValidationError as err:
         return None, record_problem(line, err)
     missing = [key for key in REQUIRED if key not in record.model_fields_set]
-    return (None, f"not a record (no {', '.join(map(repr, missing))})") if missing else (record, None)
+    if missing:
+        return None, f"not a record (no {', '.join(map(repr, missing))})"
+    impossible = impossible_value(record)
+    return (None, impossible) if impossible else (record, None)
+
+
+BYTE_FIELDS = ("bytes_original", "bytes_global", "bytes_request", "bytes_local", "bytes_tiles", "bytes_total")
+BYTE_PARTS = ("bytes_global", "bytes_request", "bytes_local", "bytes_tiles")
+
+
+def impossible_value(record: SampleRecord) -> str | None:
+    """What makes a well-typed record impossible, naming the field: a negative or non-finite
+    number of seconds, bytes or FLOPs, or a total that is not the sum of its parts."""
+    def bad(field: str, value) -> str:
+        return f"field {field!r} is {value!r}; expected a finite number >= 0"
+
+    for field in BYTE_FIELDS:
+        if getattr(record, field) < 0:
+            return bad(field, getattr(record, field))
+    for i, value in enumerate(record.bytes_global_images):
+        if value < 0:
+            return bad(f"bytes_global_images[{i}]", value)
+    for part, value in record.flops.items():
+        if value < 0:
+            return bad(f"flops.{part}", value)
+    if record.flops_total < 0:
+        return bad("flops_total", record.flops_total)
+    for step, value in record.seconds.items():
+        if not (math.isfinite(value) and value >= 0):
+            return bad(f"seconds.{step}", value)
+    if set(BYTE_PARTS) <= record.model_fields_set:  # records written before bytes_tiles existed: no check
+        parts = sum(getattr(record, field) for field in BYTE_PARTS)
+        if record.bytes_total != parts:
+            return (f"field 'bytes_total' is {record.bytes_total}, but its parts (bytes_global + bytes_request + "
+                    f"bytes_local + bytes_tiles) sum to {parts}")
+    if record.flops_total != sum(record.flops.values()):
+        return (f"field 'flops_total' is {record.flops_total}, but its parts (flops) sum to "
+                f"{sum(record.flops.values())}")
+    return None
 
 
 def record_problem(line: str, err: ValidationError) -> str:

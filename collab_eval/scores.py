@@ -9,7 +9,9 @@ recorded in the record's ``scores``, so one always run gives each score's gated 
 
 An answer with no generated token never reaches a score: every score of it is +inf
 (maximally doubtful; recorded as null). A score that raises, or returns something that is not
-a number (or NaN), fails that sample only, with a message naming the score. docs/scores.md
+a number (a string or a boolean is not one; nor NaN or -inf), fails that sample only, with a
+message naming the score, when it is the run's chosen score; any other installed score's bad
+value is left out of that sample's ``scores`` (missing), with one warning per run. docs/scores.md
 has the formulas and how to add one.
 """
 from __future__ import annotations
@@ -147,23 +149,72 @@ def check_name(name) -> str:
                      f"got {name!r}")
 
 
-def evaluate(answer: StageOneAnswer, scores: dict[str, Score] | None = None) -> dict[str, float]:
-    """Every score of the answer (all installed ones by default), +inf each for an empty answer."""
+def evaluate(answer: StageOneAnswer, scores: dict[str, Score] | None = None,
+             chosen: str | None = None) -> dict[str, float]:
+    """Every score of the answer (all installed ones by default), +inf each for an empty answer.
+
+    ``chosen``: the score the run gates on. When it is given, a score is isolated from the
+    others: one that is not chosen and raises or returns no number is left out of the result
+    (missing for this sample; ``missing_warning`` logs it once per process and score); the
+    chosen one's failure raises ScoreError (the sample fails). Without ``chosen`` every
+    failure raises."""
     scores = installed().scores if scores is None else scores
     if answer.logits.shape[0] == 0:
         return dict.fromkeys(scores, math.inf)
-    return {name: value_of(name, fn, answer) for name, fn in scores.items()}
+    values = {}
+    for name, fn in scores.items():
+        try:
+            values[name] = value_of(name, fn, answer)
+        except ScoreError as err:
+            if chosen is None or name == chosen:
+                raise
+            missing_warning(name, str(err))
+    return values
+
+
+_warned: set[str] = set()
+
+
+def missing_warning(name: str, why: str) -> None:
+    """One warning per process (a run's rank) and score: an installed score not chosen gave no
+    number for a sample, so it is missing from that sample's ``scores``."""
+    if name in _warned:
+        return
+    _warned.add(name)
+    from loguru import logger  # lmms-eval's logger: where a run's warnings go
+    logger.warning(f"{why}; score {name} is not the gate's score, so it is recorded as missing for each such "
+                   "sample (this warning is given once per run)")
 
 
 def value_of(name: str, fn: Score, answer: StageOneAnswer) -> float:
+    """The score's value as a float. A non-number is refused, not coerced: a string, a boolean,
+    None, a tensor of more than one value; so are NaN and -inf (+inf: maximally uncertain)."""
     try:
         value = fn(answer)
     except Exception as err:  # noqa: BLE001  -- becomes this sample's failure, naming the score
         raise ScoreError(f"score {name} failed: {type(err).__name__}: {err}") from err
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ScoreError(f"score {name} returned {type(value).__name__} {value!r:.60}, expected a number") from None
+    number = as_number(value)
+    if number is None:
+        raise ScoreError(f"score {name} returned {type(value).__name__} {value!r:.60}, expected a number")
     if math.isnan(number) or number == -math.inf:
         raise ScoreError(f"score {name} returned {number}, expected a number (+inf: maximally uncertain)")
     return number
+
+
+def as_number(value) -> float | None:
+    """``value`` as a float if it is a real number (Python, numpy, or a one-value tensor of a
+    numeric dtype); None for anything else (strings, booleans, None, arrays, complex)."""
+    import numbers
+
+    import numpy as np
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            return None
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        if value.size != 1 or value.dtype.kind not in "iuf":
+            return None
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)

@@ -247,8 +247,10 @@ class CollabAdapter(lmms):
         if result.error is None:
             return SampleRecord(**header, **vars(result.outcome))
         error = media_problem(docs, doc_id) or failure_reason(result.error)
-        logger.warning(f"{self.model_id}: {task} doc {doc_id} failed: {error}")
-        return SampleRecord(**header, error=error, seconds=result.seconds)
+        logger.warning(f"{self.model_id}: {task} doc {doc_id} failed at {result.failed_step}: {error}")
+        # What it sent and computed up to the failure (pipeline.failure), answer "" (scored as wrong).
+        outcome = vars(result.outcome) if result.outcome is not None else {"seconds": result.seconds}
+        return SampleRecord(**header, **{**outcome, "answer": ""}, error=error, failed_step=result.failed_step)
 
 
 def checked_locator(name, highres) -> tuple[str, bool]:

@@ -13,6 +13,7 @@ import pytest
 from collab_eval import families
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, run_batch
 from collab_eval.records import FLOP_PARTS, Outcome, SampleRecord, finite, read_records
+from collab_eval.scores import BUILTIN_ORDER
 from collab_eval.scores import installed as installed_scores
 from collab_eval.shipped import TASKS_DIR
 from collab_eval.systems import DEFAULTS
@@ -107,15 +108,17 @@ def check_record(record, method: Method | None = None) -> None:
         assert set(r) == RECORD_FIELDS, set(r) ^ RECORD_FIELDS
     assert r["bytes_total"] == r["bytes_global"] + r["bytes_request"] + r["bytes_local"] + r["bytes_tiles"]
     assert set(r["flops"]) == set(FLOP_PARTS) and r["flops_total"] == sum(r["flops"].values())
-    if r["error"]:  # a failed sample is scored as wrong and costs what it sent before failing
-        assert r["answer"] == "", r
+    if r["error"]:  # a failed sample is scored as wrong and costs what it sent and computed before failing
+        check_failed(r)
         return
     assert r["bytes_global"] > 0 and r["flops"]["vision"] > 0 and r["flops"]["prefill"] > 0
     assert r["answer_stage1"] is not None and len(r["min_entropy"]) == len(r["shannon_entropy"]) >= 1
     for how in AGGREGATES:
         assert r["scores"][how] == pytest.approx(finite(aggregate(r["min_entropy"], how)))
     assert r["score"] == r["scores"][r["score_name"]]
-    assert list(r["scores"]) == installed_scores().names()  # every installed score, in recording order
+    # Every installed score, in recording order; a plug-in's bad value is missing (never a built-in's).
+    assert list(r["scores"]) == [name for name in installed_scores().names() if name in r["scores"]]
+    assert set(BUILTIN_ORDER) <= set(r["scores"])
     assert r["scores"]["shannon"] == pytest.approx(max(r["shannon_entropy"]), rel=1e-6)
     if "codec" in r:  # a record (not a bare pipeline outcome): the settings it was run with
         assert r["settings"]["codec"] == r["codec"] and set(r["settings"]) <= {*DEFAULTS, "score"}
@@ -142,6 +145,36 @@ def check_record(record, method: Method | None = None) -> None:
             assert (r["flops"]["generic"] == 0) == r["generic_cached"]  # a cached map was paid for before
         else:  # only rel_att reads the generic prompt's map; the others' passes are their own part
             assert r["flops"]["generic"] == 0 and not r["generic_cached"]
+
+
+FAILED_STEPS = ("read", "edge_global", "stage1", "gate", "locate", "edge_local", "stage2", "record")
+
+
+def check_failed(r: dict) -> None:
+    """A failed record's invariants: answer "" and, by the step it failed in, the costs of every
+    step before it (stage 1 ran: its FLOPs and answer are there; a crop was sent: its bytes)."""
+    assert r["answer"] == "", r
+    step = r.get("failed_step")
+    assert step in FAILED_STEPS, step
+    if step == "record":  # failed at writing its record: it had finished every step
+        return
+    after = FAILED_STEPS.index(step)
+    if after <= FAILED_STEPS.index("edge_global"):  # nothing reached the server
+        assert r["flops_total"] == 0 and r["answer_stage1"] is None and r["bytes_local"] == 0
+        if step == "read":
+            assert r["bytes_total"] == 0
+        return
+    assert r["bytes_global"] > 0 and r["bytes_global"] == sum(r["bytes_global_images"])
+    if step == "stage1":  # the global image was sent, no answer came back
+        assert r["answer_stage1"] is None and r["bytes_total"] == r["bytes_global"]
+        return
+    assert r["answer_stage1"] is not None and r["flops"]["vision"] > 0 and r["flops"]["prefill"] > 0
+    if step == "gate":
+        assert r["bytes_total"] == r["bytes_global"] and r["flops"]["stage2"] == 0
+        return
+    assert r["retransmitted"] and r["answer_stage2"] is None and r["flops"]["stage2"] == 0
+    if step == "stage2":  # the crop was sent: its request and bytes are counted
+        assert r["bytes_local"] > 0
 
 
 def check_run(run: Run, tasks: list[str], per_task: int) -> None:

@@ -143,7 +143,7 @@ def test_records_are_the_same_whatever_the_number_of_edge_threads(llava, batch_s
     same_results(inline, four)
     failed = {i: str(r.error) for i, r in four if r.error is not None}
     assert set(failed) == {2, 6} and "truncated" in failed[2] and "doc_to_visual failed" in failed[6]
-    done = {i: r.outcome for i, r in four if r.outcome is not None}
+    done = {i: r.outcome for i, r in four if r.error is None}
     assert done[0].bytes_original == done[4].bytes_original == len(Codec.parse("png").encode(documents()[0]))
     assert done[4].generic_cached and not done[0].generic_cached  # paid by the first asker, as in line
 
@@ -172,7 +172,13 @@ def test_a_failed_crop_fails_its_sample_alone(llava):
             server.refuse = sample is samples[5]
             for r in run_batches(server, [[sample]], method=method, caches=caches, edge=edge):
                 results[samples.index(r.sample)] = r
-    assert str(results[5].error) == "crop refused" and results[5].outcome is None
+    failed = results[5]
+    assert str(failed.error) == "crop refused" and failed.failed_step == "edge_local"
+    # It keeps what it sent and computed before the crop failed: its global image, stage 1, the RoI's request.
+    out = failed.outcome
+    assert out.answer == "" and out.answer_stage1 is not None and out.bytes_local == 0
+    assert out.bytes_global > 0 and out.bytes_request > 0 and out.flops["prefill"] > 0
+    assert out.bytes_total == out.bytes_global + out.bytes_request
     clean = dict(run(llava, 4, 1))
     same_results([(i, clean[i]) for i in (0, 1, 3, 4, 7)], [(i, results[i]) for i in (0, 1, 3, 4, 7)])
 

@@ -253,3 +253,94 @@ def test_report_command_with_two_links_writes_tables_figures_and_summary(tmp_pat
     entry = json.loads((tmp_path / "report" / "summary.json").read_text())["systems"]["hand-llava:png"]["tasks"][
         "collab_pope_mini"]["latency"]["1mbit@50ms"]
     assert entry["always"]["mean"] == pytest.approx(sum(formula(r, 1e6, 1e6, 0.05, True) for r in rows) / 4)
+
+
+# ----- every cost on the clock: each locator's passes and highres tiles --------------------------
+@pytest.mark.parametrize("locator", ["rel_att", "grad_att", "pure_grad", "center"])
+def test_latency_from_flops_counts_the_locators_own_passes(tiny_server, locator):
+    """A real sample per locator: with --server-flops-per-second the RoI step takes
+    (locate + generic) / F, so a gradient locator's forward and backward passes are on the clock."""
+    from PIL import Image
+
+    from collab_eval.edge import Codec
+    from collab_eval.pipeline import Limits, Method
+    from collab_eval.policy import Policy
+    from tests.helpers import run_one
+    server = tiny_server("llava")
+    picture = Image.fromarray(np.random.default_rng(5).integers(0, 256, (120, 200, 3), dtype=np.uint8))
+    how = Method(Policy("always", -math.inf), Codec.parse("png"), locator=locator)
+    out = run_one(server, [picture], "what is on the sign ?", method=how, limits=Limits(max_new_tokens=2))
+    r = SampleRecord(run_id="r", task="t", doc_id=0, question="q", model="m", codec="png", policy="always",
+                     **vars(out))
+    rate, link = 1e9, parse_link("1mbit@50ms")
+    roi_flops = out.flops["locate"] + out.flops["generic"]
+    if locator in ("grad_att", "pure_grad"):
+        assert out.flops["locate"] > 0 and out.flops["generic"] == 0
+    seconds = latency.step_seconds(r, latency.Costs(server_flops_per_second=rate))
+    assert seconds["roi"] == roi_flops / rate
+    stage1 = sum(out.flops[p] for p in ("vision", "projector", "prefill", "decode")) / rate
+    expected = (r.seconds["edge_global"] + 0.025 + 8 * r.bytes_global / 1e6 + stage1
+                + roi_flops / rate + 0.025 + 8 * r.bytes_request / 1e6 + r.seconds["edge_local"]
+                + 0.025 + 8 * r.bytes_local / 1e6 + out.flops["stage2"] / rate + 0.025)
+    assert latency.sample_latency(r, link, True, costs=latency.Costs(server_flops_per_second=rate)) == \
+        pytest.approx(expected, rel=1e-12)
+
+
+def test_latency_counts_the_upload_of_highres_tiles(tiny_server):
+    """highres=true on an original over 1024 px: the edge's tiles go up the link (after the
+    server's ask), so a retransmitted sample waits for them; stage 1 alone does not."""
+    from PIL import Image
+
+    from collab_eval.edge import Codec
+    from collab_eval.pipeline import Limits, Method
+    from collab_eval.policy import Policy
+    from tests.helpers import run_one
+    server = tiny_server("llava")
+    large = Image.fromarray(np.random.default_rng(6).integers(0, 256, (600, 1500, 3), dtype=np.uint8))
+    how = Method(Policy("always", -math.inf), Codec.parse("png"), locator="grad_att", highres=True)
+    out = run_one(server, [large], "what is on the sign ?", method=how, limits=Limits(max_new_tokens=2))
+    assert out.bytes_tiles > 0
+    r = SampleRecord(run_id="r", task="t", doc_id=0, question="q", model="m", codec="png", policy="always",
+                     **vars(out))
+    without = r.model_copy(update={"bytes_tiles": 0})
+    link = parse_link("1mbit@50ms")
+    # R/2 for the ask, R/2 + 8 * bytes_tiles / U for the upload
+    assert latency.sample_latency(r, link, True) - latency.sample_latency(without, link, True) == \
+        pytest.approx(0.025 + 0.025 + 8 * out.bytes_tiles / 1e6, rel=1e-9)
+    assert latency.sample_latency(r, link, False) == latency.sample_latency(without, link, False)
+
+
+# ----- the small cases: each bad value gets its own message, nothing is ignored -----------------
+def test_a_negative_or_overflowing_rate_says_so(capsys):
+    with pytest.raises(LinkError, match="the rate '-1mbit' must be positive"):
+        parse_link("-1mbit@50ms")
+    with pytest.raises(LinkError, match="the rate '1e309mbit' is not finite"):
+        parse_link("1e309mbit")
+    # On the command line too: argparse would take "-1mbit@50ms" for an option and say it is missing.
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "somewhere", "--out", "r", "--link", "-1mbit@50ms"])
+    assert exit_.value.code == 2
+    assert "--link '-1mbit@50ms': the rate '-1mbit' must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1\n" + "9" * 23 + "\n", "line 2: 99999999999999999999999 ms is too large"),
+    ("1\n\n3\n", "line 2 is empty"), ("1\n   \n3\n", "line 2 is empty"),
+    ("1\n\u0663\n", "line 2: '\u0663' is not a whole")])
+def test_a_trace_line_too_large_blank_or_not_ascii_stops_naming_the_line(tmp_path, text, message):
+    path = tmp_path / "up.trace"
+    path.write_text(text)
+    with pytest.raises(LinkError, match=message):
+        parse_link(f"trace:{path}")
+
+
+def test_timing_options_without_a_link_and_a_negative_max_latency_are_refused(tmp_path, capsys):
+    run = write_run(tmp_path / "run", pope_records())
+    assert main(["report", str(run), "--out", str(tmp_path / "r"), "--seeds", "0", "--edge-scale", "3"]) == 2
+    assert "--edge-scale time a sample's steps for the latency under --link" in capsys.readouterr().err
+    assert main(["report", str(run), "--out", str(tmp_path / "r"), "--seeds", "0",
+                 "--server-flops-per-second", "1e12"]) == 2
+    assert "--server-flops-per-second time" in capsys.readouterr().err
+    assert main(["calibrate", str(run), "--task", "collab_pope_mini", "--max-latency", "-1",
+                 "--link", "1mbit@50ms"]) == 2
+    assert "--max-latency must be a positive number of seconds, got -1" in capsys.readouterr().err

@@ -36,7 +36,9 @@ def test_a_document_json_cannot_hold_fails_only_its_sample(tmp_path):
     first, second = lines(writer.path)
     reason = "record cannot be written as JSON: document field(s) ['blob', 'tags'] hold values JSON cannot represent"
     assert first["error"] == reason and written_bad.error == reason
-    assert first["answer"] == "" and first["bytes_total"] == 0  # scored as a failed sample
+    # Scored as a failed sample, failed at writing its record, with every cost it incurred kept.
+    assert first["answer"] == "" and first["failed_step"] == "record"
+    assert first["bytes_total"] == 100 and written_bad.bytes_total == 100 and first["answer_stage1"] is None
     assert first["doc"] == {"question_id": 3, "question": "q?"}  # the rest of the ground truth stays
     assert second["error"] is None and second["answer"] == "7"
 

@@ -6,7 +6,10 @@ per second) and round-trip time R, from a record's ``seconds`` and bytes:
 - answered from the global image only (not retransmitted):
   ``edge_global + (R/2 + 8·bytes_global/U) + stage1 + R/2``
 - retransmitted: that, plus
-  ``roi + (R/2 + 8·bytes_request/D) + edge_local + (R/2 + 8·bytes_local/U) + stage2``
+  ``[tiles] + roi + (R/2 + 8·bytes_request/D) + edge_local + (R/2 + 8·bytes_local/U) + stage2``
+  where ``[tiles]``, for a sample whose locator had the edge send tiles of the original
+  (``bytes_tiles`` > 0, highres), is the server's ask and the edge's upload of them before the
+  locator maps them: ``R/2 + (R/2 + 8·bytes_tiles/U)`` (0 without tiles)
 
 The last R/2 is the answer's way back (its bytes are not counted). A step missing from
 ``seconds`` (a failed sample, the tiles policy's missing ``roi``) takes 0 s. On a trace each
@@ -21,7 +24,9 @@ retransmitted the whole).
 
 Options (``Costs``): the server's steps (``stage1``, ``roi``, ``stage2``) can be replaced by their
 FLOPs over a stated throughput (stage 1: vision + projector + prefill + decode; roi: the
-generic-prompt pass, 0 where it came from the cache; stage 2: stage2), e.g. a run measured on a
+locator's own passes, ``locate`` (grad_att's and pure_grad's forward and backward passes, every
+pass over highres tiles), plus the generic-prompt pass, ``generic``, 0 where it came from the
+cache; stage 2: stage2), e.g. a run measured on a
 CPU read for a GPU server; the edge's steps (``edge_global``, ``edge_local``) can be scaled by a
 factor (a phone is slower than this machine).
 
@@ -69,7 +74,7 @@ def step_seconds(record: SampleRecord, costs: Costs = Costs()) -> dict[str, floa
     if costs.server_flops_per_second is not None:
         flops = record.flops
         seconds["stage1"] = sum(flops.get(part, 0) for part in STAGE1_PARTS) / costs.server_flops_per_second
-        seconds["roi"] = flops.get("generic", 0) / costs.server_flops_per_second
+        seconds["roi"] = (flops.get("generic", 0) + flops.get("locate", 0)) / costs.server_flops_per_second
         seconds["stage2"] = flops.get("stage2", 0) / costs.server_flops_per_second
     return seconds
 
@@ -83,6 +88,9 @@ def sample_latency(record: SampleRecord, link: Link, retransmitted: bool, start:
     t += half + link.up.transfer_seconds(record.bytes_global, t)
     t += s["stage1"]
     if retransmitted:
+        if record.bytes_tiles:  # highres: the server asks for the tiles, the edge uploads them
+            t += half
+            t += half + link.up.transfer_seconds(record.bytes_tiles, t)
         t += s["roi"]
         t += half + link.down.transfer_seconds(record.bytes_request, t)
         t += s["edge_local"]

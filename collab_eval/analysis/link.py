@@ -28,7 +28,8 @@ PACKET_BYTES = 1500  # one mahimahi delivery opportunity
 RATE_UNITS = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}  # bits per second
 TIME_UNITS = {"ms": 1e-3, "s": 1.0}
 NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
-RATE = re.compile(rf"^({NUMBER})\s*(kbit|mbit|gbit)$", re.IGNORECASE)
+RATE = re.compile(rf"^([+-]?{NUMBER})\s*(kbit|mbit|gbit)$", re.IGNORECASE)  # signed: "-1mbit" is said negative
+MAX_TIMESTAMP_MS = 10 ** 15  # a trace timestamp beyond ~31,700 years is no trace (and overflows numpy's int64 sums)
 DURATION = re.compile(rf"^({NUMBER})\s*(ms|s)$", re.IGNORECASE)
 FORMAT = ("expected UP[/DOWN][@RTT] (rates in kbit, mbit or gbit per second, RTT in ms or s: 1mbit@50ms, "
           "10mbit/50mbit@20ms) or trace:UP_FILE[,DOWN_FILE][@RTT] (mahimahi traces)")
@@ -131,7 +132,10 @@ def parse_rate(text: str, spec: str) -> float:
         raise LinkError(f"--link {spec!r}: {text!r} is not a rate (a number with kbit, mbit or gbit: 1mbit, 2.5mbit); "
                         f"{FORMAT}")
     value = float(match[1]) * RATE_UNITS[match[2].lower()]
-    if not value > 0 or not math.isfinite(value):
+    if not math.isfinite(value):
+        raise LinkError(f"--link {spec!r}: the rate {text!r} is not finite (it overflows a float); "
+                        "a rate must be a finite positive number")
+    if not value > 0:
         raise LinkError(f"--link {spec!r}: the rate {text!r} must be positive")
     return value
 
@@ -160,11 +164,15 @@ def read_trace(path: str, spec: str) -> Trace:
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line:
-            continue
-        if not line.isdigit():
+            raise LinkError(f"--link {spec!r}: {path} line {number} is empty (mahimahi's format: one whole number "
+                            "of milliseconds per line, no blank lines)")
+        if not (line.isascii() and line.isdigit()):
             raise LinkError(f"--link {spec!r}: {path} line {number}: {line[:40]!r} is not a whole number of "
                             "milliseconds (mahimahi's format: one timestamp per line)")
         value = int(line)
+        if value > MAX_TIMESTAMP_MS:
+            raise LinkError(f"--link {spec!r}: {path} line {number}: {line[:40]} ms is too large (at most "
+                            f"{MAX_TIMESTAMP_MS} ms)")
         if times and value < times[-1]:
             raise LinkError(f"--link {spec!r}: {path} line {number}: {value} ms comes after {times[-1]} ms "
                             "(timestamps must not decrease)")

@@ -93,6 +93,8 @@ def document(summary: Summary) -> list:
                Para(f"Bytes are mean bytes per sample. The gate point is the cheapest entropy-gate threshold whose "
                     f"accuracy reaches {target}-retransmit accuracy; savings are relative (+30% means 30% fewer).")]
     labels = system_labels(summary)
+    from collab_eval.analysis import gaps
+    blocks += [Para(note) for note in gaps.notes(summary, labels)]  # what is missing, what failed
     blocks += [Heading(2, "Runs"), Table(
         ["run", "lmms-eval model", "system", "policy", "tasks", "samples", "failed samples"],
         [[r.name, r.adapter, labels.get(r.system, r.system), r.label, ", ".join(r.tasks), str(r.samples),

@@ -6,7 +6,9 @@ The contract:
   per-sample records its collab adapter wrote, or a set of records on their own.
 - Records are the files ``<run_name>.rank<k>.jsonl``. They are looked for in the
   ``records_dir`` of the run's ``model_args`` (as lmms-eval stored it in results.json,
-  resolved against the current directory, then against RUN_DIR) and anywhere inside RUN_DIR.
+  resolved against RUN_DIR, then against the current directory) and anywhere inside RUN_DIR;
+  a run whose records (by run_id) lie inside RUN_DIR takes those alone, so a run folder
+  copied elsewhere reports its own records, never the original's.
 - Records that carry a ``run_id`` are one run per id, whatever files they are in (the ranks
   of a data-parallel run, a resumed run's files or appended lines); a results.json whose
   model_args name a ``run_id`` is tied to exactly those records. Older records (no run_id)
@@ -51,6 +53,7 @@ class Run:
     results_file: Path | None = None
     results: dict = field(default_factory=dict)  # lmms-eval's results.json, when there is one
     run_id: str | None = None
+    skipped: list[str] = field(default_factory=list)  # what of its records files was left out (a cut line)
 
     @property
     def config(self) -> dict:
@@ -212,6 +215,7 @@ class RecordReader:
                 run.records.append(record)
                 if path not in run.record_files:
                     run.record_files.append(path)
+                    run.skipped += self.files[path].skipped
         for run in runs.values():
             run.records = once_per_sample(run, self.warn)
         return runs
@@ -239,7 +243,10 @@ def find_runs(run_dir, warn: Callable[[str], None] = warn_on_stderr) -> list[Run
     runs, claimed = [], set()
     for results_file in sorted(run_dir.rglob("*_results.json")):
         results = read_results(results_file)
-        candidates = reader.runs(local + records_dir_files(results, run_dir))
+        run_id = results_run_id(results, results_file)
+        candidates = reader.runs(local)
+        if run_id is None or ("id", run_id) not in candidates:  # its records are not inside RUN_DIR: records_dir
+            candidates = reader.runs(local + records_dir_files(results, run_dir))
         key = pick_run(candidates, results, results_file)
         claimed.add(key)
         run = candidates[key]
@@ -255,10 +262,13 @@ def find_runs(run_dir, warn: Callable[[str], None] = warn_on_stderr) -> list[Run
 
 
 def records_dir_files(results: dict, run_dir: Path) -> list[Path]:
+    """The records files in the run's ``records_dir``: a relative one is resolved from the run's
+    own folder (RUN_DIR) first, then from the current directory, so a run folder copied
+    elsewhere reports its own records (and its records inside RUN_DIR come first anyway)."""
     records_dir = parse_model_args(config_of(results).get("model_args", "")).get("records_dir")
     if not records_dir:
         return []
-    for base in (Path.cwd(), run_dir):
+    for base in (run_dir, Path.cwd()):
         directory = base / str(records_dir)
         if directory.is_dir():
             return list(directory.glob("*.rank*.jsonl"))

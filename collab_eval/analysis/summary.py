@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-from collab_eval.analysis import curves
+from collab_eval.analysis import curves, gaps
 from collab_eval.analysis.calibrate import Calibration
 from collab_eval.analysis.curves import BandStep, Point, Samples
 from collab_eval.analysis.latency import LatencyProfile
@@ -189,6 +189,8 @@ class RunRow(BaseModel):
     errors: int = 0
     results_file: str | None = None
     record_files: list[str] = Field(default_factory=list)
+    # Why its records are not the whole run (analysis.gaps): samples present of planned, a cut file.
+    incomplete: list[str] = Field(default_factory=list, exclude_if=lambda v: not v)
 
 
 class Summary(BaseModel):
@@ -271,7 +273,7 @@ def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20, wa
                                policy_args=run.policy_args, tasks=run.tasks, samples=len(run.records),
                                errors=failed(run.records),
                                results_file=shown(run.results_file) if run.results_file else None,
-                               record_files=[shown(p) for p in run.record_files]))
+                               record_files=[shown(p) for p in run.record_files], incomplete=gaps.incomplete(run)))
         by_task = defaultdict(list)
         for record in run.records:
             by_task[record.task].append(record)

@@ -44,8 +44,10 @@ def settings_of(records: list[SampleRecord]) -> dict:
 
 def task_view(system: str, task: str, records: list[SampleRecord], scorer: Scorer) -> TaskView:
     metric = scorer.metric(task)
-    acc1 = np.array([metric.accuracy(r.doc, r.answer_stage1) for r in records])
-    acc2 = np.array([metric.accuracy(r.doc, r.answer_stage2) for r in records])
+    # A failed sample is scored as wrong at both stages, as lmms-eval scored it (its answer is ""),
+    # whatever stage-1 answer it got before failing; it keeps the costs it incurred.
+    acc1 = np.array([scored(metric, r, r.answer_stage1) for r in records])
+    acc2 = np.array([scored(metric, r, r.answer_stage2) for r in records])
     group, generic = cache_groups(records)
     samples = Samples.build(
         acc1, acc2, [r.score for r in records],
@@ -55,6 +57,13 @@ def task_view(system: str, task: str, records: list[SampleRecord], scorer: Score
         group=group, generic=generic, keys=[f"{r.task}/{r.doc_id}" for r in records])
     scores = {name: np.array([inf_if_none(r.scores.get(name)) for r in records]) for name in score_names(records)}
     return TaskView(system, task, samples, scores, records, acc1, acc2)
+
+
+def scored(metric, r: SampleRecord, answer: str | None) -> float:
+    """The accuracy of ``answer`` for record ``r``: 0 for a failed sample (scored with no answer,
+    so the metric is still the document's own)."""
+    value = metric.accuracy(r.doc, None if r.error else answer)
+    return 0.0 if r.error else value
 
 
 def score_names(records: list[SampleRecord]) -> list[str]:
