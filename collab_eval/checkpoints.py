@@ -14,6 +14,7 @@ BUILDERS = {
     "tiny-llava": "build_tiny_llava",
     "tiny-qwen2-vl": "build_tiny_qwen2_vl",
     "tiny-instructblip": "build_tiny_instructblip",
+    "tiny-llava-next": "build_tiny_llava_next",
     "geometry-llava": "build_geometry_llava",  # LLaVA-1.5's 576 image tokens, 145 M params (timing)
 }
 

@@ -59,6 +59,7 @@ def tiny_llava_run(tiny_llava_path, tmp_path_factory):
 
 SERVERS = {"llava": "model_adapters.llava.LlavaServer", "qwen2_vl": "model_adapters.qwen2_vl.Qwen2VLServer",
            "instructblip": "model_adapters.instructblip.InstructBlipServer"}
+SERVERS["llava_next"] = "model_adapters.llava_next.LlavaNextServer"  # until the families registry lists it
 
 
 @pytest.fixture(scope="session")
