@@ -32,7 +32,7 @@ def visuals(doc):
     return [doc["image"], *([doc["image2"]] if "image2" in doc else [])]
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "instructblip"])
+@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "instructblip", "llava_next"])
 def adapter(request, tiny_server):
     return tiny_server(request.param, **({"max_pixels": 112 * 112} if request.param == "qwen2_vl" else {}))
 

@@ -27,7 +27,7 @@ def test_tiles_needs_no_attention_and_always_sends():
     assert tiles.retransmit(0.0, "any/0") and tiles.retransmit(float("inf"), "any/1")
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "instructblip"])
+@pytest.fixture(scope="module", params=["qwen2_vl", "instructblip", "llava_next"])
 def adapter(request, tiny_server):
     return tiny_server(request.param, **({"max_pixels": 112 * 112} if request.param == "qwen2_vl" else {}))
 

@@ -213,7 +213,7 @@ def test_highres_maps_tiles_sent_by_the_edge_and_counts_them(tiny_server):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip", "llava_next"])
 @pytest.mark.parametrize("locator", ["rel_att", "grad_att", "pure_grad"])
 def test_highres_tiles_the_original_for_every_family_and_map_locator(family, locator, tiny_server):
     # An original over 1024 px (2 rows of 3 tiles under ViCrop's rule): its tiles are sent and
