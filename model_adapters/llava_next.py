@@ -211,3 +211,20 @@ class CollabLlavaNext(CollabAdapter):
 
     def __init__(self, pretrained: str = "llava-hf/llava-v1.6-vicuna-7b-hf", **kwargs):
         super().__init__(pretrained=pretrained, **kwargs)
+
+
+try:  # the families registry (collab_eval.families) is written beside this family; until it is merged
+    from collab_eval.families import Family  # here, the family is listed the earlier way (manifests, BUILDERS)
+except ImportError:  # pragma: no cover - only before the registry lands
+    Family = None
+
+FAMILY = Family(
+    name="llava_next",
+    server="model_adapters.llava_next:LlavaNextServer",
+    reference_checkpoints=("llava-hf/llava-v1.6-vicuna-7b-hf", "llava-hf/llava-v1.6-vicuna-13b-hf"),
+    lmms_eval_model="llava_hf",
+    lmms_eval_model_args="device_map=cpu",
+    tiny="collab_eval.lab.tiny_checkpoints:build_tiny_llava_next",
+    trained="smalldetail-llava-next",
+    recipe="collab_eval.lab.smalldetail_families:LlavaNext",
+) if Family is not None else None
