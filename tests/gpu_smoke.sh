@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke test: the three collab adapters on their tiny offline checkpoints, end to end
+# GPU smoke test: the collab adapters on their tiny offline checkpoints, end to end
 # through the lmms-eval command line on CUDA (--limit 4 on the local TextVQA and POPE
 # tasks), one result line per adapter; then the timing benchmark on CUDA (collab_llava
 # never/always against lmms-eval's llava_hf on geometry-llava, LLaVA-1.5's 576-token image
@@ -39,7 +39,7 @@ EOF
 
 status=0
 # adapter, tiny checkpoint, policy (one that exercises stage 2; tiles: five images)
-for run in "collab_llava tiny-llava always" "collab_qwen2_vl tiny-qwen2-vl tiles" "collab_instructblip tiny-instructblip always"; do
+for run in "collab_llava tiny-llava always" "collab_llava_next tiny-llava-next always" "collab_qwen2_vl tiny-qwen2-vl tiles" "collab_instructblip tiny-instructblip always"; do
     read -r model checkpoint policy <<<"$run"
     dir="$OUT/$model"
     mkdir -p "$dir"
