@@ -34,10 +34,21 @@ def painted(size, spot, half):
     return image
 
 
-def test_the_7b_sees_2928_tokens_for_672_by_672():
-    """The issue's figure: 576 base + 48 x 48 grid + 48 newlines."""
+def test_the_7b_sees_2928_tokens_for_672_by_672(server):
+    """The issue's figure: 576 base + 48 x 48 grid + 48 newlines; and the layout's count is
+    the one transformers' own processor writes into the prompt with the 7B's geometry."""
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
     layout = anyres_layout((672, 672), PINPOINTS_7B, tile=336, patch=14)
     assert (layout.tiles, layout.rows, layout.cols, layout.views, layout.tokens) == ((2, 2), 48, 48, 5, 2928)
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                                image_grid_pinpoints=PINPOINTS_7B),
+        tokenizer=server.processor.tokenizer, patch_size=14, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1)
+    image_token = server.model.config.image_token_id
+    for width, height in ((672, 672), (1000, 500), (300, 900), (200, 150)):
+        ids = processor(images=[noise_image(width, height, seed=0)], text="<image>", return_tensors="pt")["input_ids"]
+        assert int((ids == image_token).sum()) == anyres_layout((height, width), PINPOINTS_7B, 336, 14).tokens
     # A wide original: the 336 x 672 (h x w) pinpoint fits 1000 x 500 best, all 24 rows kept.
     wide = anyres_layout((500, 1000), PINPOINTS_7B, tile=336, patch=14)
     assert wide.pinpoint == (336, 672) and (wide.rows, wide.cols) == (24, 48)
