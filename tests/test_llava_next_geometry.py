@@ -192,3 +192,19 @@ def test_generic_and_stage2_passes_from_the_prefix_agree_with_flopcountermode(fa
                                                                 prefix=prefix))
     assert_agree(answer.flops, measured)
     assert measured["vision"] < server.encoder_flops(server.inputs([BIG, TALL], QUESTION))["vision"]  # BIG not again
+
+
+@pytest.mark.parametrize("locator", ["rel_att", "grad_att", "pure_grad", "center"])
+def test_every_locator_crops_inside_the_original(server, locator):
+    """policy=always with each built-in locator: a RoI inside the wide original, the crop sent
+    at its own framing, and every byte and FLOP accounted (tests.helpers.check_record)."""
+    from tests.helpers import check_record
+    image = noise_image(640, 260, seed=21)
+    method = Method(Policy("always"), Codec.parse("png"), locator=locator)
+    outcome = run_one(server, [image], QUESTION, method=method, limits=Limits(max_new_tokens=2))
+    check_record(outcome, method)
+    x0, y0, x1, y1 = outcome.roi
+    assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 260
+    crop = transmit(image, *server.frame(tuple(outcome.roi)), Codec.parse("png"))
+    assert outcome.bytes_local == crop.nbytes
+    assert (outcome.flops["locate"] > 0) == (locator in ("grad_att", "pure_grad"))
