@@ -313,8 +313,7 @@ class LlavaNext(Llava):
         return llava_next_frame(region, self.pinpoints)
 
     def layout(self, image):
-        from model_adapters.llava_next import anyres_layout
-        return anyres_layout((image.height, image.width), self.pinpoints, INPUT_SIDE, self.patch)
+        return self.layout_of((image.height, image.width))
 
     def pixels(self, images):
         return list(images)  # the sent images themselves; the processor runs per batch (collate_images)
@@ -342,6 +341,7 @@ class LlavaNext(Llava):
         return out
 
     def layout_of(self, size):
+        """The adapter's layout (model_adapters.llava_next.anyres_layout) of an image of ``size`` (h, w)."""
         from model_adapters.llava_next import anyres_layout
         return anyres_layout(size, self.pinpoints, INPUT_SIDE, self.patch)
 
