@@ -3,11 +3,13 @@ and ``policy=never,codec=png`` answering as lmms-eval's own ``llava_hf`` does on
 checkpoint, document by document (square, wide, tall, under and over the pinpoints)."""
 import pytest
 
+from collab_eval import families
 from collab_eval.policy import POLICIES
 from tests.helpers import check_run, evaluate, samples
 
 LIMIT = 2
 TASKS = ("collab_textvqa_mini", "collab_pope_mini")
+FAMILY = families.get("llava_next")
 COMPARED = "collab_pope_mini"  # 16 documents; 8 new tokens at most (textvqa's would let llava_hf run 1024)
 
 # Every test here starts lmms-eval: the fast tier (-m 'not slow') skips the module.
@@ -23,7 +25,7 @@ def tiny_llava_next_path() -> str:
 @pytest.mark.parametrize("policy", POLICIES)
 def test_every_policy_through_the_command_line(tmp_path, tiny_llava_next_path, policy):
     args = f"pretrained={tiny_llava_next_path},policy={policy},max_new_tokens=4,records_dir={tmp_path / 'records'}"
-    run = evaluate("collab_llava_next", args, ",".join(TASKS), tmp_path, extra=("--limit", str(LIMIT)))
+    run = evaluate(FAMILY.model_id, args, ",".join(TASKS), tmp_path, extra=("--limit", str(LIMIT)))
     check_run(run, TASKS, LIMIT)
     for r in run.records:
         assert r["error"] is None and r["model"] == tiny_llava_next_path and r["policy"] == policy
@@ -46,10 +48,11 @@ def test_never_answers_as_lmms_evals_llava_hf(tmp_path, tiny_llava_next_path):
     the pinpoint fit the processor would resize it to (or as it is, under the pinpoints), so
     the tiles are the processor's own up to PIL's and torchvision's rounding (one grey level)
     and the base view is squashed from the fit rather than the original (docs/families.md)."""
-    ours = evaluate("collab_llava_next", f"pretrained={tiny_llava_next_path},policy=never,codec=png,max_new_tokens=8,"
+    ours = evaluate(FAMILY.model_id, f"pretrained={tiny_llava_next_path},policy=never,codec=png,max_new_tokens=8,"
                     f"records_dir={tmp_path / 'ours' / 'records'}", COMPARED, tmp_path / "ours")
-    theirs = evaluate("llava_hf", f"pretrained={tiny_llava_next_path},device_map=cpu", COMPARED, tmp_path / "theirs",
-                      extra=("--device", "cpu"))
+    # lmms-eval's own adapter as the family declares it (llava_hf, device=cpu,device_map=cpu)
+    theirs = evaluate(FAMILY.lmms_eval_model, f"pretrained={tiny_llava_next_path},{FAMILY.lmms_eval_model_args}",
+                      COMPARED, tmp_path / "theirs")
     assert len(ours.records) == 16
     sizes = {tuple(r["image_size"]) for r in ours.records}
     assert any(w != h for w, h in sizes) and any(w == h for w, h in sizes)  # square and non-square
