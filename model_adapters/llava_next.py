@@ -225,8 +225,11 @@ FAMILY = Family(
     tiny="collab_eval.lab.tiny_checkpoints:build_tiny_llava_next",
     trained=None,  # smalldetail-llava-next: a recipe, not yet trained and shipped (docs/smalldetail.md)
     recipe="collab_eval.lab.smalldetail_families:LlavaNext",
-    lmms_eval_differs="by design: the edge sends the pinpoint fit, not the original; llava_hf squashes the base "
-                      "view from the original and this adapter from the fit (PIL's bicubic before torchvision's): "
-                      "the same pixels only under the pinpoints; the same answers on the tiny checkpoint",
-    lmms_eval_compare="answer")
+    lmms_eval_differs="other pixels above the pinpoints by design: the edge sends the pinpoint fit, llava_hf "
+                      "squashes the base view from the original and this adapter from the fit; under them the same "
+                      "pixels. Answers mostly the same, not always (tiny-llava-next: 16 of 16 collab_pope_mini, "
+                      "11 of 12 of the never-vs-lmms-eval test's noise images)",
+    # Not compared sample by sample: one token in the 6th place differs on a 640 x 160 image.
+    # tests/test_llava_next_cli.py holds it to collab_pope_mini's 16 equal answers.
+    lmms_eval_compare="none")
 CollabLlavaNext = adapter_class(FAMILY)  # the lmms-eval class (--model collab_llava_next)

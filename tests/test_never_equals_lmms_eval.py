@@ -6,8 +6,8 @@ so the processor, given the PNG, changes nothing: the model sees what its proces
 original, for any size and mode. Fast: that equality of pixel values, per family. Slow: both
 lmms-eval command lines on a small task of square and non-square images in several modes, the
 generated answers compared sample by sample, per family whose lmms-eval adapter sees the same
-pixels (lmms-eval's qwen2_vl re-encodes every image as JPEG at quality 85 first: compared in
-docs/families.md, not here).
+pixels (lmms-eval's qwen2_vl re-encodes every image as JPEG at quality 85 first, and LLaVA-NeXT's
+edge sends the pinpoint fit, not the original: compared in docs/families.md, not here).
 """
 import numpy as np
 import pytest
