@@ -193,7 +193,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def transmit(original: Image.Image, region: Box, size: tuple[int, int], codec: Codec) -> Transmission:
     """Resample ``region`` of the original to ``size`` (w, h), encode, count, decode (a local
     image or tile: any box of the original, to sub-pixel precision)."""
-    return send(original.resize(size, Image.Resampling.BICUBIC, box=region), codec)
+    return send(resample(original, region, size), codec)
+
+
+def resample(original: Image.Image, region: Box, size: tuple[int, int]) -> Image.Image:
+    """``region`` of the original (sub-pixel box) resampled to ``size`` (w, h), bicubic: what the
+    edge makes of a local image or tile, and of a global one where the family sends its framing
+    rather than its processor's output (LLaVA-NeXT's pinpoint fit). The whole image at its own
+    size is the original, unchanged."""
+    return original.resize(size, Image.Resampling.BICUBIC, box=region)
 
 
 def send(view: Image.Image, codec: Codec) -> Transmission:

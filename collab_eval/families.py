@@ -2,7 +2,7 @@
 
 A family is declared once, as a ``Family`` value named ``FAMILY`` in its module, and
 registered under the entry-point group ``collab_eval.families`` (the entry point's name is
-the family's ``name``). The built-in families (LLaVA-1.5, Qwen2-VL, InstructBLIP) are
+the family's ``name``). The built-in families (LLaVA-1.5, Qwen2-VL, InstructBLIP, LLaVA-NeXT) are
 registered in collab-eval's own pyproject.toml exactly as a user's would be::
 
     [project.entry-points."collab_eval.families"]
@@ -28,7 +28,7 @@ from importlib.metadata import entry_points
 GROUP = "collab_eval.families"
 # The order families are listed in (CLI choices, docs table, CI): the built-ins first, in the
 # order the project grew, then plug-ins by name.
-BUILTIN_ORDER = ("llava", "qwen2_vl", "instructblip")
+BUILTIN_ORDER = ("llava", "qwen2_vl", "instructblip", "llava_next")
 NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 COMPARISONS = ("answer", "after_prompt", "none")
 

@@ -30,6 +30,13 @@ class ServerModel:
     # that depth scaled to the checkpoint (ViCrop reads LLaVA-1.5-7B's layer 14 of 32).
     vicrop_layer = (14, 32)
     input_side: int  # set by each family once its processor is known
+    # What the edge sends: "processor", every image as the family's processor sizes it (the
+    # global image is its own resize and crop, global_view; a local image is framed to the
+    # encoder's input), so a local image costs what a global one does; "fit" (LLaVA-NeXT), each
+    # image at its own fit, never upsampled: the processor makes its views from that, so a global
+    # image's pixels are the processor's own only where the original is under its fit, and a
+    # small local image costs fewer tokens than a large global one.
+    sends = "processor"
 
     def __init__(self, pretrained: str, *, name: str = "collab", device: torch.device | str = "cpu",
                  dtype: str = "auto", device_map: str | None = None, threads: int = 1, layer: int | None = None,

@@ -242,7 +242,7 @@ def test_a_box_partly_outside_is_clipped_and_recorded(tiny_server, hostile):
     out = result.outcome
     assert out.roi == [0, 10, 50, 120] and out.roi_clipped_from == [-30.0, 10.0, 50.0, 400.0]
     assert out.flops["locate"] == 11 and out.bytes_local > 0
-    check_record(out, method("partly_outside"))
+    check_record(out, method("partly_outside"), server.name)
     inside = one(server, method("center")).outcome
     assert inside.roi_clipped_from is None
 

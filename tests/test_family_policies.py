@@ -46,7 +46,7 @@ def test_each_policy_costs_what_it_should(adapter, policy):
     # Both images for the policies that always crop, one for the others: time is short.
     for index, image in enumerate(IMAGES if policy in ("always", "tiles") else IMAGES[:1]):
         r = run(adapter, policy, image, f"t/{index}")
-        check_record(r, settings(policy))  # what each policy sends and what it costs
+        check_record(r, settings(policy), adapter.name)  # what each policy sends and what it costs
         if policy == "tiles":  # the four tiles, each framed and resized for the encoder
             tiles = [transmit(image, *adapter.frame(q), Codec.parse("png")) for q in quadrants(*image.size)]
             assert r.bytes_local == sum(t.nbytes for t in tiles)

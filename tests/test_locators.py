@@ -54,7 +54,7 @@ def test_center_is_the_base_window_at_the_centre(tiny_server):
     out = run_one(server, [noise(400, 300)], QUESTION, method=method("center"), limits=LIMITS)
     assert out.roi == [200 - side // 2, 150 - side // 2, 200 + side // 2, 150 + side // 2]
     assert out.flops["locate"] == out.flops["generic"] == 0 and not out.generic_cached
-    check_record(out, method("center"))
+    check_record(out, method("center"), server.name)
 
 
 # ----- grad_att ------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def test_highres_maps_tiles_sent_by_the_edge_and_counts_them(tiny_server):
     assert len(tiles) == 2 and out.bytes_tiles == sum(tile.nbytes for tile in tiles)
     assert out.bytes_total == out.bytes_global + out.bytes_request + out.bytes_local + out.bytes_tiles
     assert out.flops["locate"] == sum(server.gradient_attention(tile.image, QUESTION)[1] for tile in tiles)
-    check_record(out, method("grad_att", highres=True))
+    check_record(out, method("grad_att", highres=True), server.name)
 
 
 @pytest.mark.slow
@@ -222,7 +222,7 @@ def test_highres_tiles_the_original_for_every_family_and_map_locator(family, loc
     server = tiny_server(family)
     large = noise(2100, 1300, seed=3)
     out = run_one(server, [large], QUESTION, method=method(locator, highres=True), limits=LIMITS)
-    check_record(out, method(locator, highres=True))
+    check_record(out, method(locator, highres=True), server.name)
     tiles = tile_boxes(large.size)
     assert len(tiles) == 6 and out.bytes_tiles == sum(transmit(large, *server.frame(box), Codec.parse("png")).nbytes
                                                        for box in tiles)

@@ -32,6 +32,11 @@ def expected_grid(adapter, image) -> tuple[int, int]:
         width, height = adapter.frame((0.0, 0.0, float(image.width), float(image.height)))[1]
         patch = adapter.factor // adapter.merge
         return height // patch // adapter.merge, width // patch // adapter.merge
+    if hasattr(adapter, "pinpoints"):  # LLaVA-NeXT: the stitched grid of the sent image's own pinpoint
+        from model_adapters.llava_next import anyres_layout
+        received = sent(adapter, image).image
+        layout = anyres_layout((received.height, received.width), adapter.pinpoints, adapter.tile, adapter.patch)
+        return layout.rows, layout.cols
     return adapter.grid
 
 

@@ -30,7 +30,7 @@ def test_an_empty_answer_is_scored_and_gated(llava):
         done = run(llava, image, "what is it?", "t/0", settings, RunCaches())
     finally:
         llava.model.generation_config.forced_eos_token_id = None
-    check_record(done, settings)
+    check_record(done, settings, llava.name)
     assert done.answer_stage1 == "" and len(done.min_entropy) == 1
     assert done.score == pytest.approx(done.min_entropy[0]) and done.score > 0
     assert done.retransmitted and done.roi is not None and done.answer_stage2 is not None
@@ -40,7 +40,7 @@ def test_never_reads_no_attention_and_pays_no_roi_cost(llava):
     image = Image.new("RGB", (90, 300), "gray")
     settings = Method(Policy("never"), Codec.parse("jpeg:80"))
     done = run(llava, image, "what is it?", "t/0", settings, RunCaches())
-    check_record(done, settings)
+    check_record(done, settings, llava.name)
     assert done.roi is None and done.bytes_total == done.bytes_global
     assert (done.flops["generic"] == done.flops["stage2"] == 0
             and done.seconds.keys() == {"edge_global", "stage1", "total"})
@@ -52,8 +52,8 @@ def test_generic_map_is_computed_once_per_received_image(llava):
     settings = Method(Policy("always"), Codec.parse("png"))
     first = run(llava, image, "one?", "t/0", settings, cache)
     second = run(llava, image, "two?", "t/1", settings, cache)
-    check_record(first, settings)
-    check_record(second, settings)
+    check_record(first, settings, llava.name)
+    check_record(second, settings, llava.name)
     assert not first.generic_cached and first.flops["generic"] > 0
     assert second.generic_cached and second.flops["generic"] == 0 and len(cache.generic_maps) == 1
 

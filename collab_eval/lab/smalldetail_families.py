@@ -256,6 +256,104 @@ class Llava(Family):
         return model.model.multi_modal_projector  # (images, 64, width)
 
 
+# ----- LLaVA-NeXT -----------------------------------------------------------------------------
+class LlavaNext(Llava):
+    """LLaVA-NeXT ("anyres"), the HD baseline: LLaVA's towers at the same widths, with 96 px
+    tiles and base view and llava-v1.6's pinpoints scaled to them (96 x 192 ... 192 x 192,
+    288 x 96): the global view of a large original is sent at up to 192 x 192 (twice LLaVA's
+    96 px), its map is the stitched tile grid (up to 16 x 16 cells), and the language model
+    sees the base view's 64 tokens, then the grid's rows each with a newline. Its images are
+    kept as the edge sent them (PIL) and put through the processor per batch: stored as
+    tensors, their several views each would take several GB."""
+    name = "llava-next"
+    # 16 px patches (6 x 6 per 96 px view): with LLaVA's 12 px a 192 x 192 global view was
+    # 64 + 16 x 17 = 336 language tokens and 5 views of 64 patches, and a step cost over ten
+    # times LLaVA's; at 16 px it is 36 + 12 x 13 = 192 tokens.
+    patch = 16
+    # The vision tower runs SDPA (the map comes from the language model, which stays eager).
+    attention = {"vision_config": "sdpa", "text_config": "eager"}
+    # A step costs 2.4x LLaVA's FLOPs with the smallest local windows and 3.1x with the
+    # largest (FlopCounterMode, forward and backward of both passes): 1400 steps cost about
+    # 4300 LLaVA steps' FLOPs, some 40 minutes on 2 idle CPU threads.
+    steps = 1400
+    shared_prompt_digit = True
+    flush_denormal = True
+
+    @property
+    def model_class(self):
+        from transformers import LlavaNextForConditionalGeneration
+        return LlavaNextForConditionalGeneration
+
+    @property
+    def pinpoints(self) -> list[list[int]]:
+        from collab_eval.lab.tiny_checkpoints import llava_next_pinpoints
+        return llava_next_pinpoints(INPUT_SIDE)
+
+    def make_processor(self):
+        from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+        from collab_eval.lab.tiny_checkpoints import LLAVA_NEXT_CHAT_TEMPLATE
+        image_processor = LlavaNextImageProcessor(size={"shortest_edge": INPUT_SIDE},
+                                                  crop_size={"height": INPUT_SIDE, "width": INPUT_SIDE},
+                                                  image_grid_pinpoints=self.pinpoints)
+        return LlavaNextProcessor(image_processor=image_processor, tokenizer=self.tokenizer, patch_size=self.patch,
+                                  vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                  chat_template=LLAVA_NEXT_CHAT_TEMPLATE)
+
+    def make_config(self):
+        from transformers import LlavaNextConfig
+        llava = super().make_config()
+        return LlavaNextConfig(vision_config=llava.vision_config, text_config=llava.text_config,
+                               image_token_index=llava.image_token_id, vision_feature_layer=-1,
+                               vision_feature_select_strategy="default", image_grid_pinpoints=self.pinpoints,
+                               projector_hidden_act="gelu")
+
+    def frame(self, region):
+        from model_adapters.llava_next import llava_next_frame
+        return llava_next_frame(region, self.pinpoints)
+
+    def layout(self, image):
+        return self.layout_of((image.height, image.width))
+
+    def pixels(self, images):
+        return list(images)  # the sent images themselves; the processor runs per batch (collate_images)
+
+    def grid(self, pixels):
+        layout = self.layout(pixels)
+        return layout.rows, layout.cols
+
+    def tokens(self, pixels):
+        return self.layout(pixels).tokens
+
+    def collate_images(self, images, texts):
+        out = self.processor.image_processor(images, return_tensors="pt")
+        return {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}
+
+    def first_image_rows(self, rows, batch):
+        """Each row's attention to its first image's stitched tile grid (base view and newlines dropped)."""
+        image = batch.inputs["input_ids"] == self.config.image_token_id
+        sizes = batch.inputs["image_sizes"].tolist()
+        out = []
+        for r, first in enumerate(batch.first_images()):
+            layout = self.layout_of(sizes[first])
+            tokens = rows[r][image[r]][:layout.tokens]
+            out.append(tokens[layout.base ** 2:].reshape(layout.rows, layout.cols + 1)[:, :layout.cols].flatten())
+        return out
+
+    def layout_of(self, size):
+        """The adapter's layout (model_adapters.llava_next.anyres_layout) of an image of ``size`` (h, w)."""
+        from model_adapters.llava_next import anyres_layout
+        return anyres_layout(size, self.pinpoints, INPUT_SIDE, self.patch)
+
+    def projector(self, model):
+        return model.model.multi_modal_projector  # (every view of every image, 64, width)
+
+    def per_image(self, features, batch):
+        """Each image's features: its base view's and tiles' patches together."""
+        views = [self.layout_of(size).views for size in batch.inputs["image_sizes"].tolist()]
+        return [f.flatten(0, 1) for f in torch.split(features, views)]
+
+
 # ----- Qwen2-VL -----------------------------------------------------------------------------
 class Qwen2VL(Family):
     name = "qwen2-vl"

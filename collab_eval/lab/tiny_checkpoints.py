@@ -112,6 +112,64 @@ def build_geometry_llava(out_dir: str | Path, seed: int = 0) -> Path:
                   num_key_value_heads=16, max_position_embeddings=4096))
 
 
+# LLaVA-NeXT (vicuna) as llava-hf writes its chat template, accepting a message's content as a
+# list of image/text entries (what collab_llava_next sends) or as one string (what lmms-eval's
+# llava_hf sends: "<image>\nquestion"); both render the same prompt for one image.
+LLAVA_NEXT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def llava_next_pinpoints(tile: int) -> list[list[int]]:
+    """llava-v1.6's image_grid_pinpoints (336-px tiles: 336x672 ... 672x672, 1008x336), scaled to ``tile``."""
+    return [[tile * h, tile * w] for h, w in ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))]
+
+
+def build_tiny_llava_next(out_dir: str | Path, tile: int = 112, patch_size: int = 14, seed: int = 0) -> Path:
+    """Write a tiny LlavaNextForConditionalGeneration + LlavaNextProcessor to ``out_dir``:
+    llava-v1.6's geometry scaled by 1/3 (112-px base view and tiles, pinpoints of 112 to
+    336 px, 14-px patches: 64 + 16 x 16 + 16 = 336 image tokens for a square image),
+    CLIP read at its second-to-last layer with the class token dropped, as the 7B."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(["<image>"])
+    pinpoints = llava_next_pinpoints(tile)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              projection_dim=32, image_size=tile, patch_size=patch_size)
+    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=4096, vocab_size=len(tokenizer),
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(
+        "<image>"), vision_feature_layer=-2, vision_feature_select_strategy="default", image_grid_pinpoints=pinpoints,
+        projector_hidden_act="gelu")
+    model = LlavaNextForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
+                                              image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=LLAVA_NEXT_CHAT_TEMPLATE)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
 # Qwen2-VL-Instruct's own chat template (Qwen/Qwen2-VL-*-Instruct), so the tiny model is prompted as the real one.
 QWEN2_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"

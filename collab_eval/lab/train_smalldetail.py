@@ -1,9 +1,10 @@
-"""Train a smalldetail checkpoint, one script for the three families: a tiny model of the real
-transformers class (LLaVA, Qwen2-VL or InstructBLIP; what differs between them lives in
+"""Train a smalldetail checkpoint, one script for every family: a tiny model of the real
+transformers class (LLaVA, Qwen2-VL, InstructBLIP or LLaVA-NeXT; what differs between them lives in
 collab_eval.lab.smalldetail_families) on the synthetic small-detail benchmark
 (collab_eval.lab.smalldetail), on the CPU, reproducibly.
 
     python -m collab_eval.lab.train_smalldetail --family llava --out collab_eval/weights/smalldetail-llava
+    python -m collab_eval.lab.train_smalldetail --family llava-next --out collab_eval/weights/smalldetail-llava-next
 
 On the CPU (2 threads, deterministic algorithms) the same seed gives the same weights.
 ``--device cuda`` runs too, without that promise.
