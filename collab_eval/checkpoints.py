@@ -14,6 +14,8 @@ BUILDERS = {
     "tiny-llava": "build_tiny_llava",
     "tiny-qwen2-vl": "build_tiny_qwen2_vl",
     "tiny-instructblip": "build_tiny_instructblip",
+    "tiny-qwen2-5-vl": "build_tiny_qwen2_5_vl",
+    "tiny-qwen3-vl": "build_tiny_qwen3_vl",
     "geometry-llava": "build_geometry_llava",  # LLaVA-1.5's 576 image tokens, 145 M params (timing)
 }
 

@@ -58,7 +58,9 @@ def tiny_llava_run(tiny_llava_path, tmp_path_factory):
 
 
 SERVERS = {"llava": "model_adapters.llava.LlavaServer", "qwen2_vl": "model_adapters.qwen2_vl.Qwen2VLServer",
-           "instructblip": "model_adapters.instructblip.InstructBlipServer"}
+           "instructblip": "model_adapters.instructblip.InstructBlipServer",
+           "qwen2_5_vl": "model_adapters.qwen2_5_vl.Qwen2_5VLServer",
+           "qwen3_vl": "model_adapters.qwen3_vl.Qwen3VLServer"}
 
 
 @pytest.fixture(scope="session")
