@@ -74,6 +74,8 @@ CORPUS = [
     *["yes\nno\n"] * 20,  # answers right after a newline (Qwen2-VL's "assistant\n") are one token too
 ]
 CODEC = Codec("png")
+# The recipe of smalldetail-qwen2.5-vl (model_adapters.qwen2_5_vl.FAMILY.recipe): --family qwen2.5-vl.
+QWEN2_5_VL = FAMILIES["qwen2.5-vl"]
 
 
 def build_family(name: str) -> Family:
