@@ -23,6 +23,14 @@ RECORD_FIELDS = set(SampleRecord.model_fields)
 # MINI_LIMIT documents of each.
 MINI_TASKS = ("collab_textvqa_mini", "collab_textvqa_mini_ocr", "collab_pope_mini")
 MINI_LIMIT = 4
+# A pixel budget of 4 x 4 language tokens per square image for the Qwen families, so that in-process
+# tests stay cheap (Qwen3-VL's tokens are 32 px, the others' 28 px).
+SMALL_BUDGET = {"qwen2_vl": 112 * 112, "qwen2_5_vl": 112 * 112, "qwen3_vl": 128 * 128}
+
+
+def small_budget(family: str) -> dict:
+    """The family args of SMALL_BUDGET for ``family`` (none for a family without a pixel budget)."""
+    return {"max_pixels": SMALL_BUDGET[family]} if family in SMALL_BUDGET else {}
 
 
 def run_lmms_eval(model: str, model_args: str, tasks: str, out: Path, include_path: Path = TASKS_DIR,

@@ -56,7 +56,7 @@ def eager_map(model, prompt):
     return grid, logits
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip", "qwen2_5_vl", "qwen3_vl"])
 def test_sdpa_probes_equal_eager_maps_and_answers(family, tiny_server):
     sdpa = tiny_server(family)
     eager = tiny_server(family, fresh=True)

@@ -12,6 +12,7 @@ from collab_eval.model_args import ModelArgError
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, run_batch
 from collab_eval.policy import Policy
 from collab_eval.records import SampleRecord
+from tests.helpers import small_budget
 
 SIZES = [(210, 500), (400, 260), (300, 300), (120, 90), (333, 517), (64, 700), (256, 200)]  # (h, w), all different
 QUESTIONS = ["is there a red square in the image ?", "what is written", "which colour is the car , and why",
@@ -32,9 +33,9 @@ def visuals(doc):
     return [doc["image"], *([doc["image2"]] if "image2" in doc else [])]
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "instructblip"])
+@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "instructblip", "qwen2_5_vl", "qwen3_vl"])
 def adapter(request, tiny_server):
-    return tiny_server(request.param, **({"max_pixels": 112 * 112} if request.param == "qwen2_vl" else {}))
+    return tiny_server(request.param, **small_budget(request.param))
 
 
 def run(server, policy: Policy, batch_size: int, visuals_of=visuals) -> tuple[list[str], list]:

@@ -8,7 +8,7 @@ from collab_eval.edge import Codec, transmit
 from collab_eval.pipeline import Limits, Method, RunCaches, quadrants
 from collab_eval.policy import POLICIES, Policy
 from collab_eval.records import Outcome
-from tests.helpers import check_record, run_one
+from tests.helpers import check_record, run_one, small_budget
 
 QUESTION = "is there a red square in the image ?"
 IMAGES = [  # noise compresses badly, so every image costs bytes; one landscape, one portrait
@@ -27,9 +27,9 @@ def test_tiles_needs_no_attention_and_always_sends():
     assert tiles.retransmit(0.0, "any/0") and tiles.retransmit(float("inf"), "any/1")
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "instructblip"])
+@pytest.fixture(scope="module", params=["qwen2_vl", "instructblip", "qwen2_5_vl", "qwen3_vl"])
 def adapter(request, tiny_server):
-    return tiny_server(request.param, **({"max_pixels": 112 * 112} if request.param == "qwen2_vl" else {}))
+    return tiny_server(request.param, **small_budget(request.param))
 
 
 def settings(policy: str, threshold: float = 1.0) -> Method:

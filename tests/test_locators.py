@@ -65,7 +65,7 @@ def eager_copy(server):
                                               dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_grad_att_is_attention_times_relu_of_its_gradient(family, tiny_server):
     """Against a direct autograd computation on the eager model: attention at the map layer
     times ReLU of d log p(top token) / d attention, head-averaged, last row, image tokens."""
@@ -213,7 +213,7 @@ def test_highres_maps_tiles_sent_by_the_edge_and_counts_them(tiny_server):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("locator", ["rel_att", "grad_att", "pure_grad"])
 def test_highres_tiles_the_original_for_every_family_and_map_locator(family, locator, tiny_server):
     # An original over 1024 px (2 rows of 3 tiles under ViCrop's rule): its tiles are sent and

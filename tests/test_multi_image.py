@@ -8,7 +8,7 @@ from PIL import Image
 from collab_eval.edge import Codec, transmit
 from collab_eval.pipeline import Limits, Method, RunCaches
 from collab_eval.policy import Policy
-from tests.helpers import run_one
+from tests.helpers import run_one, small_budget
 
 QUESTION = "which picture shows the red square ?"
 IMAGES = [  # different shapes, so a map read from the wrong image's grid would not fit
@@ -18,9 +18,9 @@ IMAGES = [  # different shapes, so a map read from the wrong image's grid would 
 ]
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "instructblip"])
+@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "instructblip", "qwen2_5_vl", "qwen3_vl"])
 def adapter(request, tiny_server):
-    return tiny_server(request.param, **({"max_pixels": 112 * 112} if request.param == "qwen2_vl" else {}))
+    return tiny_server(request.param, **small_budget(request.param))
 
 
 def sent(adapter, image):

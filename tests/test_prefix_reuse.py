@@ -17,7 +17,7 @@ GLOBAL = Image.fromarray(np.random.default_rng(5).integers(0, 256, (70, 110, 3),
 CROP = Image.fromarray(np.random.default_rng(6).integers(0, 256, (90, 40, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "instructblip", "qwen2_5_vl", "qwen3_vl"])
 def test_continuing_from_the_prefix_answers_as_a_fresh_pass(family, tiny_server):
     model = tiny_server(family)
     stage1 = model.answer([GLOBAL], QUESTION, LIMITS, with_attention=True, keep_prefix=True)
