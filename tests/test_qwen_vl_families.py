@@ -104,3 +104,21 @@ def test_continued_prefix_answers_as_the_whole_prompt(qwen):
     assert continued.tokens == whole.tokens and continued.text.strip()
     torch.testing.assert_close(continued.logits, whole.logits, rtol=1e-4, atol=1e-4)
     assert continued.flops["vision"] < whole.flops["vision"]  # the cached first image is not encoded again
+
+
+def test_stage2_batched_from_cached_prefixes_answers_as_alone(qwen):
+    """Two stage-2 rows, each continued from its own stage-1 cache, in one padded generate
+    (the pre-encoded crops concatenated: for Qwen3-VL with their DeepStack features): the
+    answers each row gives alone. Called directly, not through the pipeline, whose fallback
+    would answer each alone if the batched pass failed."""
+    limits = Limits(max_new_tokens=5)
+    rows = []
+    for seed, (w, h) in enumerate([(500, 300), (260, 400)]):
+        image = noise(*qwen.frame((0.0, 0.0, float(w), float(h)))[1], seed=seed)
+        stage1 = qwen.answer([image], "what is written ?", limits, with_attention=False, keep_prefix=True)
+        rows.append(([image, noise(224, 168, seed=10 + seed)], stage1.prefix))
+    batched = qwen.answer_batch([(images, "what is written ?") for images, _ in rows], limits, with_attention=False,
+                                prefixes=[prefix for _, prefix in rows])
+    for (images, prefix), answer in zip(rows, batched):
+        alone = qwen.answer(images, "what is written ?", limits, with_attention=False, prefix=prefix)
+        assert answer.tokens == alone.tokens and answer.flops == alone.flops
