@@ -1,6 +1,7 @@
 """collab_qwen2_5_vl and collab_qwen3_vl through the lmms-eval command line on their tiny
-checkpoints: every policy; and ``policy=never,codec=png`` answering, sample by sample, as
-lmms-eval's own ``qwen2_5_vl`` / ``qwen3_vl`` adapters do on the same checkpoint and task.
+checkpoints: every policy (2 smalldetail_read documents each); and ``policy=never,codec=png``
+answering, sample by sample, as lmms-eval's own ``qwen2_5_vl`` / ``qwen3_vl`` adapters do on the
+same checkpoint and task (8 TextVQA-mini documents, square and non-square).
 
 What lmms-eval's adapters do by design, and how the comparison meets it (docs/families.md):
 - ``--model qwen2_5_vl`` / ``qwen3_vl`` run lmms-eval's chat classes, which hand images to
