@@ -74,15 +74,18 @@ def test_shipped_test_splits_match_generator_and_schema():
         assert (asked == sign) == (row["answer"] == "yes"), (row["question"], sign, row["answer"])
 
 
-FAMILIES = {"llava": "collab_llava", "qwen2-vl": "collab_qwen2_vl", "instructblip": "collab_instructblip"}
-SHIPPED = list(FAMILIES)  # the families whose trained checkpoint ships (docs/smalldetail.md)
+FAMILIES = {"llava": "collab_llava", "qwen2-vl": "collab_qwen2_vl", "instructblip": "collab_instructblip",
+            "qwen2.5-vl": "collab_qwen2_5_vl"}
+SHIPPED = ["llava", "qwen2-vl", "instructblip"]  # the families whose trained checkpoint ships (docs/smalldetail.md)
 
 
 def adapter_class(family: str):
     from model_adapters.instructblip import CollabInstructBlip
     from model_adapters.llava import CollabLlava
+    from model_adapters.qwen2_5_vl import CollabQwen2_5VL
     from model_adapters.qwen2_vl import CollabQwen2VL
-    return {"llava": CollabLlava, "qwen2-vl": CollabQwen2VL, "instructblip": CollabInstructBlip}[family]
+    return {"llava": CollabLlava, "qwen2-vl": CollabQwen2VL, "instructblip": CollabInstructBlip,
+            "qwen2.5-vl": CollabQwen2_5VL}[family]
 
 
 @pytest.mark.parametrize("family", SHIPPED)
@@ -118,7 +121,7 @@ def test_training_sees_what_the_adapter_sends(family, tmp_path):
     built.save(built.build_model(), tmp_path / "ckpt")  # random weights: only the inputs matter here
     adapter = adapter_class(family)(pretrained=str(tmp_path / "ckpt"), records_dir=str(tmp_path / "records")).server
     prompts = Prompts(built)
-    if family == "qwen2-vl":  # unset, the budget is the checkpoint's own 96 x 96, not LLaVA-1.5's area
+    if family in ("qwen2-vl", "qwen2.5-vl"):  # unset, the budget is the checkpoint's own 96 x 96, not LLaVA-1.5's area
         assert (adapter.max_pixels, adapter.min_pixels, adapter.factor) == (96 * 96, 24 * 24, 12)
     scene = next(sd.scenes("test", 1))
     w, h = scene.image.size
