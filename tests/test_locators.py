@@ -151,10 +151,11 @@ def test_pixel_gradient_is_the_gradient_of_the_top_token_log_probability(tiny_se
     assert shape == server.grid and flops > sum(server.flops(inputs, generated=1).values())
 
 
-def test_qwen2_vl_pixel_layout_undoes_the_processors_patch_order(tiny_server):
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])  # 14, 14 and 16 px patches
+def test_qwen2_vl_pixel_layout_undoes_the_processors_patch_order(family, tiny_server):
     """pixel_values of a known image, laid back out as (height, width, channels), are the
     normalised image (summed over the two temporal copies of a still image)."""
-    server = tiny_server("qwen2_vl")
+    server = tiny_server(family)
     region, (width, height) = server.frame((0, 0, 80, 60))
     image = noise(width, height, seed=7)
     inputs = server.inputs([image], QUESTION)
