@@ -42,12 +42,21 @@ _SDPA_CPU = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
              lambda q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs:
              sdpa_flop_count(q_shape, k_shape, v_shape)}
 
+QWEN3_VL_MERGERS = ("model.visual.merger", "model.visual.deepstack_merger_list.0",
+                    "model.visual.deepstack_merger_list.1")
+
 PARTS = {
     "llava": Parts(vision=("model.vision_tower",), vision_minus=(), projector=("model.multi_modal_projector",),
                    language=("model.language_model", "lm_head"), stepper=""),
     "qwen2_vl": Parts(vision=("model.visual",), vision_minus=("model.visual.merger",),
                       projector=("model.visual.merger",), language=("model.language_model", "lm_head"),
                       stepper=""),
+    "qwen2_5_vl": Parts(vision=("model.visual",), vision_minus=("model.visual.merger",),
+                        projector=("model.visual.merger",), language=("model.language_model", "lm_head"),
+                        stepper=""),
+    # Qwen3-VL's DeepStack mergers (one per level; the tiny checkpoint has two) are connector too.
+    "qwen3_vl": Parts(vision=("model.visual",), vision_minus=QWEN3_VL_MERGERS, projector=QWEN3_VL_MERGERS,
+                      language=("model.language_model", "lm_head"), stepper=""),
     # The Q-Former and the language projection are InstructBLIP's connector.
     "instructblip": Parts(vision=("vision_model",), vision_minus=(), projector=("qformer", "language_projection"),
                           language=("language_model",), stepper="language_model"),
