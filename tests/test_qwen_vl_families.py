@@ -54,14 +54,17 @@ def test_patch_size_is_the_families_own(qwen):
 
 def test_bytes_are_the_encoded_payloads(qwen):
     """Global and crop: the record's bytes are the lengths of the PNG payloads of exactly what
-    the family frames, and the model sees the decoded payload at that size."""
+    the edge sends (the global: the processor's own resize of the original, Server.global_view,
+    at frame's size; the crop: frame's box resized by the edge)."""
     image = noise(640, 280)
     method = Method(Policy("always"), Codec.parse("png"))
     out = run_one(qwen, [image], "what is the number on the sign ?", method=method,
                   limits=Limits(max_new_tokens=3), caches=RunCaches())
     codec = Codec.parse("png")
-    region, size = qwen.frame((0.0, 0.0, 640.0, 280.0))
-    assert out.bytes_global == len(codec.encode(image.resize(size, Image.Resampling.BICUBIC, box=region)))
+    _, size = qwen.frame((0.0, 0.0, 640.0, 280.0))
+    view = qwen.global_view(image)
+    assert view.size == size
+    assert out.bytes_global == len(codec.encode(view))
     crop_region, crop_size = qwen.frame(tuple(out.roi))
     assert out.bytes_local == len(codec.encode(image.resize(crop_size, Image.Resampling.BICUBIC, box=crop_region)))
     assert out.bytes_total == out.bytes_global + out.bytes_local + out.bytes_request
