@@ -42,10 +42,11 @@ def qwen2_vl_kind(strict: bool = False) -> list[str]:
 def token_side(family: str) -> int:
     """The side in pixels of one language token of a Qwen2-VL-kind family (patch x merge: 28 for
     Qwen2-VL and Qwen2.5-VL, 32 for Qwen3-VL), read from its tiny checkpoint's image processor."""
+    from transformers import AutoImageProcessor
+
     from collab_eval.checkpoints import resolve
-    path = Path(resolve(families.get(family).tiny_name)) / "preprocessor_config.json"
-    config = json.loads(path.read_text())
-    return config["patch_size"] * config["merge_size"]
+    processor = AutoImageProcessor.from_pretrained(resolve(families.get(family).tiny_name))
+    return processor.patch_size * processor.merge_size
 
 
 def small_budget(family: str) -> dict:
