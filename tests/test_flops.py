@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from collab_eval.server_contract import GENERIC_PROMPT, Limits
+from tests.helpers import FAMILIES
 
 TOLERANCE = 0.02
 MAX_NEW_TOKENS = 8
@@ -72,8 +73,10 @@ TALL = noise_image(40, 90, seed=2)
 SQUARE = noise_image(150, 150, seed=3)  # a different Qwen2-VL grid again
 
 
-@pytest.fixture(scope="module", params=sorted(PARTS))
+@pytest.fixture(scope="module", params=FAMILIES)
 def family(request, tiny_server):
+    # Every registered family is checked: a new one fails here until it names its parts.
+    assert request.param in PARTS, f"family {request.param}: name its vision, connector and language modules in PARTS"
     return tiny_server(request.param), PARTS[request.param]
 
 
