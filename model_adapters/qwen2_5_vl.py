@@ -62,9 +62,9 @@ FAMILY = Family(
     tiny="collab_eval.lab.tiny_checkpoints:build_tiny_qwen2_5_vl",
     recipe="collab_eval.lab.smalldetail_families:Qwen2_5VL",
     lmms_eval_differs="its chat class (what --model qwen2_5_vl runs) hands images to qwen_vl_utils without the "
-                      "model args' pixel budget (each image at its own size, up to 16,384 tokens; the processor "
-                      "then resizes again to the budget) and loads bfloat16: other pixels at collab's default "
-                      "budget; at a budget holding every image and dtype=bfloat16 the answers are equal "
-                      "(tests/test_qwen_vl_cli.py)",
+                      "model args' pixel budget (each image at its own size, up to 16,384 tokens, resized with PIL; "
+                      "the processor then resizes again to the budget) and loads bfloat16: other pixels at "
+                      "collab's default budget; at a budget holding every image, dtype=bfloat16 and originals "
+                      "neither side resizes the answers are equal (tests/test_qwen_vl_cli.py)",
     lmms_eval_compare="none")
 CollabQwen2_5VL = adapter_class(FAMILY)  # the lmms-eval class (--model collab_qwen2_5_vl)

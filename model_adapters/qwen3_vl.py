@@ -62,8 +62,9 @@ FAMILY = Family(
     lmms_eval_model="qwen3_vl", lmms_eval_model_args="device=cpu,device_map=cpu",
     tiny="collab_eval.lab.tiny_checkpoints:build_tiny_qwen3_vl",
     lmms_eval_differs="its chat class (what --model qwen3_vl runs) hands images to qwen_vl_utils without the "
-                      "model args' pixel budget (each image at its own size, up to 16,384 tokens, no second "
-                      "resize) and loads bfloat16: other pixels at collab's default budget; at a budget holding "
-                      "every image and dtype=bfloat16 the answers are equal (tests/test_qwen_vl_cli.py)",
+                      "model args' pixel budget (each image at its own size, up to 16,384 tokens, resized with "
+                      "PIL, no second resize) and loads bfloat16: other pixels at collab's default budget; at a "
+                      "budget holding every image, dtype=bfloat16 and originals neither side resizes the answers "
+                      "are equal (tests/test_qwen_vl_cli.py)",
     lmms_eval_compare="none")
 CollabQwen3VL = adapter_class(FAMILY)  # the lmms-eval class (--model collab_qwen3_vl)
