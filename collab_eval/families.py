@@ -28,7 +28,7 @@ from importlib.metadata import entry_points
 GROUP = "collab_eval.families"
 # The order families are listed in (CLI choices, docs table, CI): the built-ins first, in the
 # order the project grew, then plug-ins by name.
-BUILTIN_ORDER = ("llava", "qwen2_vl", "instructblip", "llava_next")
+BUILTIN_ORDER = ("llava", "qwen2_vl", "instructblip", "llava_next", "qwen2_5_vl", "qwen3_vl")
 NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 COMPARISONS = ("answer", "after_prompt", "none")
 

@@ -54,11 +54,16 @@ class Qwen2VLServer(ServerModel):
         ip.size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
         self.input_side = round(math.sqrt(self.max_pixels))
 
+    # A system turn ahead of the user's; None: the chat template's own (Qwen2-VL's and
+    # Qwen2.5-VL's add "You are a helpful assistant.", as lmms-eval's adapters send).
+    system_prompt: str | None = None
+
     def inputs(self, images, question):
-        # As lmms-eval's qwen2_vl adapter: the images first, then the text, in one user turn
-        # (the chat template adds the default system prompt).
+        # As lmms-eval's qwen2_vl adapter: the images first, then the text, in one user turn.
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
-        prompt = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
+        prompt = self.processor.apply_chat_template([*system, {"role": "user", "content": content}],
+                                                    add_generation_prompt=True)
         return self.to_device(self.processor(images=images, text=prompt, return_tensors="pt"))
 
     def tokens_per_image(self, inputs) -> list[int]:

@@ -31,12 +31,34 @@ FAMILIES = [f.name for f in families.all_families() if f.tiny]
 TRAINED = {f.name: f.trained for f in families.all_families() if f.trained}  # family -> its shipped checkpoint
 
 
+def qwen2_vl_kind(strict: bool = False) -> list[str]:
+    """The registered families (FAMILIES) whose server is Qwen2-VL's or a subclass of it (strict:
+    the subclasses only: Qwen2.5-VL, Qwen3-VL, ...)."""
+    from model_adapters.qwen2_vl import Qwen2VLServer
+    servers = {name: families.get(name).server_class() for name in FAMILIES}
+    return [name for name, server in servers.items()
+            if issubclass(server, Qwen2VLServer) and not (strict and server is Qwen2VLServer)]
+
+
+def token_side(family: str) -> int:
+    """The side in pixels of one language token of a Qwen2-VL-kind family (patch x merge: 28 for
+    Qwen2-VL and Qwen2.5-VL, 32 for Qwen3-VL), read from its tiny checkpoint's image processor."""
+    from transformers import AutoImageProcessor
+
+    from collab_eval.checkpoints import resolve
+    processor = AutoImageProcessor.from_pretrained(resolve(families.get(family).tiny_name))
+    return processor.patch_size * processor.merge_size
+
+
 def small_budget(family: str) -> dict:
-    """Server args that keep a tiny checkpoint's images small in tests: a pixel budget of
-    112 x 112 for every family that takes ``max_pixels`` (Qwen2-VL and its kind), none otherwise."""
+    """Server args that keep a tiny checkpoint's images small in tests: for every family that
+    takes ``max_pixels`` (Qwen2-VL and its kind), a pixel budget of 4 x 4 language tokens per
+    square image (112 x 112 for Qwen2-VL and Qwen2.5-VL, 128 x 128 for Qwen3-VL: at 112 x 112
+    its crops were cheaper than stage 1's prefill); none otherwise."""
     import inspect
-    server = families.get(family).server_class()
-    return {"max_pixels": 112 * 112} if "max_pixels" in inspect.signature(server.family_args).parameters else {}
+    if "max_pixels" not in inspect.signature(families.get(family).server_class().family_args).parameters:
+        return {}
+    return {"max_pixels": (4 * token_side(family)) ** 2}
 
 
 def run_lmms_eval(model: str, model_args: str, tasks: str, out: Path, include_path: Path = TASKS_DIR,

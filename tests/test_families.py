@@ -32,7 +32,8 @@ def test_the_built_in_families_are_registered_as_plug_ins():
     from model_adapters.server import ServerModel
     for family in families.all_families():
         assert issubclass(family.server_class(), ServerModel)
-        assert family.recipe_class().name.replace("-", "_") == family.name
+        if family.recipe:  # optional (Qwen3-VL has none): when declared, named as the family
+            assert family.recipe_class().name.replace("-", "_") == family.name
 
 
 def test_an_unknown_family_is_refused_listing_the_installed():

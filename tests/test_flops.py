@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from collab_eval.server_contract import GENERIC_PROMPT, Limits
+from tests.helpers import FAMILIES
 
 TOLERANCE = 0.02
 MAX_NEW_TOKENS = 8
@@ -42,12 +43,24 @@ _SDPA_CPU = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
              lambda q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs:
              sdpa_flop_count(q_shape, k_shape, v_shape)}
 
+QWEN3_VL_MERGERS = ("model.visual.merger", "model.visual.deepstack_merger_list.0",
+                    "model.visual.deepstack_merger_list.1")
+
 PARTS = {
     "llava": Parts(vision=("model.vision_tower",), vision_minus=(), projector=("model.multi_modal_projector",),
                    language=("model.language_model", "lm_head"), stepper=""),
+    # LLaVA-NeXT: the same towers as LLaVA-1.5, run over the base view and every tile.
+    "llava_next": Parts(vision=("model.vision_tower",), vision_minus=(), projector=("model.multi_modal_projector",),
+                        language=("model.language_model", "lm_head"), stepper=""),
     "qwen2_vl": Parts(vision=("model.visual",), vision_minus=("model.visual.merger",),
                       projector=("model.visual.merger",), language=("model.language_model", "lm_head"),
                       stepper=""),
+    "qwen2_5_vl": Parts(vision=("model.visual",), vision_minus=("model.visual.merger",),
+                        projector=("model.visual.merger",), language=("model.language_model", "lm_head"),
+                        stepper=""),
+    # Qwen3-VL's DeepStack mergers (one per level; the tiny checkpoint has two) are connector too.
+    "qwen3_vl": Parts(vision=("model.visual",), vision_minus=QWEN3_VL_MERGERS, projector=QWEN3_VL_MERGERS,
+                      language=("model.language_model", "lm_head"), stepper=""),
     # The Q-Former and the language projection are InstructBLIP's connector.
     "instructblip": Parts(vision=("vision_model",), vision_minus=(), projector=("qformer", "language_projection"),
                           language=("language_model",), stepper="language_model"),
@@ -63,8 +76,10 @@ TALL = noise_image(40, 90, seed=2)
 SQUARE = noise_image(150, 150, seed=3)  # a different Qwen2-VL grid again
 
 
-@pytest.fixture(scope="module", params=sorted(PARTS))
+@pytest.fixture(scope="module", params=FAMILIES)
 def family(request, tiny_server):
+    # Every registered family is checked: a new one fails here until it names its parts.
+    assert request.param in PARTS, f"family {request.param}: name its vision, connector and language modules in PARTS"
     return tiny_server(request.param), PARTS[request.param]
 
 

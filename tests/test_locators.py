@@ -16,7 +16,7 @@ from collab_eval.pipeline import Limits, Method
 from collab_eval.policy import Policy
 from collab_eval.roi import find_roi
 from model_adapters.instructblip import run_qformer
-from tests.helpers import FAMILIES, check_record, run_one
+from tests.helpers import FAMILIES, check_record, qwen2_vl_kind, run_one
 
 QUESTION = "what is the number on the sign ?"
 LIMITS = Limits(max_new_tokens=4)
@@ -65,7 +65,7 @@ def eager_copy(server):
                                               dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "instructblip"])  # its map: two attentions
 def test_grad_att_is_attention_times_relu_of_its_gradient(family, tiny_server):
     """Against a direct autograd computation on the eager model: attention at the map layer
     times ReLU of d log p(top token) / d attention, head-averaged, last row, image tokens."""
@@ -151,10 +151,11 @@ def test_pixel_gradient_is_the_gradient_of_the_top_token_log_probability(tiny_se
     assert shape == server.grid and flops > sum(server.flops(inputs, generated=1).values())
 
 
-def test_qwen2_vl_pixel_layout_undoes_the_processors_patch_order(tiny_server):
+@pytest.mark.parametrize("family", qwen2_vl_kind())  # Qwen2-VL, Qwen2.5-VL: 14 px patches, Qwen3-VL: 16
+def test_qwen2_vl_pixel_layout_undoes_the_processors_patch_order(family, tiny_server):
     """pixel_values of a known image, laid back out as (height, width, channels), are the
     normalised image (summed over the two temporal copies of a still image)."""
-    server = tiny_server("qwen2_vl")
+    server = tiny_server(family)
     region, (width, height) = server.frame((0, 0, 80, 60))
     image = noise(width, height, seed=7)
     inputs = server.inputs([image], QUESTION)

@@ -444,6 +444,41 @@ class Qwen2VL(Family):
         return list(torch.split(features, batch.image_tokens))
 
 
+# ----- Qwen2.5-VL ---------------------------------------------------------------------------
+class Qwen2_5VL(Qwen2VL):
+    """Qwen2-VL's recipe on Qwen2.5-VL's classes: the same 6 px patches, 2 x 2 merge and 96 x 96
+    budget, a tower of two blocks of which the first attends within windows of 4 x 4 language
+    tokens (48 px; the 8 x 8 tokens of a square view are four windows) and the second over the
+    whole image, as the released tower alternates windowed and full blocks."""
+    name = "qwen2-5-vl"
+    window_size = 48
+    fullatt_block_indexes = [1]
+
+    @property
+    def model_class(self):
+        from transformers import Qwen2_5_VLForConditionalGeneration
+        return Qwen2_5_VLForConditionalGeneration
+
+    def make_processor(self):
+        from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+        image_processor = Qwen2VLImageProcessor(min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+                                                patch_size=self.patch, merge_size=self.merge, temporal_patch_size=2)
+        return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=self.tokenizer,
+                                   video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN2_VL_CHAT_TEMPLATE)
+
+    def make_config(self):
+        from transformers import Qwen2_5_VLConfig
+        qwen2 = super().make_config()
+        vision = dict(depth=self.vision_depth, hidden_size=self.vision_width, intermediate_size=2 * self.vision_width,
+                      num_heads=HEADS, in_channels=3, patch_size=self.patch, spatial_merge_size=self.merge,
+                      temporal_patch_size=2, window_size=self.window_size,
+                      fullatt_block_indexes=self.fullatt_block_indexes, out_hidden_size=WIDTH)
+        return Qwen2_5_VLConfig(vision_config=vision, text_config=qwen2.text_config.to_dict(),
+                                image_token_id=qwen2.image_token_id, video_token_id=qwen2.video_token_id,
+                                vision_start_token_id=qwen2.vision_start_token_id,
+                                vision_end_token_id=qwen2.vision_end_token_id)
+
+
 # ----- InstructBLIP -----------------------------------------------------------------------
 class InstructBlip(Family):
     name = "instructblip"

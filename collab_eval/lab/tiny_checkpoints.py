@@ -282,3 +282,143 @@ def build_tiny_instructblip(out_dir: str | Path, image_size: int = 224, patch_si
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def zero_blank_tokens(model, tokenizer) -> list[int]:
+    """Zero the (tied) embedding rows of the tokens that decode to nothing visible (special
+    tokens, whitespace): a random tiny Qwen model otherwise answers with newlines or special
+    tokens, which decode to "" (DESIGN.md). Their logits are then exactly 0 while the others'
+    maximum is positive, so greedy answers are visible, varied text. Returns the ids zeroed."""
+    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i], skip_special_tokens=True).strip()]
+    embeddings = model.get_input_embeddings().weight
+    if model.get_output_embeddings().weight.data_ptr() != embeddings.data_ptr():
+        raise ValueError("zero_blank_tokens needs tied input and output embeddings")
+    with torch.no_grad():
+        embeddings[blank] = 0.0
+    return blank
+
+
+# Weights drawn 10x wider than transformers' default 0.02: at 0.02 the tied embedding dominates
+# the residual stream and the model repeats one token whatever the image; at 0.2 what it
+# generates changes with the image and the question, so equal answers say equal inputs.
+RANDOM_INIT = 0.2
+
+
+def qwen_tokenizer(special: list[str]):
+    """A tiny tokenizer with Qwen's special tokens whose end-of-sequence token is
+    ``<|im_end|>``, as the released Qwen2.5-VL and Qwen3-VL Instruct tokenizers (lmms-eval's
+    qwen adapters stop at ``tokenizer.eos_token_id``)."""
+    tokenizer = train_tokenizer(special)
+    tokenizer.eos_token = "<|im_end|>"
+    return tokenizer
+
+
+def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Qwen2_5_VLForConditionalGeneration + Qwen2_5_VLProcessor to ``out_dir``.
+
+    The vision geometry is the released one (14-pixel patches, 2x2 merge, 2 temporal
+    patches, 112-pixel attention windows: 4 x 4 language tokens), with window attention in
+    blocks 0 and 2 and full attention in blocks 1 and 3 (the released 32-block tower has full
+    attention in 7, 15, 23, 31); only the widths and depths are tiny.
+    """
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer(QWEN2_VL_SPECIAL)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_VL_SPECIAL}
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[1, 3], out_hidden_size=64, initializer_range=RANDOM_INIT),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=RANDOM_INIT),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True, initializer_range=RANDOM_INIT,
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    zero_blank_tokens(model, tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], tokenizer.convert_tokens_to_ids("</s>")]
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 1280,
+                                            patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                    video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN2_VL_CHAT_TEMPLATE)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+# Qwen3-VL-Instruct's chat template (Qwen/Qwen3-VL-*-Instruct) for images and text: unlike
+# Qwen2-VL's it adds no default system prompt; images are <|vision_start|><|image_pad|><|vision_end|>.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Qwen3VLForConditionalGeneration + Qwen3VLProcessor to ``out_dir``.
+
+    The vision geometry is the released one (16-pixel patches, 2x2 merge, 2 temporal
+    patches, the processor's mean and std of 0.5); DeepStack feeds the outputs of vision
+    blocks 1 and 2 (of 4) into the first two decoder layers, as the released 27-block tower
+    feeds blocks 8, 16, 24 into the first three; the language model has its own head_dim
+    and interleaved M-RoPE. Only the widths and depths are tiny.
+    """
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer(QWEN2_VL_SPECIAL)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_VL_SPECIAL}
+    config = Qwen3VLConfig(
+        vision_config=dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+                           num_position_embeddings=256, deepstack_visual_indexes=[1, 2],
+                           initializer_range=RANDOM_INIT),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3],
+                                          "mrope_interleaved": True},
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=RANDOM_INIT),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True, initializer_range=RANDOM_INIT,
+    )
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    zero_blank_tokens(model, tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], tokenizer.convert_tokens_to_ids("</s>")]
+    image_processor = Qwen2VLImageProcessor(min_pixels=64 * 64, max_pixels=32 * 32 * 1280, patch_size=16,
+                                            merge_size=2, temporal_patch_size=2,
+                                            image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=Qwen3VLVideoProcessor(patch_size=16),
+                                 chat_template=QWEN3_VL_CHAT_TEMPLATE)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
