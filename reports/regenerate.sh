@@ -25,4 +25,6 @@ for system in "$@"; do
   done
 done
 rm -rf "reports/$NAME"/*.png "reports/$NAME"/report.* "reports/$NAME"/summary.json
-collab-eval report "${dirs[@]}" --out "reports/$NAME"
+# No pictures in the sample browser by default: a committed page stays small (8 MB, not 40, for
+# 15 runs); reports/smalldetail-llava-browser/ is the example with them.
+collab-eval report "${dirs[@]}" --out "reports/$NAME" --browser-images "${BROWSER_IMAGES:-0}"
