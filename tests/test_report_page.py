@@ -15,7 +15,7 @@ from collab_eval.analysis.page import hover, script_json
 from collab_eval.analysis.runs import find_runs
 from collab_eval.analysis.sample_images import remake
 from collab_eval.analysis.summary import summarise, system_labels
-from collab_eval.edge import Codec, transmit
+from collab_eval.edge import Codec, send, transmit
 from collab_eval.pipeline import image_key
 from collab_eval.records import SampleRecord
 from tests.report_records import POPE, pope_records, write_run
@@ -133,10 +133,13 @@ def from_uri(uri: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")
 
 
-def test_pictures_are_what_the_server_received():
+def test_pictures_are_what_the_server_received(tiny_server):
+    """The global image is re-made by the family's own global_view (what the edge sent), the crop
+    by the edge's framing of the recorded region; both as the server decoded them."""
+    view = tiny_server("llava").global_view
     original, codec = scene(), Codec.parse("jpeg:70")
     region, size = (25.0, 0.0, 175.0, 150.0), (48, 48)
-    received = transmit(original, region, size, codec).image
+    received = send(view(original), codec).image
     crop_region = (110.0, 30.0, 160.0, 80.0)
     crop = transmit(original, crop_region, (48, 48), codec).image
     record = SampleRecord(task="t", doc_id=0, question="q", model="m", codec="jpeg:70", policy="always",
@@ -144,7 +147,7 @@ def test_pictures_are_what_the_server_received():
                           global_sizes=[list(size)], local_regions=[list(crop_region)], local_sizes=[[48, 48]],
                           image_key=image_key(received), roi_map=[[0.0, 1.0], [0.5, 0.25]],
                           roi_map_region=list(region))
-    pics = remake(record, [original])
+    pics = remake(record, [original], view)
     assert pics.verified is True and pics.problem is None
     assert (pics.original.width, pics.original.height) == (200, 150)  # the box is drawn in original pixels
     # The lossy payloads as the server decoded them, shown losslessly.
@@ -154,5 +157,7 @@ def test_pictures_are_what_the_server_received():
     # Another image of the same size is re-made but not verified; one of another size is refused.
     other = scene()
     ImageDraw.Draw(other).rectangle([10, 10, 40, 40], fill=(255, 0, 0))
-    assert remake(record, [other]).verified is False
-    assert "not the same image" in remake(record, [scene((100, 100))]).problem
+    assert remake(record, [other], view).verified is False
+    assert "not the same image" in remake(record, [scene((100, 100))], view).problem
+    # Without the family's view (its checkpoint could not be loaded) no global image is shown.
+    assert remake(record, [original]).global_image is None

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import base64
 import functools
+import inspect
 import io
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from collab_eval.edge import Codec, sanitize, transmit
+from collab_eval.edge import Codec, sanitize, send, transmit
 from collab_eval.records import SampleRecord
 
 ORIGINAL_SIDE = 480  # the original is shown downscaled to at most this side (JPEG); the box in original pixels
@@ -68,8 +69,10 @@ def heat(grid: list[list[float]]) -> Image.Image:
     return Image.fromarray((255 * rgba).round().astype(np.uint8), mode="RGBA")
 
 
-def remake(record: SampleRecord, originals: list[Image.Image]) -> SampleImages:
-    """The sample's pictures from its document's images (sanitized, as the edge reads them)."""
+def remake(record: SampleRecord, originals: list[Image.Image], global_view=None) -> SampleImages:
+    """The sample's pictures from its document's images (sanitized, as the edge reads them).
+    ``global_view``: the run's family's own ``global_view`` (the edge sends what the processor
+    makes of the original); without it the global image is not shown."""
     from collab_eval.pipeline import image_key
 
     shown = record.roi_image or 0
@@ -85,8 +88,8 @@ def remake(record: SampleRecord, originals: list[Image.Image]) -> SampleImages:
     small.thumbnail((ORIGINAL_SIDE, ORIGINAL_SIDE))
     out.original = Picture(data_uri(small, "JPEG", quality=80), *original.size)
     codec = Codec.parse(record.codec)
-    if record.global_sizes and record.global_region:
-        received = transmit(original, tuple(record.global_region), tuple(record.global_sizes[shown]), codec).image
+    if global_view is not None:
+        received = send(global_view(original), codec).image
         out.global_image = Picture(data_uri(received), *received.size)
         out.verified = record.image_key is None or image_key(received) == record.image_key
     for region, size in zip(record.local_regions or [], record.local_sizes or []):
@@ -137,12 +140,39 @@ def flat(task_dict: dict) -> dict:
     return out
 
 
+def family_server(record: SampleRecord):
+    """The run's family's server on the CPU, loaded from the record's checkpoint with the run's
+    family args (its processor makes the global image as the run's edge did). The family is the
+    model id a collab run id starts with (run_session.new_run_id)."""
+    from collab_eval import families
+
+    family = families.get(record.run_id.partition("-")[0])
+    server_class = family.server_class()
+    wanted = set(inspect.signature(server_class.family_args).parameters)
+    args = {k: v for k, v in record.settings.items() if k in wanted}
+    return server_class(record.model, name=family.model_id, device="cpu", **args)
+
+
 class Pictures:
-    """Each task's documents loaded once; a task whose documents cannot be loaded says why once."""
+    """Each task's documents loaded once; a task whose documents cannot be loaded says why once.
+    The global image as received is re-made by the run's own family (its checkpoint is loaded
+    once per checkpoint and family args, on the CPU); where it cannot be, it is not shown."""
 
     def __init__(self, include_paths: tuple[str, ...], warn):
         self.include_paths, self.warn = include_paths, warn
         self.tasks: dict[str, TaskDocuments | str] = {}
+        self.servers: dict[tuple, object] = {}
+
+    def global_view(self, record: SampleRecord):
+        key = (record.run_id.partition("-")[0], record.model, tuple(sorted(record.settings.items(), key=str)))
+        if key not in self.servers:
+            try:
+                self.servers[key] = family_server(record).global_view
+            except Exception as err:  # noqa: BLE001  -- no global image for this system; the browser says why
+                self.servers[key] = None
+                self.warn(f"{record.model}: sample browser without the global image: the run's family server "
+                          f"cannot be loaded here: {type(err).__name__}: {err}")
+        return self.servers[key]
 
     def of(self, record: SampleRecord) -> SampleImages:
         if record.task not in self.tasks:
@@ -155,6 +185,6 @@ class Pictures:
         if isinstance(docs, str):
             return SampleImages(problem=docs)
         try:
-            return remake(record, docs.originals(record.doc_id))
+            return remake(record, docs.originals(record.doc_id), self.global_view(record))
         except Exception as err:  # noqa: BLE001  -- one broken document: that sample without pictures
             return SampleImages(problem=f"{type(err).__name__}: {err}")
