@@ -215,7 +215,24 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
           batch: int = 20, lr: float = 2e-3, att_weight: float = 1.0, threads: int = 2, device: str = "cpu",
           log=print, on_step=None):
     """``log`` receives the progress lines; ``on_step(step)``, when given, is called as each
-    step's update is done (train_timing times the steps with it)."""
+    step's update is done (train_timing times the steps with it). A family may flush subnormal
+    floats to zero while it trains (processor state for the whole thread): the caller's state is
+    restored on return, so nothing run after training in the same process (tests, hypothesis's
+    float strategies) inherits it."""
+    flushing = flushes_subnormals()
+    try:
+        return _train(family_name, out, seed, steps, n_train, n_val, batch, lr, att_weight, threads, device, log,
+                      on_step)
+    finally:
+        torch.set_flush_denormal(flushing)
+
+
+def flushes_subnormals() -> bool:
+    """Whether this thread's floating-point unit flushes subnormal results to zero."""
+    return (torch.tensor(1e-300, dtype=torch.float64) * 1e-10).item() == 0.0
+
+
+def _train(family_name, out, seed, steps, n_train, n_val, batch, lr, att_weight, threads, device, log, on_step):
     started = time.perf_counter()
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
