@@ -41,7 +41,7 @@ ROLES = {
     PLACEMENT: "Checkpoint, run and records",
     RUN: "The gate (the run's own: a record's `policy`, `policy_args`, `score_name`)",
     SYSTEM: "What tells systems apart (a record's `settings`: report and check compare systems by them)",
-    EXECUTION: "Execution only (the same records for any value)",
+    EXECUTION: "Execution only (the same answers and costs for any value; recorded nowhere)",
 }
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
