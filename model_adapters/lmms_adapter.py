@@ -1,7 +1,7 @@
 """The lmms-eval model class of every collab adapter: requests in, results and costs out.
 
-It only translates: model args into a checked method and a loaded server (a family's
-``ServerModel``), lmms-eval's requests into pipeline samples, the pipeline's results into
+It only translates: model args into checked settings (collab_eval.run_settings), a method and
+a loaded server (a family's ``ServerModel``), lmms-eval's requests into pipeline samples, the pipeline's results into
 records (through the run session) and into lmms-eval's results and cost hand-off.
 """
 from __future__ import annotations
@@ -110,6 +110,10 @@ class CollabAdapter(lmms):
         return self._device
 
     @property
+    def batch_size(self) -> int:  # as lmms-eval's own adapters expose it
+        return self.args.batch_size
+
+    @property
     def rank(self):
         return self._rank
 
@@ -141,8 +145,8 @@ class CollabAdapter(lmms):
         args_of = {}
 
         def batches():
-            for first in range(0, len(pending), self.args.batch_size):
-                batch = pending[first:first + self.args.batch_size]
+            for first in range(0, len(pending), self.batch_size):
+                batch = pending[first:first + self.batch_size]
                 samples = [self.sample_input(*request.args) for request in batch]
                 args_of.update({id(sample): request.args for sample, request in zip(samples, batch)})
                 yield samples
@@ -150,7 +154,7 @@ class CollabAdapter(lmms):
         # The edge's threads read and encode the next batches while the server runs this one's passes.
         workers = self.args.edge_workers
         with EdgePool(workers) as edge:
-            ahead = max(1, -(-workers // self.args.batch_size))  # batches enough to keep the threads busy
+            ahead = max(1, -(-workers // self.batch_size))  # batches enough to keep the threads busy
             for result in run_batches(self.server, batches(), method=self.method, caches=self.caches, edge=edge,
                                       ahead=ahead):
                 try:
