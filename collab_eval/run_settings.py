@@ -184,7 +184,9 @@ class RunSettings:
         """The settings from lmms-eval's keyword args, each checked before anything loads.
         ``family_args``: the family server's checker of its own args; ``pretrained``: the
         family's default checkpoint. Raises ModelArgError naming the arg, its value and what is allowed."""
-        given = {"pretrained": pretrained, **{k: v for k, v in given.items() if k != "pretrained" or v is not None}}
+        given = dict(given)
+        if given.get("pretrained") is None:
+            given["pretrained"] = pretrained
         if given["pretrained"] is None:
             raise ModelArgError("pretrained is required (a checkpoint path, hub id or short name)")
         own = family_arg_defaults(family_args)
