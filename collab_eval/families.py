@@ -23,7 +23,8 @@ import importlib
 import re
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import entry_points
+
+from collab_eval import plugins
 
 GROUP = "collab_eval.families"
 # The order families are listed in (CLI choices, docs table, CI): the built-ins first, in the
@@ -138,24 +139,16 @@ class Installed:
 @cache
 def installed() -> Installed:
     """Every family registered under ``collab_eval.families`` (read once per process)."""
-    found, broken = {}, {}
-    for ep in entry_points(group=GROUP):
-        if ep.name in found:
-            continue  # the same distribution seen twice on sys.path: the first wins, as Python imports it
-        try:
-            family = ep.load()
-        except Exception as err:  # noqa: BLE001  -- a broken plug-in is reported by name, never hides the others
-            broken[ep.name] = f"{ep.value}: {type(err).__name__}: {err}"
-            continue
-        if not isinstance(family, Family):
-            broken[ep.name] = f"{ep.value} is a {type(family).__name__}, not a collab_eval.families.Family"
-        elif family.name != ep.name:
-            broken[ep.name] = f"{ep.value} declares name {family.name!r}: the entry point must be named the same"
-        else:
-            found[ep.name] = family
-    order = {name: i for i, name in enumerate(BUILTIN_ORDER)}
-    ordered = sorted(found, key=lambda name: (order.get(name, len(order)), name))
-    return Installed({name: found[name] for name in ordered}, broken)
+    loaded = plugins.load_group(GROUP, accept, BUILTIN_ORDER)
+    return Installed(loaded.found, loaded.broken)
+
+
+def accept(ep, family) -> Family:
+    if not isinstance(family, Family):
+        raise plugins.NotAPlugin(f"{ep.value} is a {type(family).__name__}, not a collab_eval.families.Family")
+    if family.name != ep.name:
+        raise plugins.NotAPlugin(f"{ep.value} declares name {family.name!r}: the entry point must be named the same")
+    return family
 
 
 def all_families() -> list[Family]:

@@ -28,6 +28,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from collab_eval import plugins
 from collab_eval.edge import Box, Transmission
 from collab_eval.server_contract import Answer, RunCaches, Server
 
@@ -148,27 +149,30 @@ def stitch(maps: list[np.ndarray], regions: list[Box]) -> tuple[np.ndarray, Box]
 
 # ----- the registry ---------------------------------------------------------------------------
 def installed() -> dict[str, object]:
-    """Every locator entry point installed, by name."""
+    """Every locator entry point installed, by name (none loaded)."""
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
 @lru_cache(maxsize=None)
 def load(name: str) -> Locator:
     """The locator registered as ``name`` (a class is instantiated with no arguments; one
-    instance per process).
-    Unknown: ValueError listing what is installed; a broken plug-in: ValueError saying why."""
-    found = installed()
-    if name not in found:
-        stale = ("; none is installed, not even the built-ins: the package's metadata predates them "
-                 "(reinstall collab-eval, e.g. pip install -e .)") if not found else ""
-        raise ValueError(f"locator must be one of the installed locators {sorted(found)} "
-                         f"(entry-point group {GROUP!r}), got {name!r}{stale}")
-    try:
-        obj = found[name].load()
-        locator = obj() if isinstance(obj, type) else obj
-    except Exception as err:  # noqa: BLE001  -- a plug-in's own failure, reported with its name
-        raise ValueError(f"locator {name!r} ({found[name].value}) failed to load: {err}") from err
+    instance per process). Unknown: ValueError listing the installed ones; a broken plug-in:
+    ValueError saying why."""
+    loaded = plugins.load_group(GROUP, accept)
+    if name in loaded.found:
+        return loaded.found[name]
+    if name in loaded.broken:
+        raise ValueError(f"locator {name!r} is installed but cannot be loaded: {loaded.broken[name]}")
+    stale = ("; none is installed, not even the built-ins: the package's metadata predates them "
+             "(reinstall collab-eval, e.g. pip install -e .)") if not loaded.found and not loaded.broken else ""
+    broken = f"; installed but broken: {sorted(loaded.broken)}" if loaded.broken else ""
+    raise ValueError(f"locator must be one of the installed locators {sorted(loaded.found)} "
+                     f"(entry-point group {GROUP!r}){broken}, got {name!r}{stale}")
+
+
+def accept(ep, obj) -> Locator:
+    locator = obj() if isinstance(obj, type) else obj
     if not isinstance(locator, Locator) or getattr(locator, "kind", None) not in ("map", "box"):
-        raise ValueError(f"locator {name!r} ({found[name].value}) is not a locator: it needs kind 'map' or 'box' "
-                         "and locate(request) -> Located (docs/locators.md)")
+        raise plugins.NotAPlugin(f"{ep.value} is not a locator: it needs kind 'map' or 'box' and "
+                                 "locate(request) -> Located (docs/locators.md)")
     return locator

@@ -20,10 +20,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, cached_property
-from importlib.metadata import entry_points
 
 import torch
 
+from collab_eval import plugins
 from collab_eval.uncertainty import aggregate
 
 GROUP = "collab_eval.scores"
@@ -119,22 +119,14 @@ class Installed:
 @cache
 def installed() -> Installed:
     """Every score registered under ``collab_eval.scores`` (read once per process)."""
-    found, broken = {}, {}
-    for ep in entry_points(group=GROUP):
-        if ep.name in found:
-            continue  # the same distribution seen twice on sys.path: the first wins, as Python imports it
-        try:
-            fn = ep.load()
-        except Exception as err:  # noqa: BLE001  -- a broken plug-in is reported by name, never crashes others
-            broken[ep.name] = f"{ep.value}: {type(err).__name__}: {err}"
-            continue
-        if not callable(fn):
-            broken[ep.name] = f"{ep.value} is a {type(fn).__name__}, not a function of the answer"
-            continue
-        found[ep.name] = fn
-    order = {name: i for i, name in enumerate(BUILTIN_ORDER)}
-    ordered = sorted(found, key=lambda name: (order.get(name, len(order)), name))
-    return Installed({name: found[name] for name in ordered}, broken)
+    loaded = plugins.load_group(GROUP, accept, BUILTIN_ORDER)
+    return Installed(loaded.found, loaded.broken)
+
+
+def accept(ep, fn) -> Score:
+    if not callable(fn):
+        raise plugins.NotAPlugin(f"{ep.value} is a {type(fn).__name__}, not a function of the answer")
+    return fn
 
 
 def check_name(name) -> str:

@@ -1,10 +1,11 @@
 """A system: a checkpoint and every setting that changes its answers or costs.
 
-A record's ``settings`` holds those model args as the run was started (the adapter's
-``CollabAdapter.settings()``). Report and check compare systems, so two always runs of one
+A record's ``settings`` holds those model args as the run was started (collab_eval.run_settings,
+``RunSettings.recorded``). Report and check compare systems, so two always runs of one
 checkpoint that differ in ``dtype`` or ``layer`` are two systems, named by the settings that
 differ. A setting a record does not hold (records written before it existed, or before
-``settings`` existed at all) has its default value below.
+``settings`` existed at all) has its declared default; a family's own arg (``max_pixels``,
+``qformer_layer``, ...) not held is None, the family's own choice.
 
 ``score`` is in a threshold run's settings but not in its system: one always run derives the
 gate of every score, so a threshold run of any score is a point on its system's figure
@@ -12,30 +13,19 @@ gate of every score, so a threshold run of any score is a point on its system's 
 """
 from __future__ import annotations
 
-Value = str | int | float | bool | None
+from collab_eval.run_settings import RUN_ARGS, SYSTEM_DEFAULTS, Value
 
-# Every setting a system is told apart by, with the value a run has when the arg is not given.
-# None: the family's own choice (a middle layer, the checkpoint's pixel budget, ...).
-DEFAULTS: dict[str, Value] = {
-    "codec": "png",
-    "layer": None,
-    "dtype": "auto",
-    "max_new_tokens": 32,
-    "reuse_prefix": True,
-    "max_pixels": None,  # Qwen2-VL
-    "min_pixels": None,  # Qwen2-VL
-    "qformer_layer": None,  # InstructBLIP
-    "locator": "rel_att",  # collab_eval.locators
-    "highres": False,
-}
-RUN_LEVEL = ("score",)  # in a run's settings, not its system's (see above)
+# Every shared setting a system is told apart by, with the value a run has when the arg is not
+# given (None: the family's own choice, e.g. a middle layer), as collab_eval.run_settings declares them.
+DEFAULTS: dict[str, Value] = SYSTEM_DEFAULTS
 
 
 def system_settings(settings: dict[str, Value], codec: str | None = None) -> dict[str, Value]:
     """A run's full system settings: defaults, then the record's ``codec`` field (records written
-    before ``settings`` existed), then the recorded settings; run-level ones left out."""
+    before ``settings`` existed), then the recorded settings; run-level ones left out, and a
+    family's own arg at None (its default: the same system as a record that does not hold it)."""
     full = {**DEFAULTS, **({"codec": codec} if codec else {}), **settings}
-    return {k: v for k, v in full.items() if k not in RUN_LEVEL}
+    return {k: v for k, v in full.items() if k not in RUN_ARGS and (k in DEFAULTS or v is not None)}
 
 
 def shown(value: Value) -> str:

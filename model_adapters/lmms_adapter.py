@@ -1,12 +1,11 @@
 """The lmms-eval model class of every collab adapter: requests in, results and costs out.
 
-It only translates: model args into a checked method and a loaded server (a family's
-``ServerModel``), lmms-eval's requests into pipeline samples, the pipeline's results into
+It only translates: model args into checked settings (collab_eval.run_settings), a method and
+a loaded server (a family's ``ServerModel``), lmms-eval's requests into pipeline samples, the pipeline's results into
 records (through the run session) and into lmms-eval's results and cost hand-off.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -19,17 +18,16 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from tqdm import tqdm
 
-from collab_eval import cost_handoff, locators, model_args, scores
-from collab_eval.checkpoints import checkpoint_identity, resolve
-from collab_eval.edge import Codec
+from collab_eval import cost_handoff, model_args
 from collab_eval.edge_pool import EdgePool, default_workers
 from collab_eval.families import Family
 from collab_eval.pipeline import Limits, Method, SampleInput, SampleResult, run_batches
-from collab_eval.policy import POLICIES, Policy
+from collab_eval.policy import Policy
 from collab_eval.records import RecordWriteError, SampleRecord, failure_reason, strip_media
 from collab_eval.run_session import RunLock, RunPlan, RunSession, open_run
+from collab_eval.run_settings import RunSettings, allowed_args
 from collab_eval.server_contract import RunCaches
-from model_adapters.server import DTYPES, ServerModel, pick_device
+from model_adapters.server import ServerModel, pick_device
 from model_adapters.task_documents import media_problem, without_media
 
 
@@ -52,66 +50,30 @@ class CollabAdapter(lmms):
     server_class: type[ServerModel] = ServerModel
     default_pretrained: str | None = None  # the family's first reference checkpoint
 
-    def __init__(self, pretrained: str | None = None, policy: str = "threshold", threshold: float = 1.0,
-                 rate: float = 0.5,
-                 score: str = "max", codec: str = "png", layer: int | None = None, seed: int = 0,
-                 records_dir: str = "collab_records", max_new_tokens: int = 32, resume: bool = False,
-                 run_id: str | None = None, device: str | None = None, device_map: str | None = None,
-                 dtype: str = "auto", threads: int = 1, reuse_prefix: bool | str = True, batch_size: int | str = 1,
-                 max_batch_size: int | None = None, locator: str = "rel_att", highres: bool | str = False,
-                 edge_workers: int | str | None = None, record_map: bool | str = False, **family_args):
+    def __init__(self, **given):
         super().__init__()
-        pretrained = self.default_pretrained if pretrained is None else pretrained
-        # Every argument is checked before anything loads; a message names the arg, its value
-        # and what is allowed.
+        # Every model arg is checked before anything loads (collab_eval.run_settings declares
+        # them); a message names the arg, its value and what is allowed.
         try:
-            if pretrained is None:
-                raise model_args.ModelArgError("pretrained is required (a checkpoint path, hub id or short name)")
-            unknown = sorted(set(family_args) - set(inspect.signature(self.server_class.family_args).parameters))
-            if unknown:
-                raise model_args.ModelArgError(f"unknown model arg(s) {unknown}; allowed: {self.allowed_args()}")
-            family = self.server_class.family_args(**family_args)
-            self.method = Method(Policy(model_args.one_of("policy", policy, POLICIES),
-                                        model_args.number(
-                                            "threshold", threshold, infinite_ok=True,
-                                            what="a number of nats (inf: never retransmit, -inf: always)"),
-                                        model_args.number("rate", rate, what="a number in [0, 1]"),
-                                        model_args.integer("seed", seed)),
-                                 Codec.parse(str(codec)), scores.check_name(score),
-                                 *checked_locator(locator, highres),
-                                 record_map=model_args.boolean("record_map", record_map))
-            server_args = dict(dtype=model_args.one_of("dtype", dtype, tuple(DTYPES)), device_map=device_map,
-                               threads=model_args.integer("threads", threads, minimum=0),
-                               layer=model_args.optional_integer("layer", layer, minimum=0),
-                               reuse_prefix=model_args.boolean("reuse_prefix", reuse_prefix))
-            self.max_new_tokens = model_args.integer("max_new_tokens", max_new_tokens, minimum=1)
-            self.server_args, self.family = server_args, family  # for settings()
-            resume, run_id = model_args.boolean("resume", resume), model_args.run_id("run_id", run_id)
-            self.pretrained = model_args.local_path_exists("pretrained", resolve(str(pretrained)))
-            records_dir = model_args.writable_directory("records_dir", records_dir)
-            self.batch_size = model_args.integer("batch_size", 1 if str(batch_size).strip() == "auto" else batch_size,
-                                                 minimum=1)
-            self.edge_workers = (default_workers(server_args["threads"]) if edge_workers is None
-                                 else model_args.integer("edge_workers", edge_workers, minimum=0))
+            self.args = RunSettings.parse(given, self.server_class.family_args, pretrained=self.default_pretrained)
+            args = self.args
+            self.method = Method(Policy(args.policy, args.threshold, args.rate, args.seed), args.codec, args.score,
+                                 args.locator, args.highres, record_map=args.record_map)
         except ValueError as err:
             raise model_args.ModelArgError(f"{self.model_id}: {err}") from None
-        policy_ = self.method.policy
-        run_settings = {"adapter": self.model_id, "model": checkpoint_identity(self.pretrained), "policy": policy_.name,
-                        **policy_.args(), "codec": str(self.method.codec), "score": self.method.score,
-                        "layer": server_args["layer"], "max_new_tokens": self.max_new_tokens,
-                        "dtype": server_args["dtype"], "reuse_prefix": server_args["reuse_prefix"], **family,
-                        **self.settings()}
 
         self.accelerator = Accelerator()
         self._rank, self._world_size, local_rank = process_layout(self.accelerator)
-        self._device = pick_device(device, local_rank, self._world_size, self.model_id)
+        self._device = pick_device(args.device, local_rank, self._world_size, self.model_id)
         # Which run this is: rank 0 decides (a new id, or the run to continue) and locks it before
         # any model loads; every rank follows.
-        plan, lock = self._from_rank0(lambda: open_run(records_dir, self.model_id, run_settings, run_id=run_id,
-                                                       resume=resume, world_size=self._world_size))
-        self.session = RunSession.join(records_dir, plan, self._rank, lock)
-        self.server = self.server_class(self.pretrained, name=self.model_id, device=self._device,
-                                        **server_args, **family)
+        plan, lock = self._from_rank0(lambda: open_run(args.records_dir, self.model_id, args.of_run(self.model_id),
+                                                       run_id=args.run_id, resume=args.resume,
+                                                       world_size=self._world_size))
+        self.session = RunSession.join(args.records_dir, plan, self._rank, lock)
+        self.server = self.server_class(args.pretrained, name=self.model_id, device=self._device, dtype=args.dtype,
+                                        device_map=args.device_map, threads=args.threads, layer=args.layer,
+                                        reuse_prefix=args.reuse_prefix, **args.family)
         self.caches = RunCaches()
         self._plain_docs = {}
         logger.info(f"{self.model_id}: run {plan.run_id}{' (resumed)' if plan.resumed else ''}, "
@@ -135,28 +97,21 @@ class CollabAdapter(lmms):
         return box[0], lock
 
     def settings(self) -> dict:
-        """Every model arg that changes answers or costs, as the run was started: what tells
-        this run's system apart in report and check (collab_eval.systems). Left out: device,
-        threads, batch sizes (the same answers and FLOPs), the records' place and run identity;
-        the policy's own τ, rate and seed are the record's ``policy_args``; edge_workers (the
-        same records)."""
-        out = {"codec": str(self.method.codec)}
-        if self.method.policy.name == "threshold":  # only a threshold run's answers depend on the score
-            out["score"] = self.method.score
-        out.update(layer=self.server_args["layer"], dtype=self.server_args["dtype"], max_new_tokens=self.max_new_tokens,
-                   reuse_prefix=self.server_args["reuse_prefix"],  # reuse_prefix: the FLOPs counted
-                   locator=self.method.locator, highres=self.method.highres)
-        return {**out, **self.family}
+        """The model args that change answers or costs, as the run was started: the record's
+        ``settings`` (collab_eval.run_settings, RunSettings.recorded)."""
+        return self.args.recorded()
 
     @classmethod
     def allowed_args(cls) -> list[str]:
-        shared = inspect.signature(CollabAdapter.__init__).parameters
-        family = inspect.signature(cls.server_class.family_args).parameters
-        return sorted(p for p in [*shared, *family] if p not in ("self", "family_args"))
+        return allowed_args(cls.server_class.family_args)
 
     @property
     def device(self):
         return self._device
+
+    @property
+    def batch_size(self) -> int:  # as lmms-eval's own adapters expose it
+        return self.args.batch_size
 
     @property
     def rank(self):
@@ -197,8 +152,11 @@ class CollabAdapter(lmms):
                 yield samples
 
         # The edge's threads read and encode the next batches while the server runs this one's passes.
-        with EdgePool(self.edge_workers) as edge:
-            ahead = max(1, -(-self.edge_workers // self.batch_size))  # batches enough to keep the threads busy
+        workers = self.args.edge_workers
+        if workers is None:  # the default: the CPUs the model's threads leave free
+            workers = default_workers(self.args.threads)
+        with EdgePool(workers) as edge:
+            ahead = max(1, -(-workers // self.batch_size))  # batches enough to keep the threads busy
             for result in run_batches(self.server, batches(), method=self.method, caches=self.caches, edge=edge,
                                       ahead=ahead):
                 try:
@@ -230,7 +188,7 @@ class CollabAdapter(lmms):
     def sample_input(self, context, gen_kwargs, doc_to_visual, doc_id, task, split) -> SampleInput:
         docs = self.task_dict[task][split]
         return SampleInput(key=f"{task}/{doc_id}", scope=task, question=self.server.without_image_placeholders(context),
-                           limits=Limits.from_gen_kwargs(gen_kwargs, cap=self.max_new_tokens),
+                           limits=Limits.from_gen_kwargs(gen_kwargs, cap=self.args.max_new_tokens),
                            visuals=lambda: doc_to_visual(docs[doc_id]))
 
     def record(self, args: tuple, result: SampleResult) -> SampleRecord:
@@ -239,7 +197,7 @@ class CollabAdapter(lmms):
         docs = self.task_dict[task][split]
         if (task, split) not in self._plain_docs:
             self._plain_docs[task, split] = without_media(docs)
-        header = dict(run_id=self.run_id, task=task, doc_id=doc_id, question=context, model=self.pretrained,
+        header = dict(run_id=self.run_id, task=task, doc_id=doc_id, question=context, model=self.args.pretrained,
                       codec=str(self.method.codec), policy=self.method.policy.name,
                       policy_args=self.method.policy.args(), rank=self._rank, score_name=self.method.score,
                       settings=self.settings(),
@@ -251,16 +209,6 @@ class CollabAdapter(lmms):
         # What it sent and computed up to the failure (pipeline.failure), answer "" (scored as wrong).
         outcome = vars(result.outcome) if result.outcome is not None else {"seconds": result.seconds}
         return SampleRecord(**header, **{**outcome, "answer": ""}, error=error, failed_step=result.failed_step)
-
-
-def checked_locator(name, highres) -> tuple[str, bool]:
-    """(locator, highres), checked before anything loads: the locator must be installed
-    (collab_eval.locators) and highres applies to map locators only."""
-    locator = locators.load(str(name))
-    tiled = model_args.boolean("highres", highres)
-    if tiled and locator.kind != "map":
-        raise model_args.ModelArgError(f"highres=true tiles a map locator's maps; locator={name} returns a box")
-    return str(name), tiled
 
 
 def process_layout(accelerator) -> tuple[int, int, int]:

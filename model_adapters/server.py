@@ -14,13 +14,15 @@ import torch
 from PIL import Image
 
 from collab_eval import flops as flop_counts
+from collab_eval import run_settings
 from collab_eval.edge import Box
 from collab_eval.server_contract import Answer, Limits
 from model_adapters.attention_capture import KERNEL, Probe, backward_into, probing, weigh_by_gradient
 from model_adapters.flop_measure import counted
 from model_adapters.prefix_cache import Prefix
 
-DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The dtype model arg's values (collab_eval.run_settings) as torch dtypes; "auto" is resolved at load.
+DTYPES = {name: name if name == "auto" else getattr(torch, name) for name in run_settings.DTYPES}
 
 
 class ServerModel:

@@ -13,6 +13,7 @@ import pytest
 from collab_eval import families
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, run_batch
 from collab_eval.records import FLOP_PARTS, Outcome, SampleRecord, finite, read_records
+from collab_eval.run_settings import family_arg_defaults
 from collab_eval.scores import BUILTIN_ORDER
 from collab_eval.scores import installed as installed_scores
 from collab_eval.shipped import TASKS_DIR
@@ -55,8 +56,7 @@ def small_budget(family: str) -> dict:
     takes ``max_pixels`` (Qwen2-VL and its kind), a pixel budget of 4 x 4 language tokens per
     square image (112 x 112 for Qwen2-VL and Qwen2.5-VL, 128 x 128 for Qwen3-VL: at 112 x 112
     its crops were cheaper than stage 1's prefill); none otherwise."""
-    import inspect
-    if "max_pixels" not in inspect.signature(families.get(family).server_class().family_args).parameters:
+    if "max_pixels" not in family_arg_defaults(families.get(family).server_class().family_args):
         return {}
     return {"max_pixels": (4 * token_side(family)) ** 2}
 
@@ -146,7 +146,10 @@ def check_record(record, method: Method | None = None, family: str | None = None
     assert set(BUILTIN_ORDER) <= set(r["scores"])
     assert r["scores"]["shannon"] == pytest.approx(max(r["shannon_entropy"]), rel=1e-6)
     if "codec" in r:  # a record (not a bare pipeline outcome): the settings it was run with
-        assert r["settings"]["codec"] == r["codec"] and set(r["settings"]) <= {*DEFAULTS, "score"}
+        assert r["settings"]["codec"] == r["codec"]
+        own = set(r["settings"]) - {*DEFAULTS, "score"}  # beyond the shared ones: the family's own args only
+        if own:
+            assert own <= set(family_arg_defaults(families.get(family or run_family(r)).server_class().family_args))
     if r["policy"] == "never":
         assert not r["retransmitted"]
     if r["policy"] in ("always", "tiles"):

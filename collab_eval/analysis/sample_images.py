@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import inspect
 import io
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from PIL import Image
 
 from collab_eval.edge import Codec, sanitize, send, transmit
 from collab_eval.records import SampleRecord
+from collab_eval.run_settings import family_arg_defaults
 
 ORIGINAL_SIDE = 480  # the original is shown downscaled to at most this side (JPEG); the box in original pixels
 
@@ -148,7 +148,7 @@ def family_server(record: SampleRecord):
 
     family = families.get(record.run_id.partition("-")[0])
     server_class = family.server_class()
-    wanted = set(inspect.signature(server_class.family_args).parameters)
+    wanted = family_arg_defaults(server_class.family_args)
     args = {k: v for k, v in record.settings.items() if k in wanted}
     return server_class(record.model, name=family.model_id, device="cpu", **args)
 
