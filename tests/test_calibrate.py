@@ -196,12 +196,9 @@ def test_guarantee_holds_over_splits_of_a_synthetic_population():
 
 # ----- on a real run -------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def always_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("calibrate-always")
-    proc = run_lmms_eval("collab_llava", f"pretrained=smalldetail-llava,policy=always,records_dir={out / 'records'}",
-                         "smalldetail_read", out)
-    assert list(out.rglob("*_results.json")), proc.stderr[-3000:]
-    return out
+def always_run(trained_always_run):
+    """smalldetail-llava's always run of both smalldetail tasks (the session's: tests/conftest.py)."""
+    return trained_always_run("llava").out
 
 
 def real_samples(run_dir):
@@ -263,7 +260,9 @@ def test_cli_json_table_and_errors(always_run, tmp_path, capsys):
     assert list(never.rglob("*_results.json")), proc.stderr[-3000:]
     assert main(["calibrate", str(never), "--task", "smalldetail_read", "--max-loss", "0.03"]) == 2
     assert "policy=always" in capsys.readouterr().err
-    assert main(["calibrate", str(always_run), "--task", "smalldetail_exist", "--max-loss", "0.03"]) == 2
+    # A task the run does not hold: a clear error, exit 2.
+    assert main(["calibrate", str(always_run), "--task", "collab_pope_mini", "--max-loss", "0.03"]) == 2
+    assert "no run of task 'collab_pope_mini'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
