@@ -20,7 +20,7 @@ from tests.helpers import MINI_LIMIT, MINI_TASKS, Run, Spec, evaluate, evaluate_
 
 # Generated examples per property test (hypothesis: tests/test_properties.py,
 # tests/test_study_properties.py), chosen by HYPOTHESIS_PROFILE: "fast", the default (the fast
-# tier's budget of under a minute), "ci" (.ci/run sets it: 200 each, the count the tests were
+# tier's budget), "ci" (.ci/run sets it: 200 each, the count the tests were
 # written with, 300 for the one written with 300), "thousands" (5,000 each, by hand). Tests that
 # were written with a count other than 200 scale it with the profile (property_examples).
 PROPERTY_EXAMPLES = {"fast": 40, "ci": 200, "thousands": 5000}
