@@ -1,5 +1,6 @@
 """Shared fixtures: every test runs offline on checkpoints and data the project builds."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +13,21 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 # and the tiny models gain nothing from more.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from hypothesis import HealthCheck, settings  # noqa: E402
+
 from collab_eval import families  # noqa: E402
-from tests.helpers import MINI_LIMIT, MINI_TASKS, Run, evaluate  # noqa: E402
+from tests.helpers import MINI_LIMIT, MINI_TASKS, Run, Spec, evaluate, evaluate_many  # noqa: E402
+
+# Generated examples per property test (hypothesis: tests/test_properties.py,
+# tests/test_study_properties.py), chosen by HYPOTHESIS_PROFILE: "fast", the default (the fast
+# tier's budget), "ci" (.ci/run sets it: 200 each, the count the tests were
+# written with, 300 for the one written with 300), "thousands" (5,000 each, by hand). Tests that
+# were written with a count other than 200 scale it with the profile (property_examples).
+PROPERTY_EXAMPLES = {"fast": 40, "ci": 200, "thousands": 5000}
+for _name, _count in PROPERTY_EXAMPLES.items():
+    settings.register_profile(_name, max_examples=_count, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,23 +55,65 @@ def tiny_instructblip_path() -> str:
     return resolve("tiny-instructblip")
 
 
+# The tiny LLaVA runs that tests in several files share, made together in ONE lmms-eval process
+# (tests/helpers.py evaluate_many: lmms-eval --config) the first time any of them is asked for:
+# test_lmms_cli.py (never, always, random), test_report_lmms.py (always), test_systems.py (always,
+# always at layer 0).
+SHARED_TINY_LLAVA_RUNS = (("policy=never", MINI_TASKS), ("policy=always", MINI_TASKS),
+                          ("policy=random,rate=0.5,seed=3", MINI_TASKS),
+                          ("policy=always,layer=0", ("collab_pope_mini",)))
+
+
 @pytest.fixture(scope="session")
 def tiny_llava_run(tiny_llava_path, tmp_path_factory):
     """collab_llava on the tiny LLaVA through the lmms-eval command line, on the first
     MINI_LIMIT documents of each of MINI_TASKS: run(policy_args, tasks) -> Run. Each argument
-    set runs once per session; the tests that share one (the always run) share its outputs."""
+    set runs once per session; the tests that share one (the always run) share its outputs.
+    The argument sets of SHARED_TINY_LLAVA_RUNS run together in one lmms-eval process when the
+    first of them is asked for; any other runs in its own process when asked for."""
     done = {}
 
+    def spec(policy_args: str, tasks: tuple[str, ...]) -> Spec:
+        out = tmp_path_factory.mktemp("tiny-llava-run")
+        return Spec("collab_llava", f"pretrained={tiny_llava_path},{policy_args},records_dir={out / 'records'}",
+                    ",".join(tasks), out, options=("--limit", str(MINI_LIMIT)))
+
     def run(policy_args: str, tasks: tuple[str, ...] = MINI_TASKS) -> Run:
-        if (policy_args, tasks) not in done:
-            out = tmp_path_factory.mktemp("tiny-llava-run")
-            done[policy_args, tasks] = evaluate(
-                "collab_llava", f"pretrained={tiny_llava_path},{policy_args},records_dir={out / 'records'}",
-                ",".join(tasks), out, extra=("--limit", str(MINI_LIMIT)))
-        return done[policy_args, tasks]
+        key = (policy_args, tuple(tasks))
+        if key not in done:
+            keys = [k for k in SHARED_TINY_LLAVA_RUNS if k not in done] if key in SHARED_TINY_LLAVA_RUNS else [key]
+            done.update(zip(keys, evaluate_many([spec(*k) for k in keys])))
+        return done[key]
     return run
 
 
+# The README's main job: the tasks of a trained family's always run (trained_always_run).
+TRAINED_TASKS = ("smalldetail_read", "smalldetail_exist")
+
+
+@pytest.fixture(scope="session")
+def trained_always_run(tmp_path_factory):
+    """run(family) -> Run: the family's shipped trained checkpoint (a registered family's name,
+    its ``trained``), policy=always, on the whole test splits of TRAINED_TASKS, through the
+    lmms-eval command line: the README's main job, and the run CI's regression gate checks.
+    Made once per session and family (tests/test_smalldetail.py's bars, tests/test_calibrate.py).
+
+    Where COLLAB_EVAL_TRAINED_RUNS names a folder (.ci/run sets it), the run is made in
+    <folder>/<checkpoint> (unless that exists already), where CI's regression gate finds it and
+    checks it instead of running the same command again."""
+    done = {}
+
+    def run(family: str) -> Run:
+        if family not in done:
+            declared = families.get(family)
+            keep = os.environ.get("COLLAB_EVAL_TRAINED_RUNS")
+            out = Path(keep) / declared.trained if keep else None
+            if out is None or out.exists():
+                out = tmp_path_factory.mktemp(f"trained-{family}")
+            done[family] = evaluate(declared.model_id, f"pretrained={declared.trained},policy=always,"
+                                    f"records_dir={out / 'records'}", ",".join(TRAINED_TASKS), out)
+        return done[family]
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from collab_eval import families
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, run_batch
@@ -61,6 +62,13 @@ def small_budget(family: str) -> dict:
     return {"max_pixels": (4 * token_side(family)) ** 2}
 
 
+def property_examples(written_for_200: int) -> int:
+    """A property test's example count under the loaded hypothesis profile (tests/conftest.py):
+    the count it was written with at the "ci" profile's 200, scaled with the profile."""
+    from hypothesis import settings
+    return max(1, round(written_for_200 * settings.default.max_examples / 200))
+
+
 def run_lmms_eval(model: str, model_args: str, tasks: str, out: Path, include_path: Path = TASKS_DIR,
                   extra: tuple = (), launcher: tuple = ()) -> subprocess.CompletedProcess:
     """lmms-eval logs an exception and exits 0 unless --verbosity DEBUG: tests run it in
@@ -86,6 +94,53 @@ def evaluate(model: str, model_args: str, tasks: str, out: Path, **kwargs) -> Ru
     proc = run_lmms_eval(model, model_args, tasks, out, **kwargs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return Run(out, results_json(out), records(out / "records"))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One run of a shared lmms-eval process (evaluate_many): run_lmms_eval's arguments as data.
+    ``options``: further command-line options as flag/value pairs, e.g. ("--limit", "2")."""
+    model: str
+    model_args: str
+    tasks: str
+    out: Path
+    include_path: Path = TASKS_DIR
+    options: tuple = ()
+
+    def config(self) -> dict:
+        """This run as an entry of lmms-eval's --config file: the keys are the command line's own
+        options (argparse's dest), the values what argparse makes of them (--limit: a float)."""
+        entry = {"model": self.model, "model_args": self.model_args, "tasks": self.tasks,
+                 "include_path": str(self.include_path), "output_path": str(self.out), "log_samples": True}
+        assert len(self.options) % 2 == 0, self.options
+        for flag, value in zip(self.options[::2], self.options[1::2]):
+            assert flag.startswith("--") and flag not in ("--config", "--verbosity"), flag
+            entry[flag[2:]] = float(value) if flag == "--limit" else str(value)
+        return entry
+
+
+def run_lmms_eval_many(specs: list[Spec], config: Path) -> subprocess.CompletedProcess:
+    """Several runs in ONE lmms-eval process, through its own command line: ``lmms-eval --config
+    FILE`` with one entry per run (lmms-eval runs a list of configs one after another, each
+    through the same cli_evaluate_single a plain command runs). Saves a process start (torch,
+    transformers and lmms-eval imported once) per run beyond the first; each run still indexes
+    the tasks, loads its model and writes its own outputs. --verbosity DEBUG: the first run that
+    fails stops the process with a failure exit (run_lmms_eval's reason)."""
+    assert len({spec.out for spec in specs}) == len(specs), "each run needs its own output folder"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump([spec.config() for spec in specs], sort_keys=False))
+    return subprocess.run([LMMS_EVAL, "--config", str(config), "--verbosity", "DEBUG"], capture_output=True,
+                          text=True, env=os.environ.copy(), timeout=900 * len(specs))
+
+
+def evaluate_many(specs: list[Spec], config: Path | None = None) -> list[Run]:
+    """run_lmms_eval_many that must succeed: each spec's Run, in order (records from
+    <out>/records, where the caller's model_args put them; none for lmms-eval's own adapters).
+    ``config``: where the config file goes (default: beside the first run's output folder)."""
+    first = Path(specs[0].out)
+    proc = run_lmms_eval_many(specs, config or first.parent / f"{first.name}.lmms-eval-config.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [Run(spec.out, results_json(spec.out), records(spec.out / "records")) for spec in specs]
 
 
 def results_json(out: Path) -> dict:

@@ -76,7 +76,15 @@ def compare(alone, batched, count=N_DOCUMENTS):
             assert_same(getattr(a, name), getattr(b, name), f"sample {i}.{name}")
 
 
-@pytest.mark.parametrize("policy_name", POLICIES)
+# The fast tier batches both stages for every family: always (every sample to stage 2) and threshold
+# (some, in the same batch as others that stop after stage 1); never, tiles and random run in the
+# slow tier (seconds in all over the families: tests/test_family_policies.py runs each of them
+# per family in the fast tier, unbatched).
+FAST_POLICIES = ("always", "threshold")
+
+
+@pytest.mark.parametrize("policy_name", [pytest.param(p, marks=() if p in FAST_POLICIES else pytest.mark.slow)
+                                         for p in POLICIES])
 def test_batch_of_four_records_what_one_at_a_time_records(adapter, policy_name):
     threshold = 1.0
     if policy_name == "threshold":  # a threshold between the samples' scores: some go to stage 2, some do not
@@ -155,13 +163,12 @@ def test_lmms_eval_batch_size_4_records_what_batch_size_1_records(tiny_llava_pat
     """The command line's --batch_size reaches the adapter (as a string) and changes nothing
     the run records or scores: policy=always, 8 POPE documents (prompts of different lengths:
     padded rows), batches of 4."""
-    from tests.helpers import evaluate
-    runs = {}
-    for batch in (1, 4):
-        out = tmp_path / f"batch{batch}"
-        runs[batch] = evaluate("collab_llava",
-                               f"pretrained={tiny_llava_path},policy=always,records_dir={out / 'records'}",
-                               "collab_pope_mini", out, extra=("--limit", "8", "--batch_size", str(batch)))
+    from tests.helpers import Spec, evaluate_many
+    outs = {batch: tmp_path / f"batch{batch}" for batch in (1, 4)}
+    specs = [Spec("collab_llava", f"pretrained={tiny_llava_path},policy=always,records_dir={out / 'records'}",
+                  "collab_pope_mini", out, options=("--limit", "8", "--batch_size", str(batch)))
+             for batch, out in outs.items()]
+    runs = dict(zip((1, 4), evaluate_many(specs)))  # both runs in one lmms-eval process (lmms-eval --config)
     alone, batched = ([SampleRecord.from_dict(r) for r in sorted(runs[b].records, key=lambda r: r["doc_id"])]
                       for b in (1, 4))
     compare(alone, batched, count=8)

@@ -15,7 +15,6 @@ from scipy import stats
 
 from collab_eval.analysis import calibrate as cal
 from collab_eval.analysis.curves import Samples
-from tests.helpers import run_lmms_eval
 
 
 def synthetic(acc1, acc2, score, bytes1=100, bytes2=300, flops1=10, flops2=30) -> Samples:
@@ -196,12 +195,9 @@ def test_guarantee_holds_over_splits_of_a_synthetic_population():
 
 # ----- on a real run -------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def always_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("calibrate-always")
-    proc = run_lmms_eval("collab_llava", f"pretrained=smalldetail-llava,policy=always,records_dir={out / 'records'}",
-                         "smalldetail_read", out)
-    assert list(out.rglob("*_results.json")), proc.stderr[-3000:]
-    return out
+def always_run(trained_always_run):
+    """smalldetail-llava's always run of both smalldetail tasks (the session's: tests/conftest.py)."""
+    return trained_always_run("llava").out
 
 
 def real_samples(run_dir):
@@ -237,7 +233,7 @@ def test_guarantee_over_random_splits_of_a_real_run_and_a_planted_shift_breaks_i
 
 
 @pytest.mark.slow
-def test_cli_json_table_and_errors(always_run, tmp_path, capsys):
+def test_cli_json_table_and_errors(always_run, tiny_llava_run, capsys):
     from collab_eval.cli import main
     assert main(["calibrate", str(always_run), "--task", "smalldetail_read", "--max-loss", "0.03",
                  "--calib-fraction", "0.5", "--seed", "3", "--json"]) == 0
@@ -257,13 +253,12 @@ def test_cli_json_table_and_errors(always_run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "calib" in text and "test" in text and "--model_args policy=threshold" in text
     # Not an always run: a clear error, exit 2.
-    never = tmp_path / "never"
-    proc = run_lmms_eval("collab_llava", f"pretrained=smalldetail-llava,policy=never,records_dir={never / 'records'}",
-                         "smalldetail_read", never, extra=("--limit", "4"))
-    assert list(never.rglob("*_results.json")), proc.stderr[-3000:]
-    assert main(["calibrate", str(never), "--task", "smalldetail_read", "--max-loss", "0.03"]) == 2
+    never = tiny_llava_run("policy=never").out  # the session's never run of the tiny LLaVA (tests/conftest.py)
+    assert main(["calibrate", str(never), "--task", "collab_pope_mini", "--max-loss", "0.03"]) == 2
     assert "policy=always" in capsys.readouterr().err
-    assert main(["calibrate", str(always_run), "--task", "smalldetail_exist", "--max-loss", "0.03"]) == 2
+    # A task the run does not hold: a clear error, exit 2.
+    assert main(["calibrate", str(always_run), "--task", "collab_pope_mini", "--max-loss", "0.03"]) == 2
+    assert "no run of task 'collab_pope_mini'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -211,13 +211,13 @@ def test_lmms_eval_records_are_the_same_with_four_edge_threads_as_with_one(tiny_
     short last batch), policy=always: edge_workers=4 writes the records edge_workers=1 writes,
     in the same order, but for seconds; the journal's finish event holds the wall time."""
     from collab_eval.run_session import RunFinished, read_journal
-    from tests.helpers import evaluate
-    runs = {}
-    for workers in (1, 4):
-        out = tmp_path / f"workers{workers}"
-        runs[workers] = evaluate("collab_llava", f"pretrained={tiny_llava_path},policy=always,edge_workers={workers},"
-                                 f"records_dir={out / 'records'}", "collab_pope_mini", out,
-                                 extra=("--limit", "8", "--batch_size", "3"))
+    from tests.helpers import Spec, evaluate_many
+    outs = {workers: tmp_path / f"workers{workers}" for workers in (1, 4)}
+    runs = dict(zip(outs, evaluate_many([  # both runs in one lmms-eval process (lmms-eval --config)
+        Spec("collab_llava", f"pretrained={tiny_llava_path},policy=always,edge_workers={workers},"
+                             f"records_dir={out / 'records'}", "collab_pope_mini", out,
+             options=("--limit", "8", "--batch_size", "3")) for workers, out in outs.items()])))
+    for out in outs.values():
         (journal,) = (out / "records").glob("*.run.ndjson")
         (finished,) = [e for e in read_journal(journal) if isinstance(e, RunFinished)]
         assert finished.seconds > 0 and finished.run_now == 8

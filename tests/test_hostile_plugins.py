@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers import Run, check_run, evaluate, records, results_json, run_lmms_eval
+from tests.helpers import Run, Spec, check_run, records, results_json, run_lmms_eval_many
 
 PLUGIN = '''
 import math
@@ -69,11 +69,19 @@ def hostile_on_path(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_hostile_plugins_through_the_lmms_eval_command_line(hostile_on_path, tiny_llava_path, tmp_path):
     task = "collab_textvqa_mini"
-    proc = run_lmms_eval("collab_llava", f"pretrained={tiny_llava_path},policy=always,locator=moody,"
-                         f"records_dir={tmp_path / 'records'}", task, tmp_path, extra=("--limit", "3"))
+    moody, out = tmp_path / "moody", tmp_path / "outside"
+    # Both runs in one lmms-eval process (lmms-eval --config, tests/helpers.py): the moody locator's
+    # first, then the outside box's.
+    proc = run_lmms_eval_many([
+        Spec("collab_llava", f"pretrained={tiny_llava_path},policy=always,locator=moody,"
+                             f"records_dir={moody / 'records'}", task, moody, options=("--limit", "3")),
+        Spec("collab_llava", f"pretrained={tiny_llava_path},policy=always,locator=outside,score=max,"
+                             f"records_dir={out / 'records'}", task, out, options=("--limit", "2"))],
+        tmp_path / "config.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = Run(tmp_path, results_json(tmp_path), records(tmp_path / "records"))
-    # One warning per hostile score for the run, naming it and what it returned.
+    run = Run(moody, results_json(moody), records(moody / "records"))
+    # One warning per hostile score for the process (scores.missing_warning), naming it and what it
+    # returned: both come in the first run, where the hostile scores first give no number.
     output = proc.stdout + proc.stderr
     warned = [line for line in output.splitlines() if "recorded as missing" in line]
     assert len(warned) == 2, [line for line in output.splitlines() if "WARNING" in line or "score" in line][:20]
@@ -96,9 +104,7 @@ def test_hostile_plugins_through_the_lmms_eval_command_line(hostile_on_path, tin
     (fine,) = [r for r in by_doc if not r["error"]]
     assert fine["flops"]["locate"] == 1000 and fine["bytes_local"] > 0 and fine["roi"] is not None
 
-    out = tmp_path / "outside"
-    run = evaluate("collab_llava", f"pretrained={tiny_llava_path},policy=always,locator=outside,score=max,"
-                   f"records_dir={out / 'records'}", task, out, extra=("--limit", "2"))
+    run = Run(out, results_json(out), records(out / "records"))
     check_run(run, [task], 2)
     for r in run.records:
         assert r["error"] is None and r["roi"] == [0, 0, 20, 20] and r["roi_clipped_from"] == [-50, -50, 20, 20]

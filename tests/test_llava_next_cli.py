@@ -1,11 +1,15 @@
 """collab_llava_next through the lmms-eval command line on its tiny checkpoint: every policy,
 and ``policy=never,codec=png`` answering as lmms-eval's own ``llava_hf`` does on the same
-checkpoint, document by document (square, wide, tall, under and over the pinpoints)."""
+checkpoint, document by document (square, wide, tall, under and over the pinpoints).
+
+The seven runs share ONE lmms-eval process (tests/helpers.py ``evaluate_many``: ``lmms-eval
+--config``, a run after another, each as a plain command runs it), made once by the module's
+fixture; the tests assert on its outputs."""
 import pytest
 
 from collab_eval import families
 from collab_eval.policy import POLICIES
-from tests.helpers import check_run, evaluate, samples
+from tests.helpers import Spec, check_run, evaluate_many, samples
 
 LIMIT = 2
 TASKS = ("collab_textvqa_mini", "collab_pope_mini")
@@ -22,10 +26,28 @@ def tiny_llava_next_path() -> str:
     return resolve("tiny-llava-next")
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_llava_next_path) -> dict:
+    """In one lmms-eval process: every policy on TASKS (LIMIT documents each), then
+    ``policy=never,codec=png`` on COMPARED (``ours``), then lmms-eval's own adapter as the family
+    declares it (llava_hf, device=cpu,device_map=cpu) on it (``theirs``: last, so that nothing it
+    does in the process runs before ours)."""
+    tmp = tmp_path_factory.mktemp("llava-next-cli")
+    path = tiny_llava_next_path
+    specs = {policy: Spec(FAMILY.model_id, f"pretrained={path},policy={policy},max_new_tokens=4,"
+                                           f"records_dir={tmp / policy / 'records'}", ",".join(TASKS), tmp / policy,
+                          options=("--limit", str(LIMIT)))
+             for policy in POLICIES}
+    specs["ours"] = Spec(FAMILY.model_id, f"pretrained={path},policy=never,codec=png,max_new_tokens=8,"
+                                          f"records_dir={tmp / 'ours' / 'records'}", COMPARED, tmp / "ours")
+    specs["theirs"] = Spec(FAMILY.lmms_eval_model, f"pretrained={path},{FAMILY.lmms_eval_model_args}", COMPARED,
+                           tmp / "theirs")
+    return dict(zip(specs, evaluate_many(list(specs.values()))))
+
+
 @pytest.mark.parametrize("policy", POLICIES)
-def test_every_policy_through_the_command_line(tmp_path, tiny_llava_next_path, policy):
-    args = f"pretrained={tiny_llava_next_path},policy={policy},max_new_tokens=4,records_dir={tmp_path / 'records'}"
-    run = evaluate(FAMILY.model_id, args, ",".join(TASKS), tmp_path, extra=("--limit", str(LIMIT)))
+def test_every_policy_through_the_command_line(runs, tiny_llava_next_path, policy):
+    run = runs[policy]
     check_run(run, TASKS, LIMIT)
     for r in run.records:
         assert r["error"] is None and r["model"] == tiny_llava_next_path and r["policy"] == policy
@@ -43,16 +65,12 @@ def generated(out, task) -> dict[int, str]:
     return texts
 
 
-def test_never_answers_as_lmms_evals_llava_hf(tmp_path, tiny_llava_next_path):
+def test_never_answers_as_lmms_evals_llava_hf(runs):
     """The same generated text as llava_hf for every document: the edge sends each image at
     the pinpoint fit the processor would resize it to (or as it is, under the pinpoints), so
     the tiles are the processor's own up to PIL's and torchvision's rounding (one grey level)
     and the base view is squashed from the fit rather than the original (docs/families.md)."""
-    ours = evaluate(FAMILY.model_id, f"pretrained={tiny_llava_next_path},policy=never,codec=png,max_new_tokens=8,"
-                    f"records_dir={tmp_path / 'ours' / 'records'}", COMPARED, tmp_path / "ours")
-    # lmms-eval's own adapter as the family declares it (llava_hf, device=cpu,device_map=cpu)
-    theirs = evaluate(FAMILY.lmms_eval_model, f"pretrained={tiny_llava_next_path},{FAMILY.lmms_eval_model_args}",
-                      COMPARED, tmp_path / "theirs")
+    ours, theirs = runs["ours"], runs["theirs"]
     assert len(ours.records) == 16
     sizes = {tuple(r["image_size"]) for r in ours.records}
     assert any(w != h for w, h in sizes) and any(w == h for w, h in sizes)  # square and non-square

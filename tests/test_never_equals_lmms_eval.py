@@ -16,7 +16,7 @@ from PIL import Image
 
 from collab_eval import families
 from collab_eval.edge import Codec, sanitize, send
-from tests.helpers import FAMILIES, evaluate, samples
+from tests.helpers import FAMILIES, Spec, evaluate_many, samples
 
 SIZES = [(64, 64), (300, 300), (400, 200), (123, 457), (97, 96)]  # (w, h)
 MODES = ["RGB", "RGBA", "L", "P", "CMYK", "LA"]
@@ -109,7 +109,7 @@ QUESTIONS = ["What is in the image?", "Which colour is the block?", "Is there a 
 def write_task(directory, questions):
     from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
-    directory.mkdir()
+    directory.mkdir(parents=True)
     rng = np.random.default_rng(0)
     rows = [{"image": Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).convert(mode),
              "question": questions[i % len(questions)], "answer": "block"} for i, ((w, h), mode) in enumerate(DOCS)]
@@ -130,25 +130,46 @@ def generated(out) -> dict[int, str]:
 COMPARED = [name for name in FAMILIES if families.get(name).lmms_eval_compare != "none"]
 
 
+def questions_of(family: str) -> list[str]:
+    """One question where answers move with the image alone (the tiny LLaVA's); several otherwise
+    (the tiny InstructBLIP answers every image alike)."""
+    return QUESTIONS if family == "instructblip" else QUESTIONS[:1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """(family, "collab" | "lmms") -> Run, for every COMPARED family, in ONE lmms-eval process
+    (tests/helpers.py evaluate_many: ``lmms-eval --config``, a run after another, each as a plain
+    command runs it): collab's runs first, then lmms-eval's own adapters (so that nothing they do
+    in the process runs before collab's)."""
+    from collab_eval.checkpoints import resolve
+    tmp = tmp_path_factory.mktemp("never-vs-lmms-eval")
+    ours, theirs = {}, {}
+    for family in COMPARED:
+        declared = families.get(family)
+        include = write_task(tmp / family / "task", questions_of(family))
+        ours[family, "collab"] = Spec(
+            declared.model_id, f"pretrained={declared.tiny_name},policy=never,codec=png,max_new_tokens=6,"
+                               f"records_dir={tmp / family / 'collab' / 'records'}", TASK, tmp / family / "collab",
+            include_path=include)
+        path = resolve(declared.tiny_name)  # the files of the checkpoint collab's run loads by its short name
+        theirs_args = ",".join(a for a in (f"pretrained={path}", declared.lmms_eval_model_args) if a)
+        theirs[family, "lmms"] = Spec(declared.lmms_eval_model, theirs_args, TASK, tmp / family / "lmms",
+                                      include_path=include)
+    specs = {**ours, **theirs}
+    return dict(zip(specs, evaluate_many(list(specs.values()))))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", COMPARED)
-def test_never_generates_what_lmms_eval_s_own_adapter_generates(family, tmp_path):
+def test_never_generates_what_lmms_eval_s_own_adapter_generates(runs, family):
     """collab_<family> policy=never,codec=png and lmms-eval's own adapter for the family, on its
     tiny checkpoint, through both command lines: the same generated text for every document.
     lmms-eval's instructblip returns the prompt in front of the answer under transformers 5:
     its response is the question followed by exactly what collab generated."""
-    declared = families.get(family)
-    # One question where answers move with the image alone (the tiny LLaVA's); several otherwise
-    # (the tiny InstructBLIP answers every image alike).
-    questions = QUESTIONS if family == "instructblip" else QUESTIONS[:1]
-    include = write_task(tmp_path / "task", questions)
-    ours = evaluate(declared.model_id, f"pretrained={declared.tiny_name},policy=never,codec=png,max_new_tokens=6,"
-                    f"records_dir={tmp_path / 'collab' / 'records'}", TASK, tmp_path / "collab", include_path=include)
-    from collab_eval.checkpoints import resolve
-    path = resolve(declared.tiny_name)  # built by the run above, in this session's cache
-    theirs_args = ",".join(a for a in (f"pretrained={path}", declared.lmms_eval_model_args) if a)
-    evaluate(declared.lmms_eval_model, theirs_args, TASK, tmp_path / "lmms", include_path=include)
-    mine, theirs = generated(tmp_path / "collab"), generated(tmp_path / "lmms")
+    declared, questions = families.get(family), questions_of(family)
+    ours = runs[family, "collab"]
+    mine, theirs = generated(ours.out), generated(runs[family, "lmms"].out)
     assert sorted(mine) == sorted(theirs) == list(range(len(DOCS)))
     assert {r["doc_id"]: r["answer"] for r in ours.records} == mine
     assert len(set(mine.values())) > 1, mine  # answers that depend on the image: the comparison can fail

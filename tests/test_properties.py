@@ -2,27 +2,21 @@
 traces, model args and records lines either give a value that is right or refuse with their own
 error naming the input, never another exception and never a silently wrong value.
 
-Examples per test: 200 in the fast tier; ``HYPOTHESIS_PROFILE=thousands`` runs 5,000 each
-(docs/development.md). ``--hypothesis-show-statistics`` prints how many each tried."""
+Examples per test by the hypothesis profile (tests/conftest.py): 40 in the fast tier (the
+default), 200 in CI (``HYPOTHESIS_PROFILE=ci``, .ci/run); ``HYPOTHESIS_PROFILE=thousands`` runs
+5,000 each (docs/development.md). ``--hypothesis-show-statistics`` prints how many each tried."""
 import json
 import math
-import os
 import re
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from collab_eval import model_args
 from collab_eval.analysis.link import MAX_TIMESTAMP_MS, ConstantRate, LinkError, Trace, parse_link
 from collab_eval.records import BYTE_PARTS, RecordError, SampleRecord, parse_record, read_record_file
 from tests.report_records import pope_records
-
-settings.register_profile("fast", max_examples=200, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.register_profile("thousands", max_examples=5000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 RATE_UNITS = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
 TIME_UNITS = {"ms": 1e-3, "s": 1.0}

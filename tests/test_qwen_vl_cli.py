@@ -14,6 +14,10 @@ What lmms-eval's adapters do by design, and how the comparison meets it (docs/fa
 - They load bfloat16 whatever the device: ours runs with ``dtype=bfloat16`` here.
 - They generate up to 128 new tokens and stop only at ``<|im_end|>``: both runs get
   ``--gen_kwargs max_new_tokens=12``; the tiny checkpoints never emit an end token.
+
+Each family's seven runs (five policies, ours and lmms-eval's on the grid task) share ONE lmms-eval
+process (tests/helpers.py ``evaluate_many``: ``lmms-eval --config``, a run after another, each as
+a plain command runs it), made once by the module's fixture; the tests assert on its outputs.
 """
 import json
 
@@ -21,7 +25,7 @@ import numpy as np
 import pytest
 
 from collab_eval import families
-from tests.helpers import check_run, evaluate, qwen2_vl_kind, run_lmms_eval, samples, token_side
+from tests.helpers import Spec, check_run, evaluate_many, qwen2_vl_kind, samples, token_side
 
 pytestmark = pytest.mark.slow
 
@@ -36,15 +40,8 @@ POLICY_TASK = "smalldetail_read"
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_policy_through_lmms_eval(tmp_path, family, policy):
-    from collab_eval.checkpoints import resolve
-    declared = families.get(family)
-    model = declared.model_id
-    path = resolve(declared.tiny_name)
-    args = (f"pretrained={path},policy={policy},threshold=0.5,max_new_tokens=4,"
-            f"records_dir={tmp_path / 'records'}")
-    run = evaluate(model, args, POLICY_TASK, tmp_path, extra=("--limit", "2"))
+def test_every_policy_through_lmms_eval(runs, policy):
+    run = runs[policy]
     check_run(run, (POLICY_TASK,), 2)
     for r in run.records:
         assert r["error"] is None and r["policy"] == policy and r["answer"].strip()
@@ -82,26 +79,38 @@ def grid_task(directory):
 GRID_TASK = "qwen_grid_never"
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_never_answers_as_lmms_evals_own_adapter(tmp_path, family):
+@pytest.fixture(scope="module", params=FAMILIES)
+def runs(request, tmp_path_factory) -> dict:
+    """One family's runs, in one lmms-eval process: each policy on POLICY_TASK (2 documents), then
+    ``policy=never,codec=png`` on the grid task (``ours``), then lmms-eval's own adapter on it
+    (``theirs``: last, so that nothing it does in the process runs before ours)."""
     from collab_eval.checkpoints import resolve
+    family = request.param
+    tmp = tmp_path_factory.mktemp(f"qwen-cli-{family}")
     declared = families.get(family)
     model, reference, cpu_args = declared.model_id, declared.lmms_eval_model, declared.lmms_eval_model_args
     path = resolve(declared.tiny_name)
+    specs = {policy: Spec(model, f"pretrained={path},policy={policy},threshold=0.5,max_new_tokens=4,"
+                                 f"records_dir={tmp / policy / 'records'}", POLICY_TASK, tmp / policy,
+                          options=("--limit", "2"))
+             for policy in POLICIES}
     min_pixels = 4 * token_side(family) ** 2  # qwen_vl_utils' lower bound: 4 tokens
-    include = grid_task(tmp_path / "task")
+    include = grid_task(tmp / "task")
     limit = ("--gen_kwargs", "max_new_tokens=12")
-    theirs = run_lmms_eval(reference, f"pretrained={path},{cpu_args},max_pixels={MAX_PIXELS},min_pixels={min_pixels}",
-                           GRID_TASK, tmp_path / "theirs", include_path=include, extra=limit)
-    assert theirs.returncode == 0, theirs.stderr[-3000:]
-    ours = evaluate(model, f"pretrained={path},policy=never,codec=png,dtype=bfloat16,max_pixels={MAX_PIXELS},"
-                    f"min_pixels={min_pixels},records_dir={tmp_path / 'ours' / 'records'}", GRID_TASK,
-                    tmp_path / "ours", include_path=include, extra=limit)
-    answers = {s["doc_id"]: s["filtered_resps"] for s in samples(tmp_path / "theirs", GRID_TASK)}
-    mine = {s["doc_id"]: s["filtered_resps"] for s in samples(tmp_path / "ours", GRID_TASK)}
+    specs["ours"] = Spec(model, f"pretrained={path},policy=never,codec=png,dtype=bfloat16,max_pixels={MAX_PIXELS},"
+                                f"min_pixels={min_pixels},records_dir={tmp / 'ours' / 'records'}", GRID_TASK,
+                         tmp / "ours", include_path=include, options=limit)
+    specs["theirs"] = Spec(reference, f"pretrained={path},{cpu_args},max_pixels={MAX_PIXELS},min_pixels={min_pixels}",
+                           GRID_TASK, tmp / "theirs", include_path=include, options=limit)
+    return dict(zip(specs, evaluate_many(list(specs.values()))))
+
+
+def test_never_answers_as_lmms_evals_own_adapter(runs):
+    answers = {s["doc_id"]: s["filtered_resps"] for s in samples(runs["theirs"].out, GRID_TASK)}
+    mine = {s["doc_id"]: s["filtered_resps"] for s in samples(runs["ours"].out, GRID_TASK)}
     assert sorted(answers) == sorted(mine) == list(range(len(GRID_SIZES)))
     differ = {doc: (answers[doc], mine[doc]) for doc in answers if answers[doc].strip() != mine[doc].strip()}
     assert not differ, json.dumps(differ, ensure_ascii=False)
     assert len({a.strip() for a in answers.values()}) > 4  # the answers depend on the input: equal says something
-    sizes = {tuple(r["image_sizes"][0]) for r in ours.records}
+    sizes = {tuple(r["image_sizes"][0]) for r in runs["ours"].records}
     assert any(w == h for w, h in sizes) and any(w != h for w, h in sizes)

@@ -94,7 +94,12 @@ def test_an_aggregation_taking_lmms_evals_args_scores_each_sample(tasks_dir, tmp
     assert list(tmp_path.iterdir()) == []  # args.output_path is a scratch directory, not the user's
 
 
-def test_report_writes_every_scorable_task_and_says_why_not_the_others(tasks_dir, tmp_path):
+@pytest.mark.slow  # seconds: lmms-eval's own retries (about 8 s of sleep) loading the replica's documents
+def test_report_writes_every_scorable_task_and_says_why_not_the_others(tasks_dir, tmp_path, monkeypatch):
+    # The sample browser asks lmms-eval for the replica task's documents, which have no data files:
+    # datasets then searches the current directory for them (from the repository's root, its whole
+    # tree and .venv: 20 s and more) before lmms-eval gives up. An empty directory keeps that short.
+    monkeypatch.chdir(tmp_path)
     run_dir = write_run(tmp_path / "run", mixed_records())
     warnings = []
     summary = summarise(find_runs(run_dir), scorer=Scorer(include_paths=[tasks_dir]), seeds=0, warn=warnings.append)

@@ -14,7 +14,7 @@ from collab_eval.analysis.browser import CATEGORIES
 from collab_eval.analysis.scoring import Scorer
 from collab_eval.roi import find_roi
 from tests.browser import Browser, skip_reason
-from tests.helpers import evaluate
+from tests.helpers import Spec, evaluate_many
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]
 
@@ -25,15 +25,15 @@ LIMIT = 12
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
-    """An always and a threshold run of smalldetail-llava with record_map=true, and their report."""
+    """An always and a threshold run of smalldetail-llava with record_map=true (in one lmms-eval
+    process: lmms-eval --config, tests/helpers.py evaluate_many), and their report."""
     tmp = tmp_path_factory.mktemp("fresh-page")
-    runs = {}
-    for policy in ("always", "threshold,threshold=0.5"):
-        out = tmp / policy.split(",")[0]
-        runs[policy.split(",")[0]] = evaluate(
-            "collab_llava",
-            f"pretrained=smalldetail-llava,policy={policy},record_map=true,records_dir={out / 'records'}",
-            ",".join(TASKS), out, extra=("--limit", str(LIMIT)))
+    specs = {policy.split(",")[0]: Spec(
+        "collab_llava", f"pretrained=smalldetail-llava,policy={policy},record_map=true,"
+                        f"records_dir={tmp / policy.split(',')[0] / 'records'}",
+        ",".join(TASKS), tmp / policy.split(",")[0], options=("--limit", str(LIMIT)))
+        for policy in ("always", "threshold,threshold=0.5")}
+    runs = dict(zip(specs, evaluate_many(list(specs.values()))))
     report = tmp / "report"
     assert cli.main(["report", str(runs["always"].out), str(runs["threshold"].out), "--out", str(report),
                      "--link", "1mbit@50ms", "--browser-images", "3"]) == 0

@@ -14,7 +14,7 @@ from datasets import load_dataset
 from collab_eval import families
 from collab_eval.lab import smalldetail as sd
 from collab_eval.shipped import TASK_DATA_DIR as DATA
-from tests.helpers import check_run, evaluate
+from tests.helpers import check_run
 
 
 def test_generator_is_deterministic_and_splits_differ():
@@ -166,20 +166,20 @@ def test_checkpoint_loads_through_adapter(family, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", SHIPPED)
-def test_each_family_meets_the_bars_through_lmms_eval(family, tmp_path):
+def test_each_family_meets_the_bars_through_lmms_eval(family, trained_always_run):
     """Issue 12's bars, per family, through lmms-eval and the real adapter on the whole test
     splits (150 samples per task): always - never >= 10 points and the entropy gate (top 50%
     by stage-1 score) beating random retransmission at 50% by more than 5 points on both
     tasks; on reading also an AUROC of the score for stage-1 errors >= 0.75 and a RoI that
-    holds the digit's box >= 70% of the time. docs/measurements.md lists the measured values."""
+    holds the digit's box >= 70% of the time. docs/measurements.md lists the measured values.
+    The run is the session's (tests/conftest.py trained_always_run): in CI, the one the
+    regression gate checks."""
     from collab_eval.lab.smalldetail_bars import bars
     tasks = ["smalldetail_read", "smalldetail_exist"]
-    run = evaluate(FAMILIES[family].model_id,
-                   f"pretrained={FAMILIES[family].trained},policy=always,records_dir={tmp_path / 'records'}",
-                   ",".join(tasks), tmp_path)
+    run = trained_always_run(FAMILIES[family].name)
     check_run(run, tasks, sd.TEST_SIZE)
     assert not any(r["error"] for r in run.records)
-    (measured,) = bars([tmp_path]).values()
+    (measured,) = bars([run.out]).values()
     for task in tasks:
         b = measured[task]
         assert b["n"] == sd.TEST_SIZE

@@ -3,8 +3,9 @@ gives a study whose every cell lmms-eval reads back exactly as declared (the sam
 no other, each value the text given; the folder inside cells/), or one StudyError naming the
 file; never another exception, never a cell that runs something else than its name says.
 
-Generated inputs per run: 300 hostile and 200 plain model/policy argument sets, 200 study documents, 200 raw
-texts."""
+Generated inputs per run, in CI (``HYPOTHESIS_PROFILE=ci``): 300 hostile and 200 plain model/policy
+argument sets, 200 study documents, 200 raw texts; in the fast tier (the default profile) a fifth
+of each (tests/conftest.py)."""
 from __future__ import annotations
 
 import string
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from lmms_eval.utils import _smart_comma_split, simple_parse_args_string
 
 from collab_eval import study
+from tests.helpers import property_examples
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 BASE = {"name": "p", "models": [{"name": "m", "adapter": "collab_llava", "checkpoint": "smalldetail-llava"}],
@@ -46,7 +48,7 @@ def as_lmms_eval_reads(argument: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in _smart_comma_split(argument))
 
 
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=property_examples(300), **SETTINGS)
 @given(model_args=ARGS, policy_args=ARGS, policy=st.sampled_from(["random", "always", "threshold"]))
 def test_every_accepted_cell_runs_exactly_what_it_declares(tmp_path, model_args, policy, policy_args):
     data = BASE | {"models": [BASE["models"][0] | {"model_args": model_args}],
@@ -82,7 +84,7 @@ FIELDS = st.sampled_from(["name", "models", "task_sets", "policies", "codecs", "
                           "description"])
 
 
-@settings(max_examples=200, **SETTINGS)
+@settings(max_examples=property_examples(200), **SETTINGS)
 @given(changes=st.dictionaries(FIELDS, DOCUMENT, max_size=3))
 def test_any_study_document_loads_or_is_refused_naming_the_file(tmp_path, changes):
     spec = load(tmp_path, BASE | changes)
@@ -90,7 +92,7 @@ def test_any_study_document_loads_or_is_refused_naming_the_file(tmp_path, change
         study.cells(spec, tmp_path / "out")  # and its cells can be laid out
 
 
-@settings(max_examples=200, **SETTINGS)
+@settings(max_examples=property_examples(200), **SETTINGS)
 @given(text=st.text(max_size=200))
 def test_any_text_as_a_study_file_is_refused_naming_the_file(tmp_path, text):
     assert load(tmp_path, text) is None or text.strip()
@@ -101,7 +103,7 @@ SAFE_VALUES = st.one_of(st.from_regex(r"[A-Za-z0-9_.:/+-]{1,10}", fullmatch=True
                         st.floats(allow_nan=False, allow_infinity=False), st.booleans())
 
 
-@settings(max_examples=200, **SETTINGS)
+@settings(max_examples=property_examples(200), **SETTINGS)
 @given(model_args=st.dictionaries(SAFE_KEYS, SAFE_VALUES, max_size=4),
        policy_args=st.dictionaries(SAFE_KEYS, st.from_regex(r"[A-Za-z0-9_.-]{1,8}", fullmatch=True), max_size=3))
 def test_plain_arguments_are_accepted_and_read_back_exactly(tmp_path, model_args, policy_args):
