@@ -223,7 +223,7 @@ FAMILY = Family(
     reference_checkpoints=("llava-hf/llava-v1.6-vicuna-7b-hf", "llava-hf/llava-v1.6-vicuna-13b-hf"),
     lmms_eval_model="llava_hf", lmms_eval_model_args="device=cpu,device_map=cpu",
     tiny="collab_eval.lab.tiny_checkpoints:build_tiny_llava_next",
-    trained=None,  # smalldetail-llava-next: a recipe, not yet trained and shipped (docs/smalldetail.md)
+    trained="smalldetail-llava-next",
     recipe="collab_eval.lab.smalldetail_families:LlavaNext",
     lmms_eval_differs="other pixels above the pinpoints by design: the edge sends the pinpoint fit, llava_hf "
                       "squashes the base view from the original and this adapter from the fit; under them the same "
