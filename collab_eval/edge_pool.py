@@ -27,14 +27,16 @@ CROP, GLOBAL, ORIGINAL = 0, 1, 2  # priorities: lower runs first
 _STOP = float("inf")
 
 
-def default_workers() -> int:
-    """min(4, the CPUs this process may use): a few threads keep up with a GPU's passes; more
-    would only compete with the model's own threads."""
+def default_workers(model_threads: int) -> int:
+    """The CPUs this process may use less the model's own torch threads (``model_threads``; 0:
+    torch's default, one per CPU), at least 1 and at most 4: a few threads keep up with a GPU's
+    passes; more would take the cores the model's threads run on (on 2 CPUs with 1 model thread,
+    2 edge threads slowed the model's passes by 38% and the main job ran 1.50x llava_hf)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    return min(4, cpus)
+    return max(1, min(4, cpus - (model_threads or cpus)))
 
 
 class Task:

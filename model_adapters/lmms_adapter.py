@@ -91,7 +91,7 @@ class CollabAdapter(lmms):
             records_dir = model_args.writable_directory("records_dir", records_dir)
             self.batch_size = model_args.integer("batch_size", 1 if str(batch_size).strip() == "auto" else batch_size,
                                                  minimum=1)
-            self.edge_workers = (default_workers() if edge_workers is None
+            self.edge_workers = (default_workers(server_args["threads"]) if edge_workers is None
                                  else model_args.integer("edge_workers", edge_workers, minimum=0))
         except ValueError as err:
             raise model_args.ModelArgError(f"{self.model_id}: {err}") from None

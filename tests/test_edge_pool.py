@@ -2,6 +2,7 @@
 whatever their number, a failure in a thread fails its sample alone, and the original's size
 (bytes_original) never holds up the server."""
 import io
+import os
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from collab_eval.edge import Codec, sanitize
-from collab_eval.edge_pool import CROP, GLOBAL, ORIGINAL, EdgePool
+from collab_eval.edge_pool import CROP, GLOBAL, ORIGINAL, EdgePool, default_workers
 from collab_eval.pipeline import Limits, Method, RunCaches, SampleInput, run_batches
 from collab_eval.policy import Policy
 from tests.test_batching import assert_same
@@ -226,3 +227,15 @@ def test_lmms_eval_records_are_the_same_with_four_edge_threads_as_with_one(tiny_
     for a, b in zip(one, four):
         assert_same(a, b, f"doc {a['doc_id']}")
     assert all(r["bytes_original"] > 0 for r in four)
+
+
+def test_the_edge_threads_leave_the_model_its_cores():
+    """By default the edge takes the CPUs the model's torch threads do not (at least 1, at most 4):
+    on 2 CPUs with 1 model thread, 1 edge thread; with torch's default (0: a thread per CPU) or
+    more model threads than CPUs, 1."""
+    cpus = len(os.sched_getaffinity(0))
+    assert default_workers(1) == max(1, min(4, cpus - 1))
+    assert default_workers(0) == 1
+    assert default_workers(cpus + 3) == 1
+    if cpus >= 6:
+        assert default_workers(1) == 4

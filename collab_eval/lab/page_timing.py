@@ -60,9 +60,11 @@ def main(argv=None) -> None:
         baseline = open_seconds(empty) if chromium() else None
         for size in map(int, args.sizes.split(",")):
             records_dir = Path(tmp) / f"n{size}" / "records"
-            writer = RecordWriter(records_dir, f"collab_llava-replica{size}", 0)
+            # The run id keeps the source's adapter in front: the sample browser finds the family by it.
+            run_id = f"{run.records[0].run_id.partition('-')[0]}-replica{size}"
+            writer = RecordWriter(records_dir, run_id, 0)
             for record in replicate(run.records, size):
-                writer.write(record.model_copy(update={"run_id": f"replica-{size}"}))
+                writer.write(record.model_copy(update={"run_id": run_id}))
             out = Path(tmp) / f"n{size}" / "report"
             started = time.perf_counter()
             cli.main(["report", str(records_dir.parent), "--out", str(out), "--seeds", "0",

@@ -250,7 +250,8 @@ def _train(family_name, out, seed, steps, n_train, n_val, batch, lr, att_weight,
 
     model = family.build_model().to(device)
     model.train()
-    log(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
+    log(f"parameters: {sum(p.numel() for p in model.parameters()):,}"
+        + (f", started from {family.warm_start}" if family.warm_start else ""))
     heads = Heads(family.config.text_config.hidden_size, family.digit_places, family.shared_prompt_digit).to(device)
     optim = torch.optim.AdamW([*family.param_groups(model, lr), {"params": list(heads.parameters()), "lr": lr}],
                               weight_decay=0.01)
@@ -386,7 +387,7 @@ def _train(family_name, out, seed, steps, n_train, n_val, batch, lr, att_weight,
     family.save(model.to("cpu"), out)
     (out / "training_metrics.json").write_text(json.dumps(
         {"family": family.name, "seed": seed, "steps": steps, "n_train": n_train, "n_val": n_val, "threads": threads,
-         "device": device, **metrics},
+         "device": device, **({"warm_start": family.warm_start} if family.warm_start else {}), **metrics},
         indent=1) + "\n")
     return metrics
 
