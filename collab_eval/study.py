@@ -1,5 +1,6 @@
-"""A study: a grid of lmms-eval runs (model × task set × policy × codec) declared in one YAML
-file, run cell by cell through lmms-eval's own command line, then one report over all cells.
+"""A study: a grid of lmms-eval runs (model × task set × policy × codec; a model may give its own
+policies and codecs, a baseline run with never only, say) declared in one YAML file, run cell by
+cell through lmms-eval's own command line, then one report over all cells.
 
 Each cell is a normal lmms-eval run in its own folder ``OUT/cells/<model>/<task set>/<codec>/
 <policy>/`` (``--output_path`` that folder, ``records_dir=<folder>/records``), so everything
