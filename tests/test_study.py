@@ -82,14 +82,18 @@ def test_paper_dry_run_uses_only_lmms_evals_tasks_and_the_generated_variants(cap
 
 def test_smalldetail_dry_run_names_the_shipped_checkpoints_and_tasks(capsys, tmp_path):
     runs = dry_run(capsys, "smalldetail", "--out", str(tmp_path), "--limit", "3")
-    assert len(runs) == 3 * 1 * 2 * 3
+    assert len(runs) == 3 * 1 * 2 * 3 + 3  # and the HD baseline: never at each codec
     assert {option(c, "--tasks") for c in runs} == {"smalldetail_read,smalldetail_exist"}
     assert {option(c, "--include_path") for c in runs} == {str(TASKS_DIR)}
     assert {option(c, "--limit") for c in runs} == {"3"}
     assert {model_args(c)["pretrained"] for c in runs} == {"smalldetail-llava", "smalldetail-qwen2-vl",
-                                                           "smalldetail-instructblip"}
-    assert {(model_args(c)["policy"], model_args(c)["codec"]) for c in runs} == {
+                                                           "smalldetail-instructblip", "smalldetail-llava-next"}
+    gated = [c for c in runs if option(c, "--model") != "collab_llava_next"]
+    assert {(model_args(c)["policy"], model_args(c)["codec"]) for c in gated} == {
         (p, c) for p in ("always", "tiles") for c in ("png", "jpeg:90", "jpeg:50")}
+    hd = [c for c in runs if option(c, "--model") == "collab_llava_next"]
+    assert [(model_args(c)["pretrained"], model_args(c)["policy"], model_args(c)["codec"]) for c in hd] == [
+        ("smalldetail-llava-next", "never", c) for c in ("png", "jpeg:90", "jpeg:50")]
 
 
 def test_a_model_with_its_own_policies_and_codecs_runs_only_those(capsys, tmp_path):
