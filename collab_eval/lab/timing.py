@@ -133,10 +133,10 @@ def print_table(results: list[FamilyTiming], skipped: list[str]) -> None:
     print("\nevery family against its lmms-eval adapter: median ratio of the time of generate_until; FLOP floor: an "
           "always run's FLOPs over one answer's (stage 1), from its records, the ratio always cannot go below where "
           "the work is compute-bound")
-    print(f"  {'family':12s} {'adapter':11s} {'checkpoint':18s} " + " ".join(f"{n:>9s}" for n in systems)
+    print(f"  {'family':12s} {'adapter':12s} {'checkpoint':18s} " + " ".join(f"{n:>9s}" for n in systems)
           + "  FLOP floor of always")
     for r in results:
-        print(f"  {r.family:12s} {r.reference:11s} {r.checkpoint:18s} "
+        print(f"  {r.family:12s} {r.reference:12s} {r.checkpoint:18s} "
               + " ".join(f"{r.ratios[n]:9.2f}" if n in r.ratios else f"{'-':>9s}" for n in systems)
               + (f"  {r.flop_floor:.2f}" if r.flop_floor is not None else "  -"))
     if skipped:
