@@ -60,6 +60,10 @@ class Family:
     # the same text: lmms-eval's instructblip under transformers 5), "none" (it sees other pixels,
     # e.g. re-encoded as JPEG: not compared sample by sample; say so in lmms_eval_differs).
     lmms_eval_compare: str = "answer"
+    # How a report names this family's never runs, where a never run of it is a baseline in its own
+    # right: "HD baseline" for LLaVA-NeXT (the released form of the paper's LLaVA-1.5-HD). A point
+    # labelled "HD baseline (never)"; "" keeps "never".
+    never_label: str = ""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME.match(self.name):

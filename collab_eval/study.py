@@ -1,5 +1,6 @@
-"""A study: a grid of lmms-eval runs (model × task set × policy × codec) declared in one YAML
-file, run cell by cell through lmms-eval's own command line, then one report over all cells.
+"""A study: a grid of lmms-eval runs (model × task set × policy × codec; a model may give its own
+policies and codecs, a baseline run with never only, say) declared in one YAML file, run cell by
+cell through lmms-eval's own command line, then one report over all cells.
 
 Each cell is a normal lmms-eval run in its own folder ``OUT/cells/<model>/<task set>/<codec>/
 <policy>/`` (``--output_path`` that folder, ``records_dir=<folder>/records``), so everything
@@ -78,25 +79,6 @@ def check_args(args: dict[str, Scalar], what: str) -> dict[str, Scalar]:
     return args
 
 
-class ModelSpec(Strict):
-    """One model: the lmms-eval model (a collab adapter), its checkpoint and further model args."""
-    name: str = Field(pattern=f"^{NAME}$")  # the cells' folder
-    adapter: str  # --model
-    checkpoint: str  # pretrained=
-    model_args: dict[str, Scalar] = Field(default_factory=dict)
-
-    @field_validator("checkpoint")
-    @classmethod
-    def _checkpoint(cls, checkpoint: str) -> str:
-        check_args({"checkpoint": checkpoint}, "checkpoint")
-        return checkpoint
-
-    @field_validator("model_args")
-    @classmethod
-    def _not_owned(cls, args: dict) -> dict:
-        return check_args(args, "model_args")
-
-
 class TaskSpec(Strict):
     """A task as lmms-eval names it; ``costed: true`` runs its costed variant ``collab_<task>``,
     ``set`` (prompt settings, see costed_tasks) a costed variant with them: ``collab_<task>_ocr``."""
@@ -170,6 +152,50 @@ class PolicySpec(Strict):
         return "-".join([self.policy] + [f"{k}{arg_text(v)}" for k, v in self.args.items()])
 
 
+def check_codecs(codecs: list[str]) -> list[str]:
+    return [str(Codec.parse(c)) for c in codecs]  # "png", "jpeg:Q", "webp:Q" (Q in 1..100)
+
+
+def repeated(names: list[str]) -> list[str]:
+    return sorted({n for n in names if names.count(n) > 1})
+
+
+class ModelSpec(Strict):
+    """One model: the lmms-eval model (a collab adapter), its checkpoint and further model args;
+    ``policies`` and ``codecs``, when given, replace the study's for this model's cells (a
+    baseline run with ``never`` only, say)."""
+    name: str = Field(pattern=f"^{NAME}$")  # the cells' folder
+    adapter: str  # --model
+    checkpoint: str  # pretrained=
+    model_args: dict[str, Scalar] = Field(default_factory=dict)
+    policies: list[PolicySpec] | None = Field(None, min_length=1)
+    codecs: list[str] | None = Field(None, min_length=1)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, checkpoint: str) -> str:
+        check_args({"checkpoint": checkpoint}, "checkpoint")
+        return checkpoint
+
+    @field_validator("model_args")
+    @classmethod
+    def _not_owned(cls, args: dict) -> dict:
+        return check_args(args, "model_args")
+
+    @field_validator("codecs")
+    @classmethod
+    def _codecs(cls, codecs: list[str] | None) -> list[str] | None:
+        return None if codecs is None else check_codecs(codecs)
+
+    @model_validator(mode="after")
+    def _unique(self):
+        for what, names in (("policy", [p.name for p in self.policies or []]), ("codec", self.codecs or [])):
+            if repeated(names):
+                raise ValueError(f"model {self.name}: its {what} names must be unique; repeated: "
+                                 + ", ".join(repeated(names)))
+        return self
+
+
 class SlurmSpec(Strict):
     """The Slurm executor's resources per cell (each overridable on the command line)."""
     partition: str | None = None
@@ -196,7 +222,7 @@ class Study(Strict):
     @field_validator("codecs")
     @classmethod
     def _codecs(cls, codecs: list[str]) -> list[str]:
-        return [str(Codec.parse(c)) for c in codecs]  # "png", "jpeg:Q", "webp:Q" (Q in 1..100)
+        return check_codecs(codecs)
 
     @field_validator("lmms_eval_args")
     @classmethod
@@ -212,11 +238,10 @@ class Study(Strict):
     def _unique(self):
         for what, names in (("model", [m.name for m in self.models]), ("task set", [t.name for t in self.task_sets]),
                             ("policy", [p.name for p in self.policies]), ("codec", self.codecs)):
-            repeated = sorted({n for n in names if names.count(n) > 1})
-            if repeated:
-                raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
+            if repeated(names):
+                raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated(names))}")
         for m in self.models:
-            for p in self.policies:
+            for p in self.policies_of(m):
                 twice = sorted(k for k in set(m.model_args) & set(p.args)
                                if arg_text(m.model_args[k]) != arg_text(p.args[k]))
                 if twice:
@@ -224,6 +249,25 @@ class Study(Strict):
                         f"{k}={arg_text(m.model_args[k])} in model {m.name}'s model_args, {k}={arg_text(p.args[k])} "
                         f"in policy {p.name}'s args" for k in twice))
         return self
+
+    def policies_of(self, model: ModelSpec) -> list[PolicySpec]:
+        """The model's own policies, else the study's."""
+        return model.policies or self.policies
+
+    def codecs_of(self, model: ModelSpec) -> list[str]:
+        """The model's own codecs, else the study's."""
+        return model.codecs or self.codecs
+
+
+def place(loc: tuple, data) -> str:
+    """Where a schema error is, with the model's name beside its index: ``models.3 (hd).policies.0``."""
+    parts = list(map(str, loc))
+    if len(loc) > 1 and loc[0] == "models" and isinstance(loc[1], int) and isinstance(data, dict):
+        models = data.get("models")
+        model = models[loc[1]] if isinstance(models, list) and loc[1] < len(models) else None
+        if isinstance(model, dict) and isinstance(model.get("name"), str):
+            parts[1] += f" ({model['name']})"
+    return ".".join(parts)
 
 
 def shipped_studies() -> dict[str, Path]:
@@ -245,7 +289,7 @@ def load_study(spec: str | os.PathLike) -> Study:
     try:
         spec = Study.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(f"{place(e['loc'], data) or 'the file'}: {e['msg']}" for e in err.errors())
         raise StudyError(f"{path}: not a study file: {problems}") from None
     # A relative include_path is relative to the study file, wherever the command runs.
     sets = [t.model_copy(update={"include_path": str((path.parent / t.include_path).resolve())})
@@ -278,7 +322,7 @@ def codec_folder(codec: str) -> str:
 def cells(study: Study, out: Path) -> list[Cell]:
     """Every cell, models outermost and policies innermost (a model's cells run together)."""
     grid = [Cell(m, t, c, p, out / "cells" / m.name / t.name / codec_folder(c) / p.name)
-            for m in study.models for t in study.task_sets for c in study.codecs for p in study.policies]
+            for m in study.models for t in study.task_sets for c in study.codecs_of(m) for p in study.policies_of(m)]
     root = (Path(out) / "cells").resolve()
     for cell in grid:  # the names are checked by the schema; this holds whatever a later change lets through
         if root not in cell.folder.resolve().parents:
@@ -459,6 +503,10 @@ def check_names(study: Study) -> None:
     for p in study.policies:
         if p.policy not in POLICIES:
             problems.append(f"policy {p.policy!r} is not one of {', '.join(POLICIES)}")
+    for m in study.models:
+        for p in m.policies or []:
+            if p.policy not in POLICIES:
+                problems.append(f"model {m.name}: policies: {p.policy!r} is not one of {', '.join(POLICIES)}")
     for t in study.task_sets:
         if t.include_path and not Path(t.include_path).is_dir():
             problems.append(f"task set {t.name}: include_path {t.include_path} is not a folder")

@@ -231,5 +231,6 @@ FAMILY = Family(
                       "11 of 12 of the never-vs-lmms-eval test's noise images)",
     # Not compared sample by sample: one token in the 6th place differs on a 640 x 160 image.
     # tests/test_llava_next_cli.py holds it to collab_pope_mini's 16 equal answers.
-    lmms_eval_compare="none")
+    lmms_eval_compare="none",
+    never_label="HD baseline")  # policy=never: the paper's LLaVA-1.5-HD baseline
 CollabLlavaNext = adapter_class(FAMILY)  # the lmms-eval class (--model collab_llava_next)

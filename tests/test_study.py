@@ -52,7 +52,8 @@ def test_paper_dry_run_uses_only_lmms_evals_tasks_and_the_generated_variants(cap
     commands = dry_run(capsys, "paper", "--out", str(tmp_path / "paper"))
     costed = [c for c in commands if c[:2] == ["collab-eval", "costed-tasks"]]
     runs = [c for c in commands if c[0] == "lmms-eval"]
-    assert len(runs) == 3 * 2 * 4 * 5  # models x task sets x policies x codecs
+    # models x task sets x policies x codecs, and the HD baseline: never only, at every codec
+    assert len(runs) == 3 * 2 * 4 * 5 + 2 * 1 * 5
     # The variants: textvqa_val with ocr=true, pope costed; both lmms-eval's own tasks.
     assert sorted((option(c, "--tasks"), c[c.index("--set") + 1] if "--set" in c else None) for c in costed) == \
         [("pope", None), ("textvqa_val", "ocr=true")]
@@ -62,7 +63,13 @@ def test_paper_dry_run_uses_only_lmms_evals_tasks_and_the_generated_variants(cap
     assert {option(c, "--include_path") for c in runs} == {str(tmp_path / "paper" / "tasks")}
     assert {(option(c, "--model"), model_args(c)["pretrained"]) for c in runs} == {
         ("collab_llava", "llava-hf/llava-1.5-7b-hf"), ("collab_qwen2_vl", "Qwen/Qwen2-VL-7B-Instruct"),
-        ("collab_instructblip", "Salesforce/instructblip-vicuna-7b")}
+        ("collab_instructblip", "Salesforce/instructblip-vicuna-7b"),
+        ("collab_llava_next", "llava-hf/llava-v1.6-vicuna-7b-hf")}
+    hd = [c for c in runs if option(c, "--model") == "collab_llava_next"]
+    assert sorted((option(c, "--tasks"), model_args(c)["policy"], model_args(c)["codec"]) for c in hd) == sorted(
+        (t, "never", c) for t in ("collab_textvqa_val_ocr", "collab_pope")
+        for c in ("png", "jpeg:90", "jpeg:75", "jpeg:50", "jpeg:25"))
+    assert option(hd[0], "--output_path") == str(tmp_path / "paper/cells/llava-next-7b-hd/textvqa_ocr/png/never")
     assert {model_args(c)["codec"] for c in runs} == {"png", "jpeg:90", "jpeg:75", "jpeg:50", "jpeg:25"}
     assert {model_args(c)["policy"] for c in runs} == {"always", "never", "tiles", "random"}
     random = next(c for c in runs if model_args(c)["policy"] == "random")
@@ -75,14 +82,48 @@ def test_paper_dry_run_uses_only_lmms_evals_tasks_and_the_generated_variants(cap
 
 def test_smalldetail_dry_run_names_the_shipped_checkpoints_and_tasks(capsys, tmp_path):
     runs = dry_run(capsys, "smalldetail", "--out", str(tmp_path), "--limit", "3")
-    assert len(runs) == 3 * 1 * 2 * 3
+    assert len(runs) == 3 * 1 * 2 * 3 + 3  # and the HD baseline: never at each codec
     assert {option(c, "--tasks") for c in runs} == {"smalldetail_read,smalldetail_exist"}
     assert {option(c, "--include_path") for c in runs} == {str(TASKS_DIR)}
     assert {option(c, "--limit") for c in runs} == {"3"}
     assert {model_args(c)["pretrained"] for c in runs} == {"smalldetail-llava", "smalldetail-qwen2-vl",
-                                                           "smalldetail-instructblip"}
-    assert {(model_args(c)["policy"], model_args(c)["codec"]) for c in runs} == {
+                                                           "smalldetail-instructblip", "smalldetail-llava-next"}
+    gated = [c for c in runs if option(c, "--model") != "collab_llava_next"]
+    assert {(model_args(c)["policy"], model_args(c)["codec"]) for c in gated} == {
         (p, c) for p in ("always", "tiles") for c in ("png", "jpeg:90", "jpeg:50")}
+    hd = [c for c in runs if option(c, "--model") == "collab_llava_next"]
+    assert [(model_args(c)["pretrained"], model_args(c)["policy"], model_args(c)["codec"]) for c in hd] == [
+        ("smalldetail-llava-next", "never", c) for c in ("png", "jpeg:90", "jpeg:50")]
+
+
+def test_a_model_with_its_own_policies_and_codecs_runs_only_those(capsys, tmp_path):
+    # As a user writes it: a baseline model run with never only, at one codec of the study's two.
+    (tmp_path / "s.yaml").write_text("""
+name: baseline
+models:
+  - name: gated
+    adapter: collab_llava
+    checkpoint: smalldetail-llava
+  - name: hd
+    adapter: collab_llava_next
+    checkpoint: tiny-llava-next
+    policies: [never]
+    codecs: ["jpeg:90"]
+task_sets:
+  - name: read
+    tasks: [smalldetail_read]
+policies: [always, {policy: random, args: {rate: 0.5}}]
+codecs: [png, "jpeg:90"]
+""")
+    assert main(["study", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert re.findall(r"^# (.*): new$", listed, flags=re.M) == [
+        "gated / read / png / always", "gated / read / png / random-rate0.5",
+        "gated / read / jpeg:90 / always", "gated / read / jpeg:90 / random-rate0.5", "hd / read / jpeg:90 / never"]
+    runs = [shlex.split(line) for line in listed.splitlines() if line.startswith("lmms-eval")]
+    assert [(option(c, "--model"), model_args(c)["policy"], model_args(c)["codec"]) for c in runs][-1] == \
+        ("collab_llava_next", "never", "jpeg:90")
+    assert option(runs[-1], "--output_path") == str(tmp_path / "out/cells/hd/read/jpeg90/never")
 
 
 def test_a_partial_cell_is_resumed_and_accelerate_launches_the_cells(capsys, tmp_path):

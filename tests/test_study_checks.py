@@ -60,6 +60,30 @@ def test_cell_arguments_that_lmms_eval_would_read_otherwise_are_refused(tmp_path
     assert not (tmp_path / "out" / "cells").exists()
 
 
+HD = {"name": "hd", "adapter": "collab_llava_next", "checkpoint": "tiny-llava-next"}
+
+
+@pytest.mark.parametrize("own, message", [
+    # A model's own policies and codecs are checked as the study's, the message naming the model and the key.
+    ({"codecs": ["png", "jpeg:0"]}, "models.1 (hd).codecs: Value error, codec must be one of"),
+    ({"codecs": []}, "models.1 (hd).codecs: List should have at least 1 item"),
+    ({"policies": ["never", "never"]}, "model hd: its policy names must be unique; repeated: never"),
+    ({"policies": [{"policy": "random", "args": {"codec": "png"}}]},
+     "models.1 (hd).policies.0.args: Value error, policy args may not set codec"),
+    ({"policies": [{"policy": "random", "args": {"rate": 0.5}}], "model_args": {"rate": 0.9}},
+     "rate=0.9 in model hd's model_args, rate=0.5 in policy random-rate0.5's args"),
+    ({"policy": ["never"]}, "models.1 (hd).policy: Extra inputs are not permitted"),
+])
+def test_a_models_own_policies_and_codecs_are_checked_naming_the_model(tmp_path, capsys, own, message):
+    err = refused(capsys, write_study(tmp_path, models=[LLAVA, HD | own]), tmp_path / "out")
+    assert "not a study file" in err and message in err, err
+
+
+def test_an_unknown_policy_of_a_model_stops_the_dry_run_naming_the_model(tmp_path, capsys):
+    err = refused(capsys, write_study(tmp_path, models=[LLAVA, HD | {"policies": ["nevr"]}]), tmp_path / "out")
+    assert "model hd: policies: 'nevr' is not one of threshold, random, always, never, tiles" in err, err
+
+
 def test_a_setting_given_twice_with_the_same_value_is_one_setting(tmp_path, capsys):
     path = write_study(tmp_path, models=[LLAVA | {"model_args": {"rate": 0.5}}],
                        policies=[{"policy": "random", "args": {"rate": 0.5, "seed": 0}}], codecs=["png"])

@@ -28,3 +28,33 @@ def test_step_costs_take_each_familys_best_round_against_llavas():
 def test_step_costs_name_a_missing_reference():
     with pytest.raises(ValueError, match="'llava' was not measured"):
         step_costs({"qwen2-vl": [0.9]}, {"qwen2-vl": 1500})
+
+
+def test_the_flop_floor_is_an_always_runs_flops_over_its_stage_one(tmp_path):
+    from collab_eval.lab.timing import flop_floor
+    from tests.report_records import pope_records, write_run
+    records = pope_records()  # stage 1: 10 FLOPs a sample (vision, projector, prefill, decode); stage 2: 20 more
+    records[0].update(error="UnidentifiedImageError: cannot identify image file", answer_stage2=None,
+                      retransmitted=False, flops={**records[0]["flops"], "stage2": 0}, flops_total=10)
+    path = next((write_run(tmp_path, records) / "records").glob("*.jsonl"))
+    floor = flop_floor([path, tmp_path / "absent.jsonl"])
+    assert (floor.total, floor.stage1, floor.ratio) == (30, 10, 3.0)  # the failed sample left out
+    assert flop_floor([tmp_path / "absent.jsonl"]) is None
+
+
+def test_every_family_with_a_tiny_or_trained_checkpoint_is_timed_against_its_adapter(capsys):
+    from collab_eval import families
+    from collab_eval.families import Family
+    from collab_eval.lab.timing import FamilyTiming, print_table, timing_checkpoint
+    assert timing_checkpoint(families.get("llava")) == "geometry-llava"
+    assert {f.name: timing_checkpoint(f) for f in families.all_families() if f.name != "llava"} == {
+        f.name: f.tiny_name for f in families.all_families() if f.name != "llava"}
+    plugin = dict(name="plug", server="m:S", reference_checkpoints=("org/plug",), lmms_eval_model="llava_hf")
+    assert timing_checkpoint(Family(**plugin, trained="smalldetail-plug")) == "smalldetail-plug"
+    assert timing_checkpoint(Family(**plugin)) is None
+    print_table([FamilyTiming("llava", "llava_hf", "geometry-llava", {"never": 1.01, "always": 2.05}, 2.5),
+                 FamilyTiming("qwen3_vl", "qwen3_vl", "tiny-qwen3-vl", {"always": 1.9}, None)], ["plug"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3].split() == ["llava", "llava_hf", "geometry-llava", "1.01", "2.05", "2.50"]
+    assert lines[-2].split() == ["qwen3_vl", "qwen3_vl", "tiny-qwen3-vl", "-", "1.90", "-"]
+    assert lines[-1].strip() == "not timed (no tiny or trained checkpoint): plug"

@@ -100,7 +100,9 @@ def tradeoff_figure(task: str, systems: dict[str, TaskSummary]) -> Figure:
                 calibrated_marks(draw, ax, entry.calibrated, cost, scale, colour)
             for j, run in enumerate(sorted(entry.points, key=lambda run: getattr(run.point, cost))):
                 p = run.point
-                draw([p], "X", color=colour, ms=8, mec="black", mew=0.5)
+                # A system of points only (a baseline such as the HD model's never runs) has no curve
+                # in the legend: its points are named there.
+                draw([p], "X", color=colour, ms=8, mec="black", mew=0.5, label=None if f else f"{name}: {run.label}")
                 ax.annotate(run.label, (getattr(p, cost) * scale, p.accuracy), textcoords="offset points", fontsize=7,
                             xytext=(5, 5 + 11 * (j % 4)), color=colour,  # staggered: points often share a height
                             arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.5})

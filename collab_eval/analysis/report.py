@@ -61,8 +61,11 @@ def headline_rows(summary: Summary) -> list[list[str]]:
             if e.unscored:
                 rows.append([task, e.metric, system, "–", f"not scored: {e.unscored}"] + ["–"] * 5)
                 continue
-            if e.from_always is None:
-                rows.append([task, e.metric, system, "–", "no always run: no curves"] + ["–"] * 5)
+            if e.from_always is None:  # a baseline's own never run (the HD baseline) still gives that end
+                never = next((p for p in e.points if p.policy == "never"), None)
+                rows.append([task, e.metric, system, str(never.n) if never else "–",
+                             f"{pct(never.point.accuracy)}% / {nbytes(never.point.bytes)}" if never else "–",
+                             "no always run: no curves"] + ["–"] * 4)
                 continue
             f = e.from_always
             gate = f.reach_target["gated"]

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure as MplFigure
 from collab_eval.analysis import plots
 from collab_eval.analysis.blocks import Figure, Heading, Para, Table, gflops, nbytes, pct, signed_pct, tau
 from collab_eval.analysis.curves import Point, cheapest_reaching
-from collab_eval.analysis.summary import FromAlways, Summary, TaskSummary
+from collab_eval.analysis.summary import FromAlways, RunPoint, Summary, TaskSummary
 
 LOSSLESS = ("png",)
 
@@ -74,6 +74,21 @@ def by_checkpoint(summary: Summary) -> dict[tuple[str, str], dict[str, CodecRun]
     return out
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """A run of a checkpoint that has no always run of the task at any codec (the HD baseline:
+    LLaVA-NeXT with never only): a point drawn in every checkpoint's panel."""
+    checkpoint: str
+    codec: str
+    run: RunPoint
+
+
+def baselines(summary: Summary, task: str) -> list[Baseline]:
+    with_curves = {s.checkpoint for s in summary.systems.values() if (e := s.tasks.get(task)) and e.from_always}
+    return [Baseline(s.checkpoint, s.codec, run) for name, s in sorted(summary.systems.items())
+            if s.checkpoint not in with_curves and task in s.tasks for run in s.tasks[task].points]
+
+
 def reference_codec(runs: dict[str, CodecRun]) -> str:
     lossless = [c for c in runs if c.split(":")[0] in LOSSLESS]
     return lossless[0] if lossless else max(runs, key=lambda c: runs[c].curves.always.bytes)
@@ -117,13 +132,21 @@ def independent(codec_saving: float | None, gate_saving: float | None) -> float 
 
 
 # ----- the figure ---------------------------------------------------------------------------
-def codec_figure(task: str, runs_by_checkpoint: dict[str, dict[str, CodecRun]], fraction: float) -> bytes:
+def codec_figure(task: str, runs_by_checkpoint: dict[str, dict[str, CodecRun]], fraction: float,
+                 others: list[Baseline] = ()) -> bytes:
+    return plots.png(codec_figure_of(task, runs_by_checkpoint, fraction, others))
+
+
+def codec_figure_of(task: str, runs_by_checkpoint: dict[str, dict[str, CodecRun]], fraction: float,
+                    others: list[Baseline] = ()) -> MplFigure:
     """One panel per checkpoint: the gate curve of each codec on one axis of mean bytes, its
-    never ○ and always □, the other runs' points ✕ (tiles), and the target line."""
+    never ○ and always □, the other runs' points ✕ (tiles), the points of checkpoints without
+    an always run ◆ (the HD baseline) in every panel, and the target line."""
     names = sorted(runs_by_checkpoint)
     fig = MplFigure(figsize=(5.2 * len(names), 4.6), layout="constrained")
     axes = fig.subplots(1, len(names), squeeze=False)[0]
-    colour_of = plots.colours({codec for runs in runs_by_checkpoint.values() for codec in runs})
+    colour_of = plots.colours({codec for runs in runs_by_checkpoint.values() for codec in runs}
+                              | {b.codec for b in others})
     for ax, checkpoint in zip(axes, names):
         runs = runs_by_checkpoint[checkpoint]
         xs, ys = [], []
@@ -140,6 +163,12 @@ def codec_figure(task: str, runs_by_checkpoint: dict[str, dict[str, CodecRun]], 
                 x, y = x + [run.point.bytes], y + [run.point.accuracy]
             xs += x
             ys += y
+        for b in others:
+            ax.plot([b.run.point.bytes], [b.run.point.accuracy], "D", color=colour_of[b.codec], ms=6, mec="black",
+                    mew=0.5, label=f"{b.codec}: {b.run.label} ({b.checkpoint})")
+            ax.annotate(b.run.label, (b.run.point.bytes, b.run.point.accuracy), textcoords="offset points",
+                        xytext=(4, -10), fontsize=6, color=colour_of[b.codec])
+            xs, ys = xs + [b.run.point.bytes], ys + [b.run.point.accuracy]
         ref = runs[reference_codec(runs)].curves.always
         ax.axhline(fraction * ref.accuracy, color="grey", lw=0.8, ls="--",
                    label=f"{100 * fraction:g}% of always ({reference_codec(runs)})")
@@ -157,8 +186,9 @@ def codec_figure(task: str, runs_by_checkpoint: dict[str, dict[str, CodecRun]], 
         ax.set_title(checkpoint, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{task}: the entropy gate at each codec (○ never, □ always, ✕ other runs)", fontsize=10)
-    return plots.png(fig)
+    fig.suptitle(f"{task}: the entropy gate at each codec (○ never, □ always, ✕ other runs"
+                 + (", ◆ checkpoints without an always run" if others else "") + ")", fontsize=10)
+    return fig
 
 
 # ----- the report's blocks ------------------------------------------------------------------
@@ -180,7 +210,7 @@ def sections(summary: Summary) -> list:
     for task in sorted({t for _, t in grouped}):
         per_checkpoint = {cp: runs for (cp, t), runs in grouped.items() if t == task}
         blocks.append(Figure(f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', task)}_codecs.png",
-                             codec_figure(task, per_checkpoint, fraction),
+                             codec_figure(task, per_checkpoint, fraction, baselines(summary, task)),
                              f"{task}: the entropy gate at each codec, accuracy against bytes"))
         for checkpoint, runs in sorted(per_checkpoint.items()):
             results = combined(runs, fraction)

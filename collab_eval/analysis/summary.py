@@ -252,7 +252,22 @@ def run_label(run: Run) -> str:
         return f"threshold τ={float(args['threshold']):g} ({args.get('score', 'max')})"
     if run.policy == "random" and "rate" in args:
         return f"random p={float(args['rate']):g} seed={args.get('seed', 0)}"
+    if run.policy == "never":
+        baseline = never_label(run)
+        return f"{baseline} (never)" if baseline else "never"
     return run.policy
+
+
+def never_label(run: Run) -> str:
+    """What the run's family calls its never runs (``Family.never_label``: "HD baseline" for
+    LLaVA-NeXT), or "" (also for a family not installed here). The family: the run's lmms-eval
+    model, else the model id its records' run id starts with (run_session.new_run_id)."""
+    from collab_eval import families
+    model = run.adapter if run.adapter != "collab" else run.records[0].run_id.partition("-")[0] if run.records else ""
+    try:
+        return families.get(model).never_label
+    except families.FamilyError:
+        return ""
 
 
 def summarise(runs: list[Run], scorer: Scorer | None = None, seeds: int = 20, warn=warn_on_stderr) -> Summary:

@@ -4,22 +4,29 @@
         [--tasks smalldetail_read] [--limit 8] [--max-new-tokens 8] [--rounds 3] [--threads 1]
         [--device cpu] [--systems lmms,never,always,never:8,always:8]
 
-For every registered family (collab_eval.families; ``--families`` picks some), runs its
-lmms-eval adapter (``lmms``, or its own name: ``llava_hf`` for LLaVA), ``collab_<family>
-policy=never`` (one image, one answer: what that adapter does) and ``policy=always`` (stage 1,
-the generic-prompt map, stage 2 on every sample), ``never:8`` / ``always:8`` with
-``batch_size=8``, through lmms-eval's
+For every registered family with a tiny or trained checkpoint (collab_eval.families;
+``--families`` picks some), runs its lmms-eval adapter (``lmms``, or its own name: ``llava_hf``
+for LLaVA and LLaVA-NeXT), ``collab_<family> policy=never`` (one image, one answer: what that
+adapter does) and ``policy=always`` (stage 1, the generic-prompt map, stage 2 on every sample),
+``never:8`` / ``always:8`` with ``batch_size=8``, through lmms-eval's
 ``simple_evaluate`` in this one process, interleaved round by round, each round on a
 freshly loaded model (so the generic-prompt pass is paid, as in a user's run). Time is
 the CPU time of ``generate_until`` (CUDA: its wall time, synchronised); loading and
-scoring are excluded. Prints each round's ratio to the lmms-eval adapter, each system's split
+scoring are excluded. The collab systems run at the dtype the adapter loads where it takes none
+(bfloat16 for ``qwen2_5_vl`` and ``qwen3_vl``), else float32 (``--dtype`` overrides both); the
+Qwen adapters get collab's default pixel budget. Prints each round's ratio to the lmms-eval
+adapter, the always run's FLOP floor (its records' FLOPs per sample over its stage 1's: one
+answer, what never and the adapter compute; where the work is compute-bound, always's time
+ratio cannot fall below it), each system's split
 of the wall time of ``generate_until`` into model time (the server's passes: the lmms-eval
 adapter's ``model.generate`` calls; a collab run's stage 1, RoI and stage 2 steps as its records
 time them on the model's thread) and harness time (everything else on that critical path), then
 the peak memory rise of each collab stage (CPU: resident set size; CUDA: allocated) from one
-more, untimed, ``always`` run. The default checkpoint is the family's tiny one; LLaVA's is
-``geometry-llava``, LLaVA-1.5's image geometry (576 image tokens) at CPU-sized widths. Machines
-here are shared and noisy: read the ratios, not the seconds.
+more, untimed, ``always`` run; at the end one table of every family's median ratios and FLOP
+floor. The default checkpoint is the family's tiny one (else its trained one; a family with
+neither is skipped, said so); LLaVA's is ``geometry-llava``, LLaVA-1.5's image geometry (576
+image tokens) at CPU-sized widths. Machines here are shared and noisy: read the ratios, not the
+seconds.
 
     python -m collab_eval.lab.timing --main-job [--main-job-limit N] [--rounds 3]
 
@@ -48,10 +55,31 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # llava_hf passes plain-string messages: give it LLaVA-1.5's prompt in that form.
 LLAVA_HF_TEMPLATE = "{% for m in messages %}USER: {{ m['content'] }} {% endfor %}ASSISTANT:"
-# What an lmms-eval adapter needs beyond the family's lmms_eval_model_args to run what collab runs.
-REFERENCE_ARGS = {"llava_hf": {"chat_template": LLAVA_HF_TEMPLATE},
-                  "qwen2_vl": {"max_pixels": 336 * 336}}  # collab_qwen2_vl's default budget
-TIMING_CHECKPOINTS = {"llava": "geometry-llava"}  # else the family's tiny checkpoint
+# What a family's lmms-eval adapter needs beyond the family's lmms_eval_model_args to run what collab
+# runs (LLaVA-NeXT's tiny checkpoint has a chat template llava_hf can use; geometry-llava needs one).
+QWEN_BUDGET = {"max_pixels": 336 * 336, "min_pixels": 56 * 56}  # collab_qwen*_vl's default (model_adapters.qwen2_vl)
+REFERENCE_ARGS = {"llava": {"chat_template": LLAVA_HF_TEMPLATE},
+                  "qwen2_vl": QWEN_BUDGET, "qwen2_5_vl": QWEN_BUDGET, "qwen3_vl": QWEN_BUDGET}
+# What an lmms-eval adapter loads whatever it is told (no dtype argument): the collab systems run at
+# the same dtype unless --dtype says otherwise, so that a ratio compares the same arithmetic.
+REFERENCE_DTYPE = {"qwen2_5_vl": "bfloat16", "qwen3_vl": "bfloat16"}
+TIMING_CHECKPOINTS = {"llava": "geometry-llava"}  # else the family's tiny checkpoint, else its trained one
+
+
+@dataclass(frozen=True)
+class FamilyTiming:
+    """One family's medians against its lmms-eval adapter, and its always run's FLOP floor."""
+    family: str
+    reference: str
+    checkpoint: str
+    ratios: dict[str, float]  # system -> median ratio of its time to the reference's
+    flop_floor: float | None  # an always run's FLOPs over one answer's (its records), None without one
+
+
+def timing_checkpoint(family) -> str | None:
+    """The checkpoint a family is timed on by default: geometry-llava for LLaVA, else its tiny
+    checkpoint, else its trained one; None when it has neither (a plug-in without them)."""
+    return TIMING_CHECKPOINTS.get(family.name) or family.tiny_name or family.trained
 
 
 def main(argv=None) -> None:
@@ -66,7 +94,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (one: timings on a shared "
                         "machine are otherwise bimodal; see docs/running.md, 'CPU threads')")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default=None, help="the collab systems' dtype (default: float32, or what the "
+                        "family's lmms-eval adapter loads where it takes none: bfloat16 for qwen2_5_vl, qwen3_vl)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default=None,
                         help="cpu: process CPU time (default on CPU); wall: elapsed time (default on CUDA)")
     parser.add_argument("--systems", default="lmms,never,always",
@@ -88,12 +117,34 @@ def main(argv=None) -> None:
     chosen = [families.get(name) for name in args.families.split(",")] if args.families else families.all_families()
     if args.pretrained and len(chosen) > 1:
         parser.error("--pretrained names one family's checkpoint: give --families too")
+    results, skipped = [], []
     for family in chosen:
-        time_family(family, args, parser)
+        if not args.pretrained and timing_checkpoint(family) is None:
+            skipped.append(family.name)
+            print(f"{family.model_id}: skipped, no tiny or trained checkpoint (give --pretrained)")
+            continue
+        results.append(time_family(family, args, parser))
+    print_table(results, skipped)
 
 
-def time_family(family, args, parser) -> None:
-    """The timing rounds, ratios and memory of one family against its lmms-eval adapter."""
+def print_table(results: list[FamilyTiming], skipped: list[str]) -> None:
+    """Every family timed: its median ratios to its lmms-eval adapter and its always run's FLOP floor."""
+    systems = list(dict.fromkeys(name for r in results for name in r.ratios))
+    print("\nevery family against its lmms-eval adapter: median ratio of the time of generate_until; FLOP floor: an "
+          "always run's FLOPs over one answer's (stage 1), from its records, the ratio always cannot go below where "
+          "the work is compute-bound")
+    print(f"  {'family':12s} {'adapter':12s} {'checkpoint':18s} " + " ".join(f"{n:>9s}" for n in systems)
+          + "  FLOP floor of always")
+    for r in results:
+        print(f"  {r.family:12s} {r.reference:12s} {r.checkpoint:18s} "
+              + " ".join(f"{r.ratios[n]:9.2f}" if n in r.ratios else f"{'-':>9s}" for n in systems)
+              + (f"  {r.flop_floor:.2f}" if r.flop_floor is not None else "  -"))
+    if skipped:
+        print(f"  not timed (no tiny or trained checkpoint): {', '.join(skipped)}")
+
+
+def time_family(family, args, parser) -> FamilyTiming:
+    """The timing rounds, ratios, FLOP floor and memory of one family against its lmms-eval adapter."""
     import torch
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
@@ -106,23 +157,24 @@ def time_family(family, args, parser) -> None:
     from collab_eval.checkpoints import resolve
     from collab_eval.shipped import TASKS_DIR
 
-    checkpoint = args.pretrained or TIMING_CHECKPOINTS.get(family.name, family.tiny_name)
+    checkpoint = args.pretrained or timing_checkpoint(family)
     path = resolve(checkpoint)
     reference = family.lmms_eval_model
+    dtype = args.dtype or REFERENCE_DTYPE.get(reference, "float32")
 
     def collab(policy, batch_size=1):
         return lambda: get_model(family.model_id)(
-            pretrained=path, policy=policy, device=args.device, dtype=args.dtype, threads=args.threads,
+            pretrained=path, policy=policy, device=args.device, dtype=dtype, threads=args.threads,
             max_new_tokens=args.max_new_tokens, records_dir=args.records_dir, batch_size=batch_size)
 
     systems = [reference if name == "lmms" else name for name in args.systems.split(",")]
     reference_args = {**dict(kv.split("=", 1) for kv in family.lmms_eval_model_args.split(",") if kv),
-                      **REFERENCE_ARGS.get(reference, {}), "device": args.device}
+                      **REFERENCE_ARGS.get(family.name, {}), "device": args.device}
     if "device_map" in reference_args:
         reference_args["device_map"] = args.device
     reference_class = get_model(reference, force_simple=True)
-    if "dtype" in inspect.signature(reference_class.__init__).parameters:  # qwen2_vl takes none
-        reference_args["dtype"] = args.dtype
+    if "dtype" in inspect.signature(reference_class.__init__).parameters:  # qwen2_vl (auto), qwen2_5_vl take none
+        reference_args["dtype"] = dtype
     factories = {reference: lambda: reference_class(pretrained=path, **reference_args)}
     for name in systems:
         if name != reference:
@@ -143,6 +195,7 @@ def time_family(family, args, parser) -> None:
 
     times = {name: [] for name in systems}
     splits = {name: [] for name in systems}
+    records = {name: [] for name in systems}  # each collab round's record file
     for round_ in range(args.rounds + 1):  # round 0 warms caches and is not counted
         for name in systems:
             lm = factories[name]()
@@ -163,21 +216,32 @@ def time_family(family, args, parser) -> None:
             if round_:
                 times[name].append(sum(spent))
                 splits[name].append(Split(sum(walls), model_time()))
+                if hasattr(lm, "session"):
+                    records[name].append(lm.session.path)
             del lm
 
     print(f"{family.model_id} against {reference}: checkpoint {checkpoint}, tasks {args.tasks} "
           f"(limit {args.limit}), max_new_tokens "
-          f"{args.max_new_tokens}, device {args.device} ({args.dtype}), {args.threads} torch thread(s), "
+          f"{args.max_new_tokens}, device {args.device} ({dtype}), {args.threads} torch thread(s), "
           f"{args.rounds} interleaved rounds, fresh model each, {clock} time of generate_until")
     for name in systems:
         print(f"  {name:10s} median {statistics.median(times[name]):8.2f} s  "
               f"({', '.join(f'{t:.2f}' for t in times[name])})")
+    medians = {}
     if reference in systems:
         for name in systems:
             if name != reference:
                 ratios = [t / base for t, base in zip(times[name], times[reference])]
-                print(f"ratio {name} / {reference}: median {statistics.median(ratios):.2f} "
+                medians[name] = statistics.median(ratios)
+                print(f"ratio {name} / {reference}: median {medians[name]:.2f} "
                       f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
+    always = next((name for name in systems if name.partition(":")[0] == "always" and records[name]), None)
+    floor = flop_floor(records[always]) if always else None
+    if floor:
+        print(f"FLOP floor of always ({always}'s records): {floor.ratio:.2f} x one answer's FLOPs (per sample: "
+              f"stage 1 {floor.stage1 / 1e9:.4g} GFLOPs, then generic pass, locating and stage 2 "
+              f"{(floor.total - floor.stage1) / 1e9:.4g} GFLOPs): where the work is compute-bound, always's ratio to "
+              f"{reference} cannot fall below about this")
 
     print("critical path, wall time of generate_until (median over rounds): model = the server's passes, "
           "harness = the rest")
@@ -188,6 +252,29 @@ def time_family(family, args, parser) -> None:
         rises = stage_memory(factories["always"], evaluate, cuda)
         print("peak memory rise per call of each stage (median over the samples), MiB: "
               + ", ".join(f"{stage} {mib:.1f}" for stage, mib in rises.items()))
+    return FamilyTiming(family.name, reference, checkpoint, medians, floor.ratio if floor else None)
+
+
+@dataclass(frozen=True)
+class FlopFloor:
+    """Mean FLOPs per sample of an always run: all of it, and its stage 1 (one answer, what
+    never and the lmms-eval adapter compute)."""
+    total: float
+    stage1: float
+
+    @property
+    def ratio(self) -> float:
+        return self.total / self.stage1
+
+
+def flop_floor(paths: list[Path]) -> FlopFloor | None:
+    """From an always run's records (failed samples left out); None without a sample."""
+    from collab_eval.records import STAGE1_PARTS, read_records
+    done = [r for r in read_records([p for p in paths if Path(p).exists()]) if not r.error]
+    stage1 = sum(r.flops.get(part, 0) for r in done for part in STAGE1_PARTS)
+    if not stage1:
+        return None
+    return FlopFloor(total=sum(r.flops_total for r in done) / len(done), stage1=stage1 / len(done))
 
 
 @dataclass(frozen=True)
