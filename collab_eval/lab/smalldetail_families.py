@@ -260,7 +260,8 @@ class Llava(Family):
 def warm_start(model, checkpoint, tokenizer) -> int:
     """Copy ``checkpoint``'s weights into ``model`` wherever the names match: equal shapes as
     they are; a ViT's patch embedding and position embeddings of another patch size resized
-    (the kernel bilinearly, scaled so a flat image gives the same features; the position grid
+    (the kernel bilinearly, scaled by the area ratio so a flat image gives about the same
+    features; the position grid
     bicubically, its class position kept). The two must share the tokenizer's vocabulary.
     Returns how many tensors were copied; raises when a matching name cannot be copied."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
