@@ -208,6 +208,7 @@ def test_qwen2_5_vl_recipe_runs_and_its_loss_falls(tmp_path):
     assert server.input_side == 96 and server.layer == 3
 
 
+@pytest.mark.slow  # about 10 s: the family's tokenizer and two models built
 def test_llava_next_recipe_starts_from_smalldetail_llava():
     """The HD recipe's warm start: every tensor of smalldetail-llava copied by name (the row
     newline alone starts fresh), and the 12 px patch kernel resized to 16 px so that a flat image
