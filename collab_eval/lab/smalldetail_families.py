@@ -257,13 +257,13 @@ class Llava(Family):
         return model.model.multi_modal_projector  # (images, 64, width)
 
 
-def warm_start(model, checkpoint, tokenizer) -> int:
+def warm_start(model, checkpoint, tokenizer) -> None:
     """Copy ``checkpoint``'s weights into ``model`` wherever the names match: equal shapes as
     they are; a ViT's patch embedding and position embeddings of another patch size resized
     (the kernel bilinearly, scaled by the area ratio so a flat image gives about the same
     features; the position grid
     bicubically, its class position kept). The two must share the tokenizer's vocabulary.
-    Returns how many tensors were copied; raises when a matching name cannot be copied."""
+    Raises when a matching name cannot be copied."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
     if AutoTokenizer.from_pretrained(checkpoint).get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"warm start from {checkpoint}: its tokenizer's vocabulary is not this family's")
@@ -290,7 +290,6 @@ def warm_start(model, checkpoint, tokenizer) -> int:
             raise ValueError(f"warm start from {checkpoint}: {name} is {tuple(tensor.shape)}, the model's "
                              f"{tuple(want)}")
     model.load_state_dict({**target, **{k: v.to(target[k].dtype) for k, v in copied.items()}})
-    return len(copied)
 
 
 # ----- LLaVA-NeXT -----------------------------------------------------------------------------
