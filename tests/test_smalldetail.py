@@ -101,7 +101,8 @@ def test_committed_checkpoint_matches_training_config(family):
                        "num_attention_heads", "vocab_size", "image_size", "patch_size", "num_key_value_heads",
                        "spatial_merge_size", "cross_attention_frequency"):
                 assert shipped[part][key] == value, (part, key)
-    for key in ("image_token_id", "num_query_tokens", "vision_feature_layer", "vision_feature_select_strategy"):
+    for key in ("image_token_id", "num_query_tokens", "vision_feature_layer", "vision_feature_select_strategy",
+                "image_grid_pinpoints"):
         assert shipped.get(key) == expected.get(key), key
     # The shipped tokenizer is the one the script trains.
     assert AutoTokenizer.from_pretrained(path).get_vocab() == built.tokenizer.get_vocab()
@@ -209,18 +210,19 @@ def test_qwen2_5_vl_recipe_runs_and_its_loss_falls(tmp_path):
 
 
 @pytest.mark.slow  # about 10 s: the family's tokenizer and two models built
-def test_llava_next_recipe_starts_from_smalldetail_llava():
-    """The HD recipe's warm start: every tensor of smalldetail-llava copied by name (the row
-    newline alone starts fresh), and the 12 px patch kernel resized to 16 px so that a flat image
-    gives about the same patch features (the kernels' sums within 2% over the tower; 1% measured;
-    unscaled, the resize would make them 78% larger)."""
+def test_llava_next_first_stage_starts_from_smalldetail_llava():
+    """The HD recipe's first stage's warm start: every tensor of smalldetail-llava copied by name
+    (the row newline alone starts fresh), and the 12 px patch kernel resized to 16 px so that a
+    flat image gives about the same patch features (the kernels' sums within 2% over the tower;
+    1% measured; unscaled, the resize would make them 78% larger)."""
     from transformers import AutoModelForImageTextToText
 
     from collab_eval.checkpoints import resolve
-    from collab_eval.lab.train_smalldetail import build_family
-    family = build_family("llava-next")
-    assert family.warm_start == "smalldetail-llava"
-    model = family.build_model().state_dict()
+    from collab_eval.lab.train_smalldetail import CORPUS, build_family
+    stage = build_family("llava-next").earlier_stage
+    assert stage.warm_start == "smalldetail-llava"
+    family = stage(CORPUS)
+    model = family.build_model(resolve(family.warm_start)).state_dict()
     source = AutoModelForImageTextToText.from_pretrained(resolve("smalldetail-llava")).state_dict()
     assert set(model) - set(source) == {"model.image_newline"}
     kernel = "model.vision_tower.embeddings.patch_embedding.weight"
@@ -230,3 +232,40 @@ def test_llava_next_recipe_starts_from_smalldetail_llava():
     assert model[kernel].shape[-2:] == (16, 16) and source[kernel].shape[-2:] == (12, 12)
     flat, flat_before = model[kernel].sum((-1, -2)), source[kernel].sum((-1, -2))
     assert torch.linalg.norm(flat - flat_before) / torch.linalg.norm(flat_before) < 0.02
+
+
+def test_llava_next_grows_its_resolution_in_stages():
+    """The HD baseline: a first stage at llava-v1.6's pinpoints scaled to the 96 px tile (up to
+    192 px, 2 x 2 tiles or 1 x 3), then the shipped recipe at every grid up to 3 x 3 (288 px),
+    the second stage starting from the first's weights."""
+    from collab_eval.lab.train_smalldetail import CORPUS, build_family
+    family = build_family("llava-next")
+    assert family.earlier_stage is not None and family.warm_start is None
+    first = family.earlier_stage(CORPUS)
+    assert first.warm_start == "smalldetail-llava"
+    assert sorted(map(tuple, first.pinpoints)) == [(96, 192), (96, 288), (192, 96), (192, 192), (288, 96)]
+    assert sorted(map(tuple, family.pinpoints)) == [(h * 96, w * 96) for h in (1, 2, 3) for w in (1, 2, 3)
+                                                     if (h, w) != (1, 1)]
+
+
+@pytest.mark.slow  # about 10 s: two models built
+def test_a_later_stage_starts_from_every_weight_of_the_earlier(tmp_path):
+    """``start`` (train_smalldetail --start, or the earlier stage trained first): the same
+    architecture, so every tensor is copied as it is; training_metrics.json keeps the earlier
+    stage's own metrics where its folder has them."""
+    import shutil
+
+    from transformers import AutoModelForImageTextToText
+
+    from collab_eval.checkpoints import resolve
+    from collab_eval.lab.train_smalldetail import build_family, origin
+    family = build_family("llava-next")
+    start = tmp_path / "first"
+    shutil.copytree(resolve("smalldetail-llava-next"), start)
+    model = family.build_model(start).state_dict()
+    source = AutoModelForImageTextToText.from_pretrained(start).state_dict()
+    assert set(model) == set(source) and all(torch.equal(model[k], source[k]) for k in source)
+    (start / "training_metrics.json").write_text(json.dumps({"family": "llava-next-v1.6", "read_global": 0.5}))
+    assert origin(family, start) == {"earlier_stage": {"family": "llava-next-v1.6", "read_global": 0.5}}
+    (start / "training_metrics.json").write_text(json.dumps({"family": "llava", "read_global": 0.5}))
+    assert origin(family, start) == {"warm_start": str(start)}

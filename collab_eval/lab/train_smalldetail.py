@@ -212,17 +212,35 @@ def masked_ce(head, x, target, mask):
 
 # ----- training --------------------------------------------------------------------
 def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, n_train: int = 3000, n_val: int = 300,
-          batch: int = 20, lr: float = 2e-3, att_weight: float = 1.0, threads: int = 2, device: str = "cpu",
-          log=print, on_step=None):
-    """``log`` receives the progress lines; ``on_step(step)``, when given, is called as each
+          batch: int = 20, lr: float | None = None, att_weight: float = 1.0, threads: int = 2, device: str = "cpu",
+          log=print, on_step=None, start: str | Path | None = None):
+    """Train the recipe ``family_name`` (``steps`` and ``lr`` default to the recipe's) into ``out``.
+    The model starts from ``start``'s weights where given (a checkpoint: a shipped name or a
+    folder); otherwise from the recipe's ``warm_start``, or from its ``earlier_stage`` trained
+    first (with the same arguments but its own steps and lr, into ``out``/earlier-stage).
+    ``log`` receives the progress lines; ``on_step(step)``, when given, is called as each
     step's update is done (train_timing times the steps with it). A family may flush subnormal
     floats to zero while it trains (processor state for the whole thread): the caller's state is
     restored on return, so nothing run after training in the same process (tests, hypothesis's
     float strategies) inherits it."""
+    recipe = recipes()[family_name]
+    if start is None and recipe.earlier_stage is not None:
+        start = Path(out) / "earlier-stage"
+        log(f"{family_name}: its earlier stage {recipe.earlier_stage.name} first, into {start}")
+        _train_recipe(recipe.earlier_stage, start, seed, None, n_train, n_val, batch, None, att_weight, threads,
+                      device, log, None, None)
+    return _train_recipe(recipe, out, seed, steps, n_train, n_val, batch, lr, att_weight, threads, device, log,
+                         on_step, start)
+
+
+def _train_recipe(recipe, out, seed, steps, n_train, n_val, batch, lr, att_weight, threads, device, log, on_step,
+                  start):
+    from collab_eval.checkpoints import resolve
+    start = start if start is not None else recipe.warm_start
     flushing = flushes_subnormals()
     try:
-        return _train(family_name, out, seed, steps, n_train, n_val, batch, lr, att_weight, threads, device, log,
-                      on_step)
+        return _train(recipe(CORPUS), out, seed, steps, n_train, n_val, batch, lr, att_weight, threads, device, log,
+                      on_step, None if start is None else resolve(str(start)))
     finally:
         torch.set_flush_denormal(flushing)
 
@@ -232,14 +250,14 @@ def flushes_subnormals() -> bool:
     return (torch.tensor(1e-300, dtype=torch.float64) * 1e-10).item() == 0.0
 
 
-def _train(family_name, out, seed, steps, n_train, n_val, batch, lr, att_weight, threads, device, log, on_step):
+def _train(family, out, seed, steps, n_train, n_val, batch, lr, att_weight, threads, device, log, on_step, start):
     started = time.perf_counter()
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=device != "cpu")  # bit-identical reruns are promised on the CPU
-    family = build_family(family_name)
     torch.set_flush_denormal(family.flush_denormal)
     steps = steps or family.steps
+    lr = lr or family.lr
     prompts = Prompts(family)
     layer = family.attention_layer()
     middle = family.config.text_config.num_hidden_layers // 2
@@ -248,10 +266,9 @@ def _train(family_name, out, seed, steps, n_train, n_val, batch, lr, att_weight,
     val_data = make_data(family, "validation", n_val, seed + 2)
     log(f"{family.name}: {n_train} train / {n_val} val scenes in {time.perf_counter() - started:.0f}s")
 
-    model = family.build_model().to(device)
+    model = family.build_model(start).to(device)
     model.train()
-    log(f"parameters: {sum(p.numel() for p in model.parameters()):,}"
-        + (f", started from {family.warm_start}" if family.warm_start else ""))
+    log(f"parameters: {sum(p.numel() for p in model.parameters()):,}" + (f", started from {start}" if start else ""))
     heads = Heads(family.config.text_config.hidden_size, family.digit_places, family.shared_prompt_digit).to(device)
     optim = torch.optim.AdamW([*family.param_groups(model, lr), {"params": list(heads.parameters()), "lr": lr}],
                               weight_decay=0.01)
@@ -386,10 +403,22 @@ def _train(family_name, out, seed, steps, n_train, n_val, batch, lr, att_weight,
     out.mkdir(parents=True, exist_ok=True)
     family.save(model.to("cpu"), out)
     (out / "training_metrics.json").write_text(json.dumps(
-        {"family": family.name, "seed": seed, "steps": steps, "n_train": n_train, "n_val": n_val, "threads": threads,
-         "device": device, **({"warm_start": family.warm_start} if family.warm_start else {}), **metrics},
-        indent=1) + "\n")
+        {"family": family.name, "seed": seed, "steps": steps, "lr": lr, "n_train": n_train, "n_val": n_val,
+         "threads": threads, "device": device, **origin(family, start), **metrics}, indent=1) + "\n")
     return metrics
+
+
+def origin(family: Family, start) -> dict:
+    """Where the weights started, for training_metrics.json: the earlier stage's own metrics
+    (read from its folder), the shipped checkpoint named by ``warm_start``, or the folder given."""
+    if start is None:
+        return {}
+    earlier = Path(start) / "training_metrics.json"
+    if family.earlier_stage is not None and earlier.exists():
+        metrics = json.loads(earlier.read_text())
+        if metrics.get("family") == family.earlier_stage.name:
+            return {"earlier_stage": metrics}
+    return {"warm_start": family.warm_start if family.warm_start else str(start)}
 
 
 @torch.no_grad()
@@ -450,7 +479,9 @@ def main(argv=None):
     parser.add_argument("--n-train", type=int, default=3000)
     parser.add_argument("--n-val", type=int, default=300)
     parser.add_argument("--batch", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, help="default: the family's own (2e-3 unless it says)")
+    parser.add_argument("--start", help="a checkpoint (shipped name or folder) to start from instead of the "
+                        "recipe's warm start or earlier stage (e.g. that stage, already trained)")
     parser.add_argument("--att-weight", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2, help="the shipped checkpoints were trained with 2")
     parser.add_argument("--device", default="cpu",
@@ -458,7 +489,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     train(args.family, Path(args.out), seed=args.seed, steps=args.steps, n_train=args.n_train, n_val=args.n_val,
           batch=args.batch, lr=args.lr, att_weight=args.att_weight, threads=args.threads, device=args.device,
-          log=lambda m: print(m, flush=True))
+          log=lambda m: print(m, flush=True), start=args.start)
 
 
 if __name__ == "__main__":
