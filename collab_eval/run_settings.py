@@ -155,8 +155,8 @@ class RunSettings:
                             shown="the CPUs this process may use less `threads`, at least 1, at most 4")
     # --- checkpoint, run and records ---
     pretrained: str = arg(None, PLACEMENT, _pretrained,
-                          "hub id, local path, or a short name: `smalldetail-llava`, `smalldetail-qwen2-vl`, "
-                          "`smalldetail-instructblip` (trained, shipped with the package) or a random-weight "
+                          "hub id, local path, or a short name: `smalldetail-llava`, `smalldetail-qwen2-vl`, ... "
+                          "(trained, shipped with the package: `collab-eval families --trained`) or a random-weight "
                           "checkpoint the package builds (`tiny-llava`, `tiny-qwen2-vl`, `tiny-instructblip`, ...; "
                           "`geometry-llava`: LLaVA-1.5's 576-token image geometry at 145 M parameters, for timing)",
                           shown="the family's reference checkpoint (`llava-hf/llava-1.5-7b-hf` for `collab_llava`)")

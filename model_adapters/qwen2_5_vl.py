@@ -60,6 +60,7 @@ FAMILY = Family(
     reference_checkpoints=("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"),
     lmms_eval_model="qwen2_5_vl", lmms_eval_model_args="device=cpu,device_map=cpu",
     tiny="collab_eval.lab.tiny_checkpoints:build_tiny_qwen2_5_vl",
+    trained="smalldetail-qwen2-5-vl",
     recipe="collab_eval.lab.smalldetail_families:Qwen2_5VL",
     lmms_eval_differs="its chat class (what --model qwen2_5_vl runs) hands images to qwen_vl_utils without the "
                       "model args' pixel budget (each image at its own size, up to 16,384 tokens, resized with PIL; "

@@ -162,7 +162,7 @@ def test_checkpoint_loads_through_adapter(family, tmp_path):
     adapter = adapter_class(family)(pretrained=FAMILIES[family].trained, policy="always", records_dir=str(tmp_path))
     model = adapter.server
     assert model.input_side == 96
-    assert model.layer == {"llava": 1, "qwen2-vl": 3, "instructblip": 1, "llava-next": 1}[family]
+    assert model.layer == {"llava": 1, "qwen2-vl": 3, "instructblip": 1, "llava-next": 1, "qwen2-5-vl": 3}[family]
 
 
 @pytest.mark.slow
