@@ -192,6 +192,11 @@ class RecordWriter:
             ) from err
         return record
 
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
 
 def serialise(record: SampleRecord) -> tuple[str, SampleRecord]:
     """The record's JSON line, or, if some value cannot be written, the line of a failed

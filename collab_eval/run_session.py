@@ -21,6 +21,10 @@ While a session runs, rank 0 holds an exclusive lock on the run's journal (``flo
 kernel drops it when the process ends, even by kill -9), so a second process that would
 append to the same run is refused before its model loads. The other ranks of the session
 take no lock.
+
+A session that fails to start (its model does not load) is abandoned (``joined``): it leaves
+nothing of its own in ``records_dir`` (a new run's files are removed, a resumed run's journal
+goes back to what it was) and releases the lock; a record already written is never touched.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ import os
 import secrets
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -198,10 +204,11 @@ class RunLocked(RuntimeError):
 
 
 class RunLock:
-    """The run's lock, held from ``take`` until ``release`` or the end of the process."""
+    """The run's lock, held from ``take`` until ``release`` (or ``abandon``) or the end of the process."""
 
-    def __init__(self, fd: int):
-        self._fd = fd
+    def __init__(self, fd: int, path: Path):
+        self._fd, self.path = fd, path
+        self.journal_size = os.fstat(fd).st_size  # where this session's journal lines begin
 
     @classmethod
     def take(cls, directory: Path, run_id: str) -> "RunLock":
@@ -217,12 +224,24 @@ class RunLock:
                       if starts and starts[-1].pid else "another process")
             raise RunLocked(f"run {run_id} is running now ({holder}); wait for it to finish before resuming it, "
                             "or start a new run") from None
-        return cls(fd)
+        return cls(fd, path)
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+
+    def abandon(self) -> None:
+        """Take this session's journal lines back and release: a journal that was empty when
+        the lock was taken (a new run's) is removed, another is cut back to its size then."""
+        try:
+            if self._fd is not None:
+                if self.journal_size:
+                    os.ftruncate(self._fd, self.journal_size)
+                else:
+                    self.path.unlink(missing_ok=True)
+        finally:
+            self.release()
 
 
 # ----- resuming ------------------------------------------------------------------------------
@@ -335,15 +354,19 @@ def open_run(directory: Path, adapter: str, settings: dict, *, run_id: str | Non
     except RunLocked as err:
         return RunPlan(error=str(err)), [], None
     log = list(plan.notes)
-    if plan.resumed:
-        dropped = tidy(directory, plan.run_id)
-        recorded = len(answered(directory, plan.run_id))
-        log.append(f"resuming run {plan.run_id}: {recorded} samples already recorded are not run again (lmms-eval "
-                   f"gets their recorded answers); dropped from its files: {dropped['failed']} failed record(s), "
-                   f"run again now, {dropped['partial']} partial line(s)")
-    append_event(directory, RunStarted(run_id=plan.run_id, session=plan.session, world_size=world_size,
-                                       resumed=plan.resumed, settings=settings_fingerprint(settings),
-                                       pid=os.getpid(), host=socket.gethostname()))
+    try:
+        if plan.resumed:
+            dropped = tidy(directory, plan.run_id)
+            recorded = len(answered(directory, plan.run_id))
+            log.append(f"resuming run {plan.run_id}: {recorded} samples already recorded are not run again "
+                       f"(lmms-eval gets their recorded answers); dropped from its files: {dropped['failed']} "
+                       f"failed record(s), run again now, {dropped['partial']} partial line(s)")
+        append_event(directory, RunStarted(run_id=plan.run_id, session=plan.session, world_size=world_size,
+                                           resumed=plan.resumed, settings=settings_fingerprint(settings),
+                                           pid=os.getpid(), host=socket.gethostname()))
+    except BaseException:
+        lock.abandon()
+        raise
     return plan, log, lock
 
 
@@ -381,3 +404,27 @@ class RunSession:
         append_event(self.directory, RunFinished(run_id=self.run_id, session=self.plan.session, rank=self.rank,
                                                  requests=requests, run_now=run_now,
                                                  seconds=None if seconds is None else round(seconds, 6)))
+
+
+@contextmanager
+def joined(directory: Path, plan: RunPlan, rank: int, lock: RunLock | None = None) -> Iterator[RunSession]:
+    """``RunSession.join`` for the block that readies the process (the adapter loads its model
+    there). If joining or the block raises, the session is abandoned and the exception goes on
+    unchanged: this rank's record file is removed if it holds nothing, and rank 0 (``lock``)
+    takes its start line back out of the journal (removing a new run's journal) and releases
+    the lock. A file holding a record is never touched, so a resumed run keeps its records."""
+    session = None
+    try:
+        session = RunSession.join(directory, plan, rank, lock)
+        yield session
+    except BaseException:
+        with suppress(OSError):  # best effort: the failure that stopped the start is the one to report
+            if session is not None:
+                session.records.close()
+            path = record_path(directory, plan.run_id, rank)
+            if path.stat().st_size == 0:
+                path.unlink()
+        if lock is not None:
+            with suppress(OSError):
+                lock.abandon()  # releases the lock, whatever else fails
+        raise

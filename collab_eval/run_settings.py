@@ -97,7 +97,8 @@ def _as_given(name, value):
 @dataclass(frozen=True)
 class RunSettings:
     """The checked model args of one run. Fields are checked in this order, the ones that touch
-    the file system (pretrained's short names, records_dir) last."""
+    the file system (pretrained's short names, records_dir) last, after the args that exclude
+    each other."""
     # --- the gate ---
     policy: str = arg("threshold", RUN, partial(model_args.one_of, allowed=POLICIES),
                       "`threshold` (retransmit when score > τ), `random` (at rate p), `always`, `never`, `tiles` "
@@ -194,14 +195,14 @@ class RunSettings:
         if unknown:
             raise ModelArgError(f"unknown model arg(s) {unknown}; allowed: {allowed_args(family_args)}")
         family = family_args(**{k: v for k, v in given.items() if k in own})
-        checked = {a.name: a.check(a.name, given.get(a.name, a.default)) for a in ARGS}
+        checked = {a.name: a.check(a.name, given.get(a.name, a.default)) for a in ARGS if a.role != PLACEMENT}
+        # Before the placement args touch the file system (records_dir is created there).
+        _check_together(checked["locator"], checked["highres"])
+        checked |= {a.name: a.check(a.name, given.get(a.name, a.default)) for a in ARGS if a.role == PLACEMENT}
         return cls(**checked, family=family)
 
     def __post_init__(self):
-        if self.highres:
-            from collab_eval import locators
-            if locators.load(self.locator).kind != "map":
-                raise ModelArgError(f"highres=true tiles a map locator's maps; locator={self.locator} returns a box")
+        _check_together(self.locator, self.highres)
 
     def recorded(self) -> dict[str, Value]:
         """The record's ``settings``: every arg that changes answers or costs (collab_eval.systems
@@ -214,6 +215,14 @@ class RunSettings:
         from collab_eval.checkpoints import checkpoint_identity
         return {"adapter": adapter, "model": checkpoint_identity(self.pretrained),
                 **{a.name: as_value(getattr(self, a.name)) for a in ARGS if a.role in (RUN, SYSTEM)}, **self.family}
+
+
+def _check_together(locator: str, highres: bool) -> None:
+    """The args that exclude each other."""
+    if highres:
+        from collab_eval import locators
+        if locators.load(locator).kind != "map":
+            raise ModelArgError(f"highres=true tiles a map locator's maps; locator={locator} returns a box")
 
 
 @dataclass(frozen=True)

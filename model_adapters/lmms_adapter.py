@@ -24,7 +24,7 @@ from collab_eval.families import Family
 from collab_eval.pipeline import Limits, Method, SampleInput, SampleResult, run_batches
 from collab_eval.policy import Policy
 from collab_eval.records import RecordWriteError, SampleRecord, failure_reason, strip_media
-from collab_eval.run_session import RunLock, RunPlan, RunSession, open_run
+from collab_eval.run_session import RunLock, RunPlan, joined, open_run
 from collab_eval.run_settings import RunSettings, allowed_args
 from collab_eval.server_contract import RunCaches
 from model_adapters.server import ServerModel, pick_device
@@ -70,10 +70,12 @@ class CollabAdapter(lmms):
         plan, lock = self._from_rank0(lambda: open_run(args.records_dir, self.model_id, args.of_run(self.model_id),
                                                        run_id=args.run_id, resume=args.resume,
                                                        world_size=self._world_size))
-        self.session = RunSession.join(args.records_dir, plan, self._rank, lock)
-        self.server = self.server_class(args.pretrained, name=self.model_id, device=self._device, dtype=args.dtype,
-                                        device_map=args.device_map, threads=args.threads, layer=args.layer,
-                                        reuse_prefix=args.reuse_prefix, **args.family)
+        # A model that fails to load (a missing checkpoint, a layer it lacks, ...) abandons the
+        # session: nothing of it stays in records_dir, the lock is released (run_session.joined).
+        with joined(args.records_dir, plan, self._rank, lock) as self.session:
+            self.server = self.server_class(args.pretrained, name=self.model_id, device=self._device,
+                                            dtype=args.dtype, device_map=args.device_map, threads=args.threads,
+                                            layer=args.layer, reuse_prefix=args.reuse_prefix, **args.family)
         self.caches = RunCaches()
         self._plain_docs = {}
         logger.info(f"{self.model_id}: run {plan.run_id}{' (resumed)' if plan.resumed else ''}, "

@@ -183,3 +183,4 @@ def test_invalid_layer_names_the_allowed_range(tiny_llava_path, tmp_path):
     from model_adapters.llava import CollabLlava
     with pytest.raises(ValueError, match=r"layer must be in 0\.\.2"):
         CollabLlava(pretrained=tiny_llava_path, records_dir=str(tmp_path), layer=7)
+    assert list(tmp_path.iterdir()) == []  # the model loaded, then refused: its run is not left in records_dir

@@ -44,6 +44,7 @@ def test_an_unknown_locator_fails_before_loading_listing_the_installed_ones(tmp_
         CollabLlava(pretrained=str(empty), records_dir=str(tmp_path / "records"), locator="nope")
     with pytest.raises(ModelArgError, match=r"highres=true tiles a map locator's maps; locator=center returns a box"):
         CollabLlava(pretrained=str(empty), records_dir=str(tmp_path / "records"), locator="center", highres="true")
+    assert not (tmp_path / "records").exists()  # refused before records_dir is created
 
 
 # ----- center --------------------------------------------------------------------------------

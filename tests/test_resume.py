@@ -130,6 +130,48 @@ def test_a_running_run_refuses_a_second_process_until_its_holder_dies(tmp_path):
     lock.release()
 
 
+# ---- fast: a session whose model does not load -------------------------------
+def not_a_checkpoint(tmp_path) -> tuple[str, Exception]:
+    """A local directory that passes the model args' check but holds no model, and the error
+    the family's server raises when it loads it (what the adapter must raise, unchanged)."""
+    from model_adapters.llava import CollabLlava
+    empty = tmp_path / "empty-checkpoint"
+    empty.mkdir()
+    with pytest.raises(Exception) as direct:
+        CollabLlava.server_class(str(empty), name=CollabLlava.model_id)
+    return str(empty), direct.value
+
+
+def test_a_run_whose_model_does_not_load_leaves_nothing_in_records_dir(tmp_path):
+    from model_adapters.llava import CollabLlava
+    pretrained, error = not_a_checkpoint(tmp_path)
+    records_dir = tmp_path / "records"
+    with pytest.raises(type(error)) as raised:
+        CollabLlava(pretrained=pretrained, records_dir=str(records_dir), policy="always")
+    assert str(raised.value) == str(error)
+    assert list(records_dir.iterdir()) == []  # neither the run's journal nor its (empty) records file
+
+
+def test_a_resumed_run_whose_model_does_not_load_keeps_its_files_and_is_not_locked(tmp_path):
+    from collab_eval.run_settings import RunSettings
+    from model_adapters.llava import CollabLlava
+    pretrained, error = not_a_checkpoint(tmp_path)
+    records_dir = tmp_path / "records"
+    given = {"pretrained": pretrained, "records_dir": str(records_dir), "policy": "always"}
+    settings = RunSettings.parse(given, CollabLlava.server_class.family_args).of_run(CollabLlava.model_id)
+    start(records_dir, "earlier", settings, "s1")
+    (records_dir / "earlier.rank0.jsonl").write_text(record_line("earlier", 0) + record_line("earlier", 1))
+    append_event(records_dir, RunFinished(run_id="earlier", session="s1", rank=0, requests=2, run_now=2))
+    before = {p.name: p.read_bytes() for p in records_dir.iterdir()}
+    with pytest.raises(type(error)) as raised:
+        CollabLlava(**given, resume="true")
+    assert str(raised.value) == str(error)
+    assert {p.name: p.read_bytes() for p in records_dir.iterdir()} == before  # records and journal as they were
+    again, _, lock = open_run(records_dir, CollabLlava.model_id, settings, run_id=None, resume=True, world_size=1)
+    assert (again.run_id, again.resumed, again.error) == ("earlier", True, None)  # the lock was released
+    lock.release()
+
+
 # ---- slow: through lmms-eval ------------------------------------------------
 ARGS = "pretrained=smalldetail-llava,policy=always"
 
