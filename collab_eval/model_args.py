@@ -37,7 +37,7 @@ def integer(name: str, value, *, minimum: int | None = None) -> int:
     if not ok:
         raise ModelArgError(f"{name} must be an integer, got {value!r}")
     if minimum is not None and int(x) < minimum:
-        raise ModelArgError(f"{name} must be >= {minimum}, got {int(x)}")
+        raise ModelArgError(f"{name} must be >= {minimum}, got {value!r}")
     return int(x)
 
 
