@@ -54,6 +54,7 @@ import argparse
 import json
 import math
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -217,7 +218,8 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
     """Train the recipe ``family_name`` (``steps`` and ``lr`` default to the recipe's) into ``out``.
     The model starts from ``start``'s weights where given (a checkpoint: a shipped name or a
     folder); otherwise from the recipe's ``warm_start``, or from its ``earlier_stage`` trained
-    first (with the same arguments but its own steps and lr, into ``out``/earlier-stage).
+    first (with the same arguments but its own steps and lr, into a temporary folder it logs and
+    keeps, not into ``out``: a shipped checkpoint's folder holds one checkpoint).
     ``log`` receives the progress lines; ``on_step(step)``, when given, is called as each
     step's update is done (train_timing times the steps with it). A family may flush subnormal
     floats to zero while it trains (processor state for the whole thread): the caller's state is
@@ -225,8 +227,9 @@ def train(family_name: str, out: Path, seed: int = 0, steps: int | None = None, 
     float strategies) inherits it."""
     recipe = recipes()[family_name]
     if start is None and recipe.earlier_stage is not None:
-        start = Path(out) / "earlier-stage"
-        log(f"{family_name}: its earlier stage {recipe.earlier_stage.name} first, into {start}")
+        start = Path(tempfile.mkdtemp(prefix=f"{recipe.earlier_stage.name}-"))
+        log(f"{family_name}: its earlier stage {recipe.earlier_stage.name} first, into {start} (kept: "
+            f"--start {start} retrains the later stage alone)")
         _train_recipe(recipe.earlier_stage, start, seed, None, n_train, n_val, batch, None, att_weight, threads,
                       device, log, None, None)
     return _train_recipe(recipe, out, seed, steps, n_train, n_val, batch, lr, att_weight, threads, device, log,
