@@ -269,3 +269,29 @@ def test_a_later_stage_starts_from_every_weight_of_the_earlier(tmp_path):
     assert origin(family, start) == {"earlier_stage": {"family": "llava-next-v1.6", "read_global": 0.5}}
     (start / "training_metrics.json").write_text(json.dumps({"family": "llava", "read_global": 0.5}))
     assert origin(family, start) == {"warm_start": str(start)}
+
+
+@pytest.mark.slow  # about 20 s: two short trainings
+def test_training_a_later_stage_trains_its_earlier_stage_first(tmp_path, monkeypatch):
+    """train("llava-next") with no start: the earlier stage (2 steps here) is trained first into a
+    folder of its own, the later stage starts from every one of its weights, and the later
+    stage's folder holds one checkpoint, its training_metrics.json the earlier stage's metrics."""
+    from transformers import AutoModelForImageTextToText
+
+    from collab_eval.lab import smalldetail_families
+    from collab_eval.lab.train_smalldetail import train
+    monkeypatch.setattr(smalldetail_families.LlavaNextV16, "steps", 2)
+    lines = []
+    train("llava-next", tmp_path / "ck", steps=1, n_train=6, n_val=4, batch=2, threads=1, log=lines.append)
+    # The earlier stage starts from smalldetail-llava's weights, the later from the earlier's.
+    first_start, later_start = [line for line in lines if line.startswith("parameters:")]
+    assert "smalldetail-llava" in first_start
+    earlier = Path(later_start.split("started from ")[1])
+    assert earlier.parent != tmp_path / "ck" and (earlier / "model.safetensors").exists()
+    metrics = json.loads((tmp_path / "ck" / "training_metrics.json").read_text())
+    assert metrics["steps"] == 1 and metrics["lr"] == 1e-3
+    assert metrics["earlier_stage"]["family"] == "llava-next-v1.6" and metrics["earlier_stage"]["steps"] == 2
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir() if p.is_dir()) == []
+    first = AutoModelForImageTextToText.from_pretrained(earlier).state_dict()
+    later = AutoModelForImageTextToText.from_pretrained(tmp_path / "ck").state_dict()
+    assert set(first) == set(later) and any(not torch.equal(first[k], later[k]) for k in first)
