@@ -271,7 +271,7 @@ def test_a_later_stage_starts_from_every_weight_of_the_earlier(tmp_path):
     assert origin(family, start) == {"warm_start": str(start)}
 
 
-@pytest.mark.slow  # about 20 s: two short trainings
+@pytest.mark.slow  # about 5 s: two short trainings
 def test_training_a_later_stage_trains_its_earlier_stage_first(tmp_path, monkeypatch):
     """train("llava-next") with no start: the earlier stage (2 steps here) is trained first into a
     folder of its own, the later stage starts from every one of its weights, and the later
