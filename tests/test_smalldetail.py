@@ -258,7 +258,7 @@ def test_a_later_stage_starts_from_every_weight_of_the_earlier(tmp_path):
     from transformers import AutoModelForImageTextToText
 
     from collab_eval.checkpoints import resolve
-    from collab_eval.lab.train_smalldetail import build_family, origin
+    from collab_eval.lab.train_smalldetail import CORPUS, build_family, origin
     family = build_family("llava-next")
     start = tmp_path / "first"
     shutil.copytree(resolve("smalldetail-llava-next"), start)
@@ -268,7 +268,10 @@ def test_a_later_stage_starts_from_every_weight_of_the_earlier(tmp_path):
     (start / "training_metrics.json").write_text(json.dumps({"family": "llava-next-v1.6", "read_global": 0.5}))
     assert origin(family, start) == {"earlier_stage": {"family": "llava-next-v1.6", "read_global": 0.5}}
     (start / "training_metrics.json").write_text(json.dumps({"family": "llava", "read_global": 0.5}))
-    assert origin(family, start) == {"warm_start": str(start)}
+    assert origin(family, start) == {"started_from": str(start)}
+    first = family.earlier_stage(CORPUS)
+    assert origin(first, resolve("smalldetail-llava")) == {"warm_start": "smalldetail-llava"}
+    assert origin(first, start) == {"started_from": str(start)}  # --start: not the recipe's warm start
 
 
 @pytest.mark.slow  # about 5 s: two short trainings

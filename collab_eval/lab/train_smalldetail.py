@@ -413,7 +413,9 @@ def _train(family, out, seed, steps, n_train, n_val, batch, lr, att_weight, thre
 
 def origin(family: Family, start) -> dict:
     """Where the weights started, for training_metrics.json: the earlier stage's own metrics
-    (read from its folder), the shipped checkpoint named by ``warm_start``, or the folder given."""
+    (read from its folder), the shipped checkpoint named by ``warm_start`` when it is the one
+    used, or else the checkpoint given (``--start``), never the recipe's name for another one."""
+    from collab_eval.checkpoints import resolve
     if start is None:
         return {}
     earlier = Path(start) / "training_metrics.json"
@@ -421,7 +423,9 @@ def origin(family: Family, start) -> dict:
         metrics = json.loads(earlier.read_text())
         if metrics.get("family") == family.earlier_stage.name:
             return {"earlier_stage": metrics}
-    return {"warm_start": family.warm_start if family.warm_start else str(start)}
+    if family.warm_start and str(start) == resolve(family.warm_start):
+        return {"warm_start": family.warm_start}
+    return {"started_from": str(start)}
 
 
 @torch.no_grad()
