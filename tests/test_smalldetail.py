@@ -87,7 +87,7 @@ def adapter_class(family: str):
 
 
 @pytest.mark.parametrize("family", SHIPPED)
-def test_committed_checkpoint_matches_training_config(family):
+def test_committed_checkpoint_matches_training_config(family, tmp_path):
     from transformers import AutoConfig, AutoTokenizer
 
     from collab_eval.checkpoints import resolve
@@ -101,9 +101,17 @@ def test_committed_checkpoint_matches_training_config(family):
                        "num_attention_heads", "vocab_size", "image_size", "patch_size", "num_key_value_heads",
                        "spatial_merge_size", "cross_attention_frequency"):
                 assert shipped[part][key] == value, (part, key)
-    for key in ("image_token_id", "num_query_tokens", "vision_feature_layer", "vision_feature_select_strategy",
-                "image_grid_pinpoints"):
+    for key in ("image_token_id", "num_query_tokens", "vision_feature_layer", "vision_feature_select_strategy"):
         assert shipped.get(key) == expected.get(key), key
+    # LLaVA-NeXT's pinpoints are the grids the recipe serves (LlavaNext.serve): serving the shipped
+    # files again changes nothing.
+    served = tmp_path / "served"
+    served.mkdir()
+    files = ("config.json", "processor_config.json")
+    for name in files:
+        (served / name).write_text((Path(path) / name).read_text())
+    built.serve(served)
+    assert [(served / name).read_text() == (Path(path) / name).read_text() for name in files] == [True, True]
     # The shipped tokenizer is the one the script trains.
     assert AutoTokenizer.from_pretrained(path).get_vocab() == built.tokenizer.get_vocab()
     metrics = json.loads((Path(path) / "training_metrics.json").read_text())
@@ -117,7 +125,8 @@ def test_training_sees_what_the_adapter_sends(family, tmp_path):
     from collab_eval.edge import transmit
     from collab_eval.lab.train_smalldetail import CODEC, Prompts, build_family
     built = build_family(family)
-    built.save(built.build_model(), tmp_path / "ckpt")  # random weights: only the inputs matter here
+    # Random weights (only the inputs matter here), saved as trained: not served at a larger grid.
+    built.save(built.build_model(), tmp_path / "ckpt", served=False)
     adapter = adapter_class(family)(pretrained=str(tmp_path / "ckpt"), records_dir=str(tmp_path / "records")).server
     prompts = Prompts(built)
     if family in ("qwen2-vl", "qwen2-5-vl"):  # unset, the budget is the checkpoint's own 96 x 96, not LLaVA-1.5's area
@@ -246,6 +255,13 @@ def test_llava_next_grows_its_resolution_in_stages():
     assert sorted(map(tuple, first.pinpoints)) == [(96, 192), (96, 288), (192, 96), (192, 192), (288, 96)]
     assert sorted(map(tuple, family.pinpoints)) == [(h * 96, w * 96) for h in (1, 2, 3) for w in (1, 2, 3)
                                                      if (h, w) != (1, 1)]
+    # Served at every grid up to 6 x 6: the shipped config's pinpoints.
+    from transformers import AutoConfig
+
+    from collab_eval.checkpoints import resolve
+    served = AutoConfig.from_pretrained(resolve("smalldetail-llava-next")).image_grid_pinpoints
+    assert sorted(map(tuple, served)) == [(h * 96, w * 96) for h in range(1, 7) for w in range(1, 7)
+                                          if (h, w) != (1, 1)]
 
 
 @pytest.mark.slow  # about 10 s: two models built

@@ -13,7 +13,9 @@ model's attention to the queries pushed through the Q-Former's cross-attention.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -190,14 +192,21 @@ class Family:
         image = batch.inputs["input_ids"] == self.config.image_token_id
         return [rows[r][image[r]][:batch.image_tokens[first]] for r, first in enumerate(batch.first_images())]
 
-    def save(self, model, out):
+    def save(self, model, out, served: bool = True):
         """The model (attention kernel SDPA, the adapters' default) with its generation
-        settings, and the processor."""
+        settings, and the processor; ``served``: then made what the shipped checkpoint serves
+        (``serve``), else left as trained."""
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         model.generation_config.eos_token_id = self.config.text_config.eos_token_id
         model.config._attn_implementation = "sdpa"
         model.save_pretrained(out)
         self.processor.save_pretrained(out)
+        if served:
+            self.serve(out)
+
+    def serve(self, out) -> None:
+        """Make the checkpoint in ``out`` serve as the recipe ships it: as trained, unless a
+        family says otherwise."""
 
 
 def normalised(rows: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -405,28 +414,55 @@ class LlavaNextV16(Llava):
 
 class LlavaNext(LlavaNextV16):
     """The HD baseline (``smalldetail-llava-next``): ``LlavaNextV16`` trained on at a grid of
-    up to 3 x 3 tiles (pinpoints 96 x 192 ... 288 x 288), so that a large original's global view
-    is sent at up to 288 px, three times LLaVA's 96. llava-v1.6's pinpoints keep the released
-    model's ratio to its tile (twice the side), not to the originals: TextVQA's ~1024 px
-    originals are three times LLaVA-1.5's 336 px view and about 1.5 times LLaVA-NeXT's 672,
-    where the small-detail originals (448-1024 px) are 5-11 times the 96 px view and 2.3-5 times
-    a 192 px one. At 192 px a >= 10 px digit is in 2% more test scenes than at 96 (46.7% against
-    44.7%) and the first stage's never read 46.0% against smalldetail-llava's 49.3%; at 288 px
-    it is 74% of them (this stage's never reads 54.0%: it reads a digit of about one 16 px patch
-    or more, docs/smalldetail.md). Resolution grows in stages, as in the released Qwen2-VL's and
-    InternVL's training: a step at 3 x 3 costs about 2.4x one at llava-v1.6's pinpoints (11-step
-    runs in one process: 3.9 s against 1.65 s), so the first 900 steps run at the smaller grid."""
+    up to 3 x 3 tiles (pinpoints 96 x 192 ... 288 x 288) and served at up to 6 x 6 (576 px; see
+    ``served_tiles_per_side``), against LLaVA's 96 px global view. llava-v1.6's pinpoints keep
+    the released model's ratio to its tile (twice the side), not to the originals: TextVQA's
+    ~1024 px originals are three times LLaVA-1.5's 336 px view and about 1.5 times LLaVA-NeXT's
+    672, where the small-detail originals (448-1024 px) are 5-11 times the 96 px view and 2.3-5
+    times a 192 px one. At 192 px a >= 10 px digit is in 2% more test scenes than at 96 (46.7%
+    against 44.7%) and the first stage's never read 46.0% against smalldetail-llava's 49.3%; at
+    288 px it is 74% of them, and this stage served at 3 x 3 reads 54.0%: it reads a digit of
+    about one and a half 16 px patches or more (docs/smalldetail.md). Resolution grows in stages,
+    as in the released Qwen2-VL's and InternVL's training: a step at 3 x 3 costs about 2.4x one
+    at llava-v1.6's pinpoints (11-step runs in one process: 3.9 s against 1.65 s), so the first
+    900 steps run at the smaller grid."""
     name = "llava-next"
     earlier_stage = LlavaNextV16
     warm_start = None
     steps = 250
     lr = 1e-3  # half the first stage's: it goes on from a model that reads
     tiles_per_side = 3
+    # Served at every grid up to 6 x 6 tiles (576 px; the config's pinpoints): anyres runs each
+    # 96 px tile through the tower at the scale it was trained at, so more tiles show small digits
+    # larger without new training. A large original (448-1024 px) is then sent at up to 576 px,
+    # 0.56x the largest one's side, as the released LLaVA-NeXT's 672 px is 0.66x TextVQA's 1024
+    # (smaller originals: as they are; the edge never sends more pixels than it has). never on
+    # smalldetail_read, the same weights (docs/measurements.md): 54.0% served at 3 x 3, 56.0% at
+    # 4 x 4, 59.3% at 5 x 5, 64.0% at 6 x 6. Training at 6 x 6 (1,332 image tokens, 3.7x 3 x 3's)
+    # would cost hours on the CPU; 250 more steps at 3 x 3 gave nothing (validation read 0.49
+    # against 0.50).
+    served_tiles_per_side = 6
 
     @property
     def pinpoints(self) -> list[list[int]]:
-        side = range(1, self.tiles_per_side + 1)
-        return [[INPUT_SIDE * h, INPUT_SIDE * w] for h in side for w in side if (h, w) != (1, 1)]
+        return grid_pinpoints(self.tiles_per_side)
+
+    def serve(self, out) -> None:
+        """The config's and the processor's pinpoints: every grid up to ``served_tiles_per_side``
+        (the saved files edited in place: the processor's save_pretrained would rewrite the
+        tokenizer's settings too)."""
+        served = grid_pinpoints(self.served_tiles_per_side)
+        for name, section in (("config.json", None), ("processor_config.json", "image_processor")):
+            path = Path(out) / name
+            settings = json.loads(path.read_text())
+            (settings if section is None else settings[section])["image_grid_pinpoints"] = served
+            path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def grid_pinpoints(tiles_per_side: int) -> list[list[int]]:
+    """Every grid of 96 px tiles up to ``tiles_per_side`` on a side, one tile alone excepted."""
+    side = range(1, tiles_per_side + 1)
+    return [[INPUT_SIDE * h, INPUT_SIDE * w] for h in side for w in side if (h, w) != (1, 1)]
 
 
 # ----- Qwen2-VL -----------------------------------------------------------------------------
