@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,40 +163,93 @@ class RecordWriteError(RuntimeError):
 
 
 class RecordWriter:
-    """One JSON-lines file per process, each record on disk (fsync) before the next sample
-    starts, so a crash loses no finished sample. Appends: a resumed run continues its files."""
+    """One JSON-lines file per process, each record in the file before the next sample starts,
+    so a crash loses no finished sample. Appends: a resumed run continues its files.
+
+    ``write`` hands the record to the kernel (``os.write``) on the caller's thread: from then on
+    it survives any end of the process (an exception, an out-of-memory kill, SIGKILL). ``fsync``,
+    which guards against the machine itself going down, runs on a thread of its own, so the
+    server's thread never waits for the disk; ``sync`` waits until every record written is on
+    disk. A failed ``fsync`` is raised (as RecordWriteError) by the next ``write`` or ``sync``."""
 
     def __init__(self, directory: str | os.PathLike, run_id: str, rank: int):
         self.path = record_path(directory, run_id, rank)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._changed = threading.Condition()
+        self._written = self._synced = 0  # records handed to the kernel; of those, on disk
+        self._sync_error: OSError | None = None
+        self._syncer = threading.Thread(target=self._sync_loop, name="collab-records-fsync", daemon=True)
+        self._syncer.start()
 
     def write(self, record: SampleRecord) -> SampleRecord:
         """Write one record and return it as written: a record that cannot be serialised
         (a document value JSON cannot hold) is written as that sample's failure instead.
         An I/O failure removes the partial line and raises RecordWriteError."""
+        self._raise_sync_error()
         line, record = serialise(record)
         data = memoryview((line + "\n").encode("utf-8"))
         end = os.lseek(self._fd, 0, os.SEEK_END)
         try:
             while data:
                 data = data[os.write(self._fd, data):]
-            os.fsync(self._fd)
         except OSError as err:
             try:  # leave no partial line behind (truncating frees space, so it works on a full disk)
                 os.ftruncate(self._fd, end)
             except OSError:
                 pass
-            raise RecordWriteError(
-                f"cannot write records to {self.path}: {err.strerror or err}. The run stops here; every "
-                "record written before is intact, and the same command with resume=true continues from them."
-            ) from err
+            raise self._error(err) from err
+        with self._changed:
+            self._written += 1
+            self._changed.notify_all()
         return record
 
+    def sync(self) -> None:
+        """Wait until every record written so far is on disk."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._synced >= self._written or self._sync_error is not None
+                                   or not self._syncer.is_alive())
+        self._raise_sync_error()
+
+    def _sync_loop(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._written > self._synced or self._fd is None)
+                if self._fd is None:
+                    return
+                fd, target = self._fd, self._written
+            try:
+                os.fsync(fd)
+            except OSError as err:
+                with self._changed:
+                    self._sync_error = err
+                    self._changed.notify_all()
+                return
+            with self._changed:
+                self._synced = target
+                self._changed.notify_all()
+
+    def _raise_sync_error(self) -> None:
+        if self._sync_error is not None:
+            raise self._error(self._sync_error) from self._sync_error
+
+    def _error(self, err: OSError) -> RecordWriteError:
+        return RecordWriteError(
+            f"cannot write records to {self.path}: {err.strerror or err}. The run stops here; every "
+            "record written before is intact, and the same command with resume=true continues from them.")
+
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Put every record on disk, then close the file."""
+        if self._fd is None:
+            return
+        try:
+            self.sync()
+        finally:
+            with self._changed:
+                fd, self._fd = self._fd, None
+                self._changed.notify_all()
+            self._syncer.join()
+            os.close(fd)
 
 
 def serialise(record: SampleRecord) -> tuple[str, SampleRecord]:

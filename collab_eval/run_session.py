@@ -43,7 +43,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
-from collab_eval.records import RecordWriter, json_number, record_path
+from collab_eval.records import RecordWriteError, RecordWriter, json_number, record_path
 
 JOURNAL_SUFFIX = ".run.ndjson"  # JSON lines, named so that globs for record files (*.jsonl) skip it
 SampleKey = tuple[str, int]  # (task, doc_id): lmms-eval evaluates one split per task
@@ -401,6 +401,8 @@ class RunSession:
         return done
 
     def finish(self, requests: int, run_now: int, seconds: float | None = None) -> None:
+        """Journal the end of this process's part, once its records are on disk."""
+        self.records.sync()
         append_event(self.directory, RunFinished(run_id=self.run_id, session=self.plan.session, rank=self.rank,
                                                  requests=requests, run_now=run_now,
                                                  seconds=None if seconds is None else round(seconds, 6)))
@@ -418,7 +420,7 @@ def joined(directory: Path, plan: RunPlan, rank: int, lock: RunLock | None = Non
         session = RunSession.join(directory, plan, rank, lock)
         yield session
     except BaseException:
-        with suppress(OSError):  # best effort: the failure that stopped the start is the one to report
+        with suppress(OSError, RecordWriteError):  # best effort: the failure that stopped the start is reported
             if session is not None:
                 session.records.close()
             path = record_path(directory, plan.run_id, rank)

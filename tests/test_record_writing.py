@@ -2,9 +2,13 @@
 stops the run with a message naming the file and leaves every earlier record readable."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import threading
+
+import pytest
 
 from collab_eval.records import RecordWriteError, RecordWriter, SampleRecord, record_path
 
@@ -55,6 +59,39 @@ def test_a_full_disk_stops_the_run_naming_the_file(tmp_path):
         raise AssertionError("a write to a full disk must raise")
     assert message.startswith(f"cannot write records to {target}: No space left on device.")
     assert "resume=true" in message
+
+
+def test_a_failed_fsync_stops_the_run_naming_the_file(tmp_path):
+    """fsync runs on the writer's own thread; its failure reaches the run at the next write, at
+    ``sync`` (which the run's end waits on) and at ``close``. /dev/null takes writes but refuses
+    fsync (EINVAL), as a file system that cannot put data on disk does."""
+    target = record_path(tmp_path, "run-x", 0)
+    os.symlink("/dev/null", target)
+    writer = RecordWriter(tmp_path, "run-x", 0)
+    writer.write(sample())
+    expected = f"cannot write records to {target}: Invalid argument."
+    with pytest.raises(RecordWriteError, match=re.escape(expected)):
+        writer.sync()
+    with pytest.raises(RecordWriteError, match=re.escape(expected)):
+        writer.write(sample(1))
+    with pytest.raises(RecordWriteError, match=re.escape(expected)):
+        writer.close()
+
+
+def test_sync_returns_once_every_record_is_written_and_close_stops_the_fsync_thread(tmp_path):
+    def syncers():
+        return sum(t.name == "collab-records-fsync" and t.is_alive() for t in threading.enumerate())
+
+    before = syncers()
+    writer = RecordWriter(tmp_path, "run-x", 0)
+    assert syncers() == before + 1
+    for doc_id in range(50):
+        writer.write(sample(doc_id))
+    writer.sync()
+    assert [r["doc_id"] for r in lines(writer.path)] == list(range(50))
+    writer.close()
+    writer.close()  # a second close does nothing
+    assert syncers() == before
 
 
 def test_a_write_cut_short_leaves_only_complete_records(tmp_path):
