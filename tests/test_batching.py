@@ -106,6 +106,7 @@ def test_batch_of_four_records_what_one_at_a_time_records(adapter, policy_name):
 
 
 @pytest.mark.parametrize("family", TRAINED)
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_trained_checkpoints_batch_as_they_run_alone(family, tiny_server):
     """The same equality on the shipped trained checkpoints (whose answers are not noise):
     always, and a threshold some samples pass, in batches of four."""
@@ -191,6 +192,7 @@ def test_a_bad_sample_fails_alone_in_its_batch(adapter):
             count=len(SIZES) - 1)
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_without_prefix_reuse_too(adapter):
     """reuse_prefix=false: stage 2 recomputes everything after a batched stage 1 (Qwen2-VL's
     rotary state from a batch of rows must not leak into a lone stage 2)."""

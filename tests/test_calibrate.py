@@ -41,6 +41,7 @@ def test_loss_p_value_of_no_loss_is_the_binomial_zero_count():
     assert cal.loss_p_value(2000, 32, 12, 0.01) > 0.3
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_randomised_loss_test_has_exact_size(n=30, eps=0.05):
     """The exact probability of rejecting at level δ, summed over every outcome (N+, N-) of a
     null distribution on the boundary p+ - p- = ε: at most δ for every nuisance value, and
@@ -98,6 +99,7 @@ def monotone(n=400, clean=200, gains=0):
     return synthetic(acc1, acc2, score), [f"img{i}" for i in range(n)]
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_loss_target_on_a_monotone_case_has_a_known_answer():
     s, names = monotone()
     # Deterministic test: the last threshold passed keeps all 200 clean images and j wrong ones,
@@ -175,6 +177,7 @@ def test_split_keeps_questions_on_one_image_together():
     assert result.calib.images == 50 and result.test.images == 50 and result.calib.n == 150
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_guarantee_holds_over_splits_of_a_synthetic_population():
     """A population where the loss grows with τ: over many splits, the share whose chosen τ
     has a true expected loss above ε stays below δ."""

@@ -103,6 +103,7 @@ def test_an_incomplete_run_is_never_chosen_over_a_complete_one(tmp_path, capsys,
 
 
 # ----- run ids ---------------------------------------------------------------------------------
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_a_resumed_run_is_one_run_by_its_run_id(tmp_path, capsys, baseline):
     records_dir = tmp_path / "records"
     records_dir.mkdir()

@@ -137,6 +137,7 @@ def llava(tiny_server):
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_records_are_the_same_whatever_the_number_of_edge_threads(llava, batch_size):
     inline = run(llava, 0, batch_size)
     one, four = run(llava, 1, batch_size), run(llava, 4, batch_size)

@@ -39,6 +39,7 @@ def image(size, mode, seed=0) -> Image.Image:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_the_processor_changes_nothing_the_edge_sent(family, tiny_server):
     """The pixel values the model gets from the PNG the edge sent equal those its processor
     makes of the original itself, for square and non-square originals in every mode. A family

@@ -207,6 +207,7 @@ def test_a_results_json_finds_its_own_records_in_a_shared_records_dir(tmp_path):
     assert run.name == "collab_llava-20260101T000005" and run.policy == "always" and run.adapter == "collab_llava"
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_report_prints_the_headline_per_task(baseline_dir, tmp_path, capsys):
     assert cli.main(["report", str(baseline_dir), "--out", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out

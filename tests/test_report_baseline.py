@@ -3,6 +3,8 @@ the paper's LLaVA-1.5-HD; ``Family.never_label``) is a point labelled "HD baseli
 the gate curves: in the headline, the trade-off figure's legend and every panel of the codec figure."""
 import json
 
+import pytest
+
 from collab_eval import cli
 from collab_eval.analysis import plots, study_figures
 from collab_eval.analysis.runs import find_runs
@@ -27,6 +29,7 @@ def write_study_like(tmp_path):
     return tmp_path / "runs"
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_the_hd_baseline_is_a_labelled_point_in_the_report(tmp_path):
     runs = write_study_like(tmp_path)
     assert cli.main(["report", str(runs), "--out", str(tmp_path / "report")]) == 0

@@ -49,6 +49,7 @@ def test_impossible_costs_are_refused_naming_file_line_and_field(tmp_path, capsy
     assert "line 3: " in out and message in out and "Traceback" not in out
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_a_copied_run_reports_its_own_records(tmp_path, monkeypatch):
     """A run made with a relative records_dir, copied elsewhere with a different last record:
     reported from the directory the original ran in, the copy still reads its own."""
@@ -74,6 +75,7 @@ def test_a_copied_run_reports_its_own_records(tmp_path, monkeypatch):
     assert all(f.startswith("out/") for f in run["record_files"]), run["record_files"]
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_incomplete_runs_are_stated_under_the_headline(tmp_path):
     """A run that planned 4 POPE and 2 TextVQA samples holds 3 and 1 (its file cut in the middle
     of the last record): report.md's headline says so, task by task."""

@@ -3,11 +3,14 @@ import gc
 import json
 from pathlib import Path
 
+import pytest
+
 from collab_eval import cli
 from collab_eval.analysis.summary import Summary
 from tests.report_records import pope_records, textvqa_records, write_run
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_summary_json_is_json_dumps_character_for_character(tmp_path):
     """summary.json is json.dumps(indent=1) of the summary's model_dump: the committed reports
     keep their bytes (ASCII escapes, Python's float repr), and reading it back writes it again unchanged."""
@@ -30,6 +33,7 @@ def test_report_and_check_leave_the_garbage_collector_as_they_found_it(tmp_path,
     assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_committed_summaries_read_and_written_back_are_byte_identical(tmp_path):
     """The pydantic declarations write the committed reports' summary.json exactly as they are."""
     paths = sorted((Path(__file__).parent.parent / "reports").glob("*/summary.json"))

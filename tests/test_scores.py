@@ -112,6 +112,7 @@ def test_every_installed_score_is_recorded_and_the_gate_uses_the_chosen_one(tiny
     assert out.scores["nll"] == pytest.approx(out.scores["mean"], rel=1e-5)  # greedy decoding
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_the_report_gives_every_recorded_score_its_auroc_and_gate(tmp_path):
     """Hand records of the POPE case (stage 1 right only on sample 0) with six scores recorded:
     ``margin`` ranks the three wrong answers above the right one (AUROC 1), ``max`` does for one

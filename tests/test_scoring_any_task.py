@@ -108,6 +108,7 @@ def replica_records():
     return rows
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_report_names_and_uses_each_tasks_metric(tmp_path, scorer):
     run_dir = write_run(tmp_path / "run", replica_records())
     summary = summarise(find_runs(run_dir), scorer=scorer)

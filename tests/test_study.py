@@ -267,6 +267,7 @@ def entry(always_acc: float, always_bytes: float, gated: list[tuple[float, float
     return TaskSummary(metric="exact_match", from_always=f, points=extra)
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_codec_and_gate_savings_against_the_lossless_always_run(tmp_path):
     png = entry(0.80, 1000, [(0.60, 400), (0.79, 600), (0.80, 1000)])
     jpeg = entry(0.80, 500, [(0.60, 150), (0.792, 250), (0.80, 500)],

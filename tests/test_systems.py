@@ -44,6 +44,7 @@ def two_dtypes(tmp_path):
     return tmp_path / "f32", tmp_path / "bf16"
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_two_runs_that_differ_in_dtype_are_two_systems_labelled_by_it(tmp_path):
     f32, bf16 = two_dtypes(tmp_path)
     summary = summarise(find_runs(f32) + find_runs(bf16), seeds=0)
@@ -61,6 +62,7 @@ def test_two_runs_that_differ_in_dtype_are_two_systems_labelled_by_it(tmp_path):
     assert again.systems["hand-llava:png dtype=bfloat16"].full_settings()["dtype"] == "bfloat16"
 
 
+@pytest.mark.slow  # a second or more: the fast tier stays under a minute
 def test_check_matches_a_run_to_its_baseline_system_by_settings(tmp_path, capsys):
     f32, bf16 = two_dtypes(tmp_path)
     assert cli.main(["report", str(f32), "--out", str(tmp_path / "base"), "--seeds", "0"]) == 0
