@@ -329,3 +329,11 @@ def test_training_a_later_stage_trains_its_earlier_stage_first(tmp_path, monkeyp
     first = AutoModelForImageTextToText.from_pretrained(earlier).state_dict()
     later = AutoModelForImageTextToText.from_pretrained(tmp_path / "ck").state_dict()
     assert set(first) == set(later) and any(not torch.equal(first[k], later[k]) for k in first)
+    # Each folder serves as its recipe says: the earlier stage as trained, the later at up to 6 x 6.
+    from transformers import AutoConfig, AutoProcessor
+    grids = {folder: sorted(map(tuple, AutoConfig.from_pretrained(folder).image_grid_pinpoints))
+             for folder in (earlier, tmp_path / "ck")}
+    assert grids[earlier] == [(96, 192), (96, 288), (192, 96), (192, 192), (288, 96)]
+    assert grids[tmp_path / "ck"] == [(h * 96, w * 96) for h in range(1, 7) for w in range(1, 7) if (h, w) != (1, 1)]
+    served = AutoProcessor.from_pretrained(tmp_path / "ck").image_processor.image_grid_pinpoints
+    assert sorted(map(tuple, served)) == grids[tmp_path / "ck"]
