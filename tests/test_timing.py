@@ -1,5 +1,7 @@
 """The timing benchmark's memory measurement sees what a block allocates; the training-step
 benchmark's arithmetic takes each family's best round against LLaVA's."""
+import gc
+
 import pytest
 import torch
 
@@ -15,6 +17,19 @@ def test_peak_rise_sees_an_allocation_on_the_cpu():
     with peak_rise(cuda=False) as nothing:
         torch.ones(16)
     assert nothing() < 8, nothing()
+
+
+def test_peak_rise_is_not_hidden_by_earlier_garbage_freed_inside_the_block():
+    class Cycle:
+        pass
+    garbage = Cycle()
+    garbage.itself, garbage.tensor = garbage, torch.ones(64 * 2**20, dtype=torch.uint8)
+    del garbage  # 64 MiB resident until a collection finds the cycle
+    with peak_rise(cuda=False) as rise:
+        gc.collect()  # as an automatic collection may, at any allocation in the block
+        block = torch.ones(64 * 2**20, dtype=torch.uint8)
+    assert 56 <= rise() <= 80, rise()
+    del block
 
 
 def test_step_costs_take_each_familys_best_round_against_llavas():

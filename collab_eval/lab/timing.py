@@ -412,7 +412,12 @@ def stage_memory(make, evaluate, cuda: bool) -> dict[str, float]:
 def peak_rise(cuda: bool):
     """Yields a function giving the block's peak memory above its start, in MiB: CUDA's
     allocator statistics, or the process's resident set sampled every millisecond."""
+    import gc
+
     import torch
+    # Earlier work's garbage goes first: a collection inside the block (any allocation, the
+    # sampler's own, may start one) would free it there and hide the block's rise.
+    gc.collect()
     if cuda:
         torch.cuda.synchronize()
         start = torch.cuda.memory_allocated()
