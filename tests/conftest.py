@@ -107,13 +107,23 @@ def trained_always_run(tmp_path_factory):
         if family not in done:
             declared = families.get(family)
             keep = os.environ.get("COLLAB_EVAL_TRAINED_RUNS")
-            out = Path(keep) / declared.trained if keep else None
-            if out is None or out.exists():
+            out = claimed(Path(keep) / declared.trained) if keep else None
+            if out is None:
                 out = tmp_path_factory.mktemp(f"trained-{family}")
             done[family] = evaluate(declared.model_id, f"pretrained={declared.trained},policy=always,"
                                     f"records_dir={out / 'records'}", ",".join(TRAINED_TASKS), out)
         return done[family]
     return run
+
+
+def claimed(folder: Path) -> Path | None:
+    """``folder``, made here, or None where it exists already: mkdir is atomic, so of several
+    pytest-xdist workers wanting the same run exactly one makes it there."""
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        return None
+    return folder
 
 
 @pytest.fixture(scope="session")
