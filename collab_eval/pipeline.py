@@ -18,8 +18,9 @@ only itself; a batched pass that fails is retried sample by sample to find which
 The edge's steps (1 and 5, and the original's size for ``bytes_original``) run on the edge's
 threads (collab_eval.edge_pool) beside the server's passes: ``run_batches`` reads and frames
 the next batch while the server answers this one, a sample's crop is encoded while the server
-locates the next sample's region, and the original's size is awaited only before the record is
-handed on, never by a server step. Every record is the same whatever the number of threads.
+locates the next sample's region and runs the next batch's stage 1 (a batch's stage 2 follows
+the next batch's stage 1), and the original's size is awaited only before the record is handed
+on, never by a server step. Every record is the same whatever the number of threads.
 """
 from __future__ import annotations
 
@@ -115,8 +116,9 @@ def run_batches(server: Server, batches: Iterable[list[SampleInput]], *, method:
                 edge: EdgePool | None = None, ahead: int = 1) -> Iterator[SampleResult]:
     """``run_batch`` over each batch in turn, the edge ``ahead`` batches in front: while the
     server runs a batch's passes, the edge's threads read, decode, frame and encode the next
-    batches' documents. Results come in the order ``run_batch`` gives them, each once its
-    original's size (``bytes_original``, off the server's path) is known; at most
+    batches' documents, and a batch's crops are encoded while the server runs the next batch's
+    stage 1 (its stage 2 comes after that). Results come in the order ``run_batch`` gives them,
+    each once its original's size (``bytes_original``, off the server's path) is known; at most
     ``HELD_RESULTS`` wait for it before the server waits for the edge."""
     edge = edge if edge is not None else EdgePool(0)
     batches, upcoming, held = iter(batches), deque(), deque()
@@ -130,32 +132,57 @@ def run_batches(server: Server, batches: Iterable[list[SampleInput]], *, method:
                                              edge=edge))
                              for f in (InFlight(sample, Laps()) for sample in samples)])
 
+    def handed_on(steps: list) -> Iterator[SampleResult]:
+        for result in settled(server, steps):
+            held.append(result)
+            yield from release(held, keep=0 if edge.inline else HELD_RESULTS)
+
     read_ahead(1)
+    behind: list = []  # the previous batch's steps, its stage 2 still to run
     while upcoming:
         batch = upcoming.popleft()
         read_ahead(ahead)  # the next batches' edge work, beside this batch's passes
-        flying = {id(f.sample): f for f, _ in batch}
-        for result in run_prepared(server, batch, method=method, caches=caches, edge=edge):
-            held.append((result, flying[id(result.sample)]))
-            yield from release(held, keep=0 if edge.inline else HELD_RESULTS)
+        steps = run_prepared(server, batch, method=method, caches=caches, edge=edge)
+        yield from handed_on(behind)  # its crops were encoded during this batch's stage 1
+        behind = steps
+    yield from handed_on(behind)
     yield from release(held)
 
 
 HELD_RESULTS = 32  # finished results waiting for their original's size, at most
 
 
+@dataclass
+class Waiting:
+    """Samples of one generation limit whose crops the edge is making: steps 5 (the wait) to 7
+    are still to run."""
+    samples: list[InFlight]
+    limits: Limits
+
+
 def run_prepared(server: Server, batch: list[tuple[InFlight, Task]], *, method: Method, caches: RunCaches,
-                 edge: EdgePool) -> Iterator[SampleResult]:
-    """Steps 2 to 7 for a batch whose step 1 was submitted to the edge."""
-    ready = []
+                 edge: EdgePool) -> list[tuple[SampleResult, InFlight] | Waiting]:
+    """Steps 2 to 5 for a batch whose step 1 was submitted to the edge: in order, each sample
+    that ended (answered at the gate, or failed) and each group waiting for its crops."""
+    ready, steps = [], []
     for f, sent in batch:  # 1. edge: the global images, done ahead on the edge's threads
         try:
             ready.append(sent.result())
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
-            yield failure(f, err)
+            steps.append((failure(f, err), f))
     for limits in dict.fromkeys(f.sample.limits for f in ready):  # one generate per generation limit
-        yield from run_group(server, [f for f in ready if f.sample.limits == limits], limits, method=method,
+        steps += start_group(server, [f for f in ready if f.sample.limits == limits], limits, method=method,
                              caches=caches, edge=edge)
+    return steps
+
+
+def settled(server: Server, steps: list) -> Iterator[tuple[SampleResult, InFlight]]:
+    """``run_prepared``'s steps as results in their order, each waiting group through stage 2."""
+    for step in steps:
+        if isinstance(step, Waiting):
+            yield from finish_group(server, step)
+        else:
+            yield step
 
 
 def read_and_send_globals(server: Server, f: InFlight, *, method: Method, caches: RunCaches,
@@ -188,15 +215,16 @@ def release(held: deque, keep: int = 0) -> Iterator[SampleResult]:
         yield result
 
 
-def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: Method,
-              caches: RunCaches, edge: EdgePool) -> Iterator[SampleResult]:
-    """Steps 2 to 7 for samples sharing generation limits."""
+def start_group(server: Server, group: list[InFlight], limits: Limits, *, method: Method,
+                caches: RunCaches, edge: EdgePool) -> list[tuple[SampleResult, InFlight] | Waiting]:
+    """Steps 2 to 5 for samples sharing generation limits: the samples that end at the gate
+    or fail, then the retransmitted ones as a Waiting group, their crops on the edge's threads."""
     for f in group:
         f.step = "stage1"
     with Laps.shared("stage1", [f.laps for f in group]):  # 2. server: stage 1, one batched pass
         stage1 = answer_each(server, [(f.images, f.sample.question) for f in group], limits,
                              with_attention=method.policy.locates, keep_prefix=method.policy.name != "never")
-    again = []
+    steps, again = [], []
     for f, answer in zip(group, stage1):
         try:
             if isinstance(answer, Exception):
@@ -204,7 +232,7 @@ def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: 
             f.stage1, f.step = answer, "gate"
             gate(f, method)  # 3. gate
             if not f.out.retransmitted:
-                yield finish(f)
+                steps.append((finish(f), f))
                 continue
             f.step = "locate"
             crops = locate_crops(server, f, method, caches)  # 4. server: the RoI, asked of the edge
@@ -213,29 +241,33 @@ def run_group(server: Server, group: list[InFlight], limits: Limits, *, method: 
             f.cropping = edge.submit(CROP, send_crops, server, f, crops, method)
             again.append(f)
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
-            yield failure(f, err)
-    cropped = []
-    for f in again:
+            steps.append((failure(f, err), f))
+    return steps + ([Waiting(again, limits)] if again else [])
+
+
+def finish_group(server: Server, waiting: Waiting) -> Iterator[tuple[SampleResult, InFlight]]:
+    """Steps 5 (the crops awaited) to 7 for a Waiting group."""
+    again = []
+    for f in waiting.samples:
         try:
             f.cropping.result()
             f.step = "stage2"
-            cropped.append(f)
+            again.append(f)
         except Exception as err:  # noqa: BLE001  -- one bad sample fails itself, never the run
-            yield failure(f, err)
-    again = cropped
+            yield failure(f, err), f
     if not again:
         return
     with Laps.shared("stage2", [f.laps for f in again]):  # 6. server: stage 2, one batched pass
         stage2 = answer_each(server,
                              [([*f.images, *(crop.image for crop in f.local)], f.sample.question) for f in again],
-                             limits, with_attention=False, prefixes=[f.stage1.prefix for f in again])
+                             waiting.limits, with_attention=False, prefixes=[f.stage1.prefix for f in again])
     for f, answer in zip(again, stage2):
         if isinstance(answer, Exception):
-            yield failure(f, answer)
+            yield failure(f, answer), f
             continue
         f.out.answer_stage2 = f.out.answer = answer.text
         f.out.flops["stage2"] = sum(answer.flops.values())
-        yield finish(f)
+        yield finish(f), f
 
 
 def send_globals(server: Server, sample: SampleInput, images: list, laps: "Laps", *, method: Method,

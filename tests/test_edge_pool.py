@@ -206,6 +206,28 @@ def test_the_server_starts_before_the_originals_size_is_encoded(llava, monkeypat
     assert result.outcome.bytes_original == len(Codec.parse("png").encode(sanitize(big))), took
 
 
+def test_a_batchs_stage_2_follows_the_next_batchs_stage_1(llava, monkeypatch):
+    """The server never waits on a crop it could have had earlier: a batch's stage 2 runs after
+    the next batch's stage 1 (its crops are encoded meanwhile), and the results still come in
+    the samples' order, each as it is alone."""
+    docs = [d for d in documents() if isinstance(d, Image.Image)][:4]
+    method, caches = Method(Policy("always"), Codec.parse("png")), RunCaches()
+    alone = [(i, r) for i, sample in enumerate(samples_of(docs))
+             for r in run_batches(llava, [[sample]], method=method, caches=caches)]
+    passes, answer_batch = [], llava.answer_batch
+
+    def logged(requests, *args, **kwargs):
+        images, question = requests[0]
+        passes.append((f"stage{len(images)}", QUESTIONS.index(question)))
+        return answer_batch(requests, *args, **kwargs)
+
+    monkeypatch.setattr(llava, "answer_batch", logged)
+    piped = run(llava, 1, 1, docs=docs)
+    assert passes == [("stage1", 0), ("stage1", 1), ("stage2", 0), ("stage1", 2), ("stage2", 1),
+                      ("stage1", 3), ("stage2", 2), ("stage2", 3)]
+    same_results(alone, piped)
+
+
 @pytest.mark.slow
 def test_lmms_eval_records_are_the_same_with_four_edge_threads_as_with_one(tiny_llava_path, tmp_path):
     """Through lmms-eval's command line, batched (--batch_size 3 over 8 POPE documents, so a
